@@ -1,0 +1,22 @@
+"""The six function-preserving expansions of Gesmundo & Maile (2023), and ``grow``.
+
+Each expansion grows a :class:`progrow.Transformer` in place, keeps its function exactly,
+and returns an :class:`progrow.ExpansionRecord` saying what happened to every parameter.
+"""
+
+from progrow.expand.grow import GROW_ORDER, grow
+from progrow.expand.hidden import expand_hidden
+from progrow.expand.layers import add_layers, new_layer_positions
+from progrow.expand.widths import add_heads, expand_mlp, expand_qk, expand_value
+
+__all__ = [
+    "GROW_ORDER",
+    "add_heads",
+    "add_layers",
+    "expand_hidden",
+    "expand_mlp",
+    "expand_qk",
+    "expand_value",
+    "grow",
+    "new_layer_positions",
+]

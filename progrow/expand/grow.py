@@ -1,0 +1,75 @@
+"""``grow``: any subset of the six expansions in one call, validated before any change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from progrow.config import GROWABLE_DIMS
+from progrow.expand._editor import check_target
+from progrow.expand.hidden import expand_hidden
+from progrow.expand.layers import Positions, add_layers, new_layer_positions
+from progrow.expand.widths import add_heads, expand_mlp, expand_qk, expand_value
+from progrow.model import Transformer
+from progrow.record import ExpansionRecord
+
+Expansion = Callable[..., ExpansionRecord]
+
+#: The order ``grow`` applies the expansions in: inside blocks first, then the hidden size,
+#: then new layers (which are then built at the final width instead of being widened).
+GROW_ORDER: tuple[tuple[str, Expansion], ...] = (
+    ("d_mlp", expand_mlp),
+    ("n_heads", add_heads),
+    ("d_v", expand_value),
+    ("d_qk", expand_qk),
+    ("d_model", expand_hidden),
+    ("n_layers", add_layers),
+)
+assert tuple(dim for dim, _ in GROW_ORDER) == GROWABLE_DIMS
+
+
+def grow(
+    model: Transformer,
+    *,
+    d_mlp: int | None = None,
+    n_heads: int | None = None,
+    d_v: int | None = None,
+    d_qk: int | None = None,
+    d_model: int | None = None,
+    n_layers: int | None = None,
+    layer_positions: Positions = "append",
+    generator: torch.Generator | None = None,
+) -> ExpansionRecord:
+    """Apply any subset of the six expansions, in the order of :data:`GROW_ORDER`.
+
+    Every argument is checked before the model is touched, so a bad one leaves the model
+    unchanged. A size equal to the current one is a no-op. Returns one record composing
+    all the expansions applied (old model to grown model).
+
+    Example:
+        >>> from progrow import Transformer, TransformerConfig
+        >>> model = Transformer(TransformerConfig(d_model=8, n_layers=1))
+        >>> record = grow(model, d_model=12, n_layers=2)
+        >>> record.expansions, model.config.d_model, model.config.n_layers
+        (('d_model', 'n_layers'), 12, 2)
+    """
+    targets = dict(
+        d_mlp=d_mlp, n_heads=n_heads, d_v=d_v, d_qk=d_qk, d_model=d_model, n_layers=n_layers
+    )
+    todo = {dim: value for dim, value in targets.items() if value is not None}
+    for dim, value in todo.items():
+        check_target(model, dim, value)
+    grows_hidden = todo.get("d_model", model.config.d_model) != model.config.d_model
+    if grows_hidden and model.config.norm != "rmsnorm":
+        expand_hidden(model, todo["d_model"])  # raises the explanatory ValueError
+    if "n_layers" in todo and todo["n_layers"] != model.config.n_layers:
+        new_layer_positions(model.config.n_layers, todo["n_layers"], layer_positions)
+    record = ExpansionRecord(model.config, model.config)
+    for dim, expansion in GROW_ORDER:
+        if dim not in todo:
+            continue
+        kwargs = {"positions": layer_positions} if dim == "n_layers" else {}
+        step = expansion(model, todo[dim], generator=generator, **kwargs)
+        record = record.then(step)
+    return record
