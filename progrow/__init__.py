@@ -12,10 +12,33 @@ from progrow.expand import (
 )
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord, ParamChange
+from progrow.schedule import GrowthSchedule, GrowthStage
+
+# Lightning-dependent names load on first use, so that the model and the expansions work
+# (and import fast) without Lightning.
+_LAZY = {
+    "GrowthCallback": "progrow.training.callback",
+    "LMModule": "progrow.training.module",
+    "OptimConfig": "progrow.training.optim",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'progrow' has no attribute {name!r}")
+
 
 __all__ = [
     "GROWABLE_DIMS",
     "ExpansionRecord",
+    "GrowthCallback",
+    "GrowthSchedule",
+    "GrowthStage",
+    "LMModule",
+    "OptimConfig",
     "ParamChange",
     "Transformer",
     "TransformerConfig",

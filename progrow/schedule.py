@@ -1,0 +1,193 @@
+"""``GrowthSchedule``: when to grow and to what size, validated completely when built."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from progrow.config import GROWABLE_DIMS, TransformerConfig, check_positive_int
+
+_STAGE_KEYS = ("step", *GROWABLE_DIMS, "layer_positions")
+
+
+@dataclass(frozen=True)
+class GrowthStage:
+    """Grow to ``sizes`` at optimizer step ``step`` (before that step's update)."""
+
+    step: int
+    """Global optimizer step at which the growth happens."""
+    sizes: Mapping[str, int]
+    """Target sizes by dimension name (a subset of ``GROWABLE_DIMS``)."""
+    layer_positions: str | tuple[int, ...] = "append"
+    """Where new layers go: "append", "interleave" or explicit indices."""
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"step": self.step, **self.sizes}
+        if "n_layers" in self.sizes:
+            lp = self.layer_positions
+            out["layer_positions"] = lp if isinstance(lp, str) else list(lp)
+        return out
+
+
+@dataclass(frozen=True)
+class GrowthSchedule:
+    """An ordered list of growth stages.
+
+    Built from :class:`GrowthStage` objects or plain mappings such as
+    ``{"step": 200, "d_mlp": 512, "n_layers": 4}``. A float ``step`` in ``(0, 1)`` is a
+    fraction of ``max_steps`` (which must then be given). Validation happens here, before
+    any training: steps are non-negative integers strictly increasing, dimension names are
+    known, sizes are positive integers and never shrink from one stage to the next. Errors
+    name the stage and the field.
+
+    Example:
+        >>> s = GrowthSchedule([{"step": 10, "d_mlp": 64}, {"step": 0.5, "n_layers": 4}],
+        ...                    max_steps=100)
+        >>> [stage.step for stage in s]
+        [10, 50]
+    """
+
+    stages: tuple[GrowthStage, ...] = field(default_factory=tuple)
+
+    def __init__(
+        self,
+        stages: Iterable[GrowthStage | Mapping[str, Any]] = (),
+        *,
+        max_steps: int | None = None,
+    ) -> None:
+        built = tuple(_build_stage(i, stage, max_steps) for i, stage in enumerate(stages or ()))
+        object.__setattr__(self, "stages", built)
+        self._check_order()
+
+    def _check_order(self) -> None:
+        reached: dict[str, int] = {}
+        for i, stage in enumerate(self.stages):
+            if i and stage.step <= self.stages[i - 1].step:
+                raise ValueError(
+                    f"growth stage {i}: step={stage.step} must be greater than stage "
+                    f"{i - 1}'s step={self.stages[i - 1].step} (steps strictly increase)"
+                )
+            for dim, size in stage.sizes.items():
+                if dim in reached and size < reached[dim]:
+                    raise ValueError(
+                        f"growth stage {i}: {dim}={size} shrinks below {reached[dim]} "
+                        "set by an earlier stage (sizes never shrink)"
+                    )
+                reached[dim] = size
+
+    def __iter__(self) -> Iterator[GrowthStage]:
+        return iter(self.stages)
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def __getitem__(self, i: int) -> GrowthStage:
+        return self.stages[i]
+
+    def final_sizes(self, start: TransformerConfig) -> dict[str, int]:
+        """The sizes after every stage, starting from ``start``."""
+        sizes = start.sizes()
+        for stage in self.stages:
+            sizes.update(stage.sizes)
+        return sizes
+
+    def validate_for(self, config: TransformerConfig, max_steps: int | None = None) -> None:
+        """Check the stages against a starting model and the run length.
+
+        Raises ``ValueError`` naming the stage and field for a target below the model's
+        current size, a hidden expansion of a LayerNorm model, bad layer positions, or a
+        step at or past ``max_steps`` (the growth would never happen).
+        """
+        from progrow.expand.layers import new_layer_positions
+
+        sizes = config.sizes()
+        for i, stage in enumerate(self.stages):
+            if max_steps is not None and max_steps >= 0 and stage.step >= max_steps:
+                raise ValueError(
+                    f"growth stage {i}: step={stage.step} is past the end of training "
+                    f"(max_steps={max_steps})"
+                )
+            for dim, size in stage.sizes.items():
+                if size < sizes[dim]:
+                    raise ValueError(
+                        f"growth stage {i}: {dim}={size} is below the model's {dim}={sizes[dim]}"
+                    )
+            if stage.sizes.get("d_model", sizes["d_model"]) > sizes["d_model"]:
+                if config.norm != "rmsnorm":
+                    raise ValueError(
+                        f"growth stage {i}: d_model={stage.sizes['d_model']} needs "
+                        f"norm='rmsnorm' (the model has norm={config.norm!r}: LayerNorm's "
+                        "mean-centring is not preserved by hidden expansion)"
+                    )
+            if stage.sizes.get("n_layers", sizes["n_layers"]) > sizes["n_layers"]:
+                lp = stage.layer_positions
+                try:
+                    new_layer_positions(sizes["n_layers"], stage.sizes["n_layers"], lp)
+                except ValueError as err:
+                    raise ValueError(f"growth stage {i}: layer_positions: {err}") from None
+            sizes.update(stage.sizes)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """Plain form (for logs and checkpoints); ``GrowthSchedule(s.to_list())`` rebuilds it."""
+        return [stage.as_dict() for stage in self.stages]
+
+
+def _build_stage(
+    i: int, stage: GrowthStage | Mapping[str, Any], max_steps: int | None
+) -> GrowthStage:
+    if isinstance(stage, GrowthStage):
+        raw: dict[str, Any] = stage.as_dict()
+    elif isinstance(stage, Mapping):
+        raw = dict(stage)
+    else:
+        raise ValueError(f"growth stage {i}: expected a mapping, got {stage!r}")
+    unknown = sorted(set(raw) - set(_STAGE_KEYS))
+    if unknown:
+        raise ValueError(
+            f"growth stage {i}: unknown field(s) {unknown}; known: {list(_STAGE_KEYS)}"
+        )
+    if "step" not in raw:
+        raise ValueError(f"growth stage {i}: missing field 'step'")
+    step = _resolve_step(i, raw.pop("step"), max_steps)
+    positions = raw.pop("layer_positions", "append")
+    if positions is None:
+        positions = "append"
+    if not isinstance(positions, str):
+        if not isinstance(positions, Sequence):
+            raise ValueError(f"growth stage {i}: layer_positions={positions!r} is not a list")
+        positions = tuple(positions)
+    elif positions not in ("append", "interleave"):
+        raise ValueError(
+            f"growth stage {i}: layer_positions={positions!r}; use 'append', 'interleave' or "
+            "a list of indices"
+        )
+    sizes = {k: v for k, v in raw.items() if v is not None}
+    if not sizes:
+        raise ValueError(f"growth stage {i}: no target size given (one of {list(GROWABLE_DIMS)})")
+    for dim, size in sizes.items():
+        try:
+            check_positive_int(dim, size)
+        except ValueError as err:
+            raise ValueError(f"growth stage {i}: {err}") from None
+    return GrowthStage(step=step, sizes=sizes, layer_positions=positions)
+
+
+def _resolve_step(i: int, step: Any, max_steps: int | None) -> int:
+    if isinstance(step, bool) or not isinstance(step, (int, float)):
+        raise ValueError(f"growth stage {i}: step must be a number, got {step!r}")
+    if isinstance(step, float) and not step.is_integer():
+        if not 0.0 < step < 1.0:
+            raise ValueError(
+                f"growth stage {i}: step={step!r}: a fractional step must be in (0, 1) "
+                "(a fraction of max_steps)"
+            )
+        if max_steps is None or max_steps <= 0:
+            raise ValueError(
+                f"growth stage {i}: step={step!r} is a fraction of max_steps, but max_steps "
+                f"is {max_steps!r}"
+            )
+        return round(step * max_steps)
+    if step < 0:
+        raise ValueError(f"growth stage {i}: step must be >= 0, got {step!r}")
+    return int(step)

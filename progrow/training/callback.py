@@ -1,0 +1,342 @@
+"""``GrowthCallback``: grows the model inside ``trainer.fit`` at scheduled steps.
+
+The expansions do the work (:mod:`progrow.expand`), optimizer surgery moves the state
+(:mod:`progrow.surgery`); this callback only decides when, re-wraps DDP, checks loss
+continuity and logs. See ``shared/notes/lightning-growth.md`` for why each step is where
+it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
+from torch import Tensor, nn
+
+from progrow.expand import grow
+from progrow.model import Transformer
+from progrow.record import ExpansionRecord
+from progrow.schedule import GrowthSchedule, GrowthStage
+from progrow.surgery import param_names, update_optimizer
+from progrow.training.architecture import (
+    find_transformer,
+    restore_architecture,
+    save_architecture,
+)
+from progrow.training.module import lm_loss
+
+LossFn = Callable[[L.LightningModule, Tensor], Tensor]
+OnLossJump = Literal["raise", "warn", "ignore"]
+
+
+def stage_seed(seed: int, stage_index: int) -> int:
+    """Seed of the values drawn at stage ``stage_index``: same on every rank and resume."""
+    digest = hashlib.sha256(f"progrow-growth/{seed}/{stage_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def prefix_record(record: ExpansionRecord, prefix: str) -> ExpansionRecord:
+    """The record with every parameter name prefixed (names relative to an outer module)."""
+    if not prefix:
+        return record
+    changes = {
+        prefix + name: replace(c, name=prefix + c.name, old_name=prefix + c.old_name)
+        for name, c in record.changes.items()
+    }
+    return replace(record, changes=changes, new=tuple(prefix + n for n in record.new))
+
+
+def _check_strategy(strategy: Strategy) -> None:
+    # Only strategies whose model is restored before setup and wrapped by a rebuildable
+    # DistributedDataParallel are handled; anything else would be silently wrong.
+    if type(strategy) not in (SingleDeviceStrategy, DDPStrategy):
+        raise RuntimeError(
+            f"GrowthCallback does not support the {type(strategy).__name__} strategy yet "
+            "(supported: single device, DDP). FSDP, DeepSpeed and model-parallel strategies "
+            "shard parameters and restore checkpoints after setup, which in-place growth "
+            "does not handle."
+        )
+
+
+class GrowthCallback(L.Callback):
+    """Grow the LightningModule's Transformer at the steps of a :class:`GrowthSchedule`.
+
+    The Transformer is found at ``pl_module.<model_attr>`` (default ``model``), so any
+    LightningModule that keeps its :class:`progrow.Transformer` there works. At the first
+    micro-batch of the optimizer step ``stage.step`` (so never in the middle of gradient
+    accumulation), the callback:
+
+    1. computes the loss on a fixed probe batch (eval mode, no grad);
+    2. grows the model with values drawn from a generator seeded by ``(seed, stage)``, so
+       every DDP rank and every resumed run draws the same values;
+    3. moves the optimizer state to the grown parameters in place (the LR scheduler stays
+       attached), see :func:`progrow.surgery.update_optimizer`;
+    4. rebuilds the DistributedDataParallel wrapper under DDP;
+    5. computes the probe loss again and logs ``growth/loss_before``,
+       ``growth/loss_after``, ``growth/loss_delta``, ``growth/stage``, ``growth/params``;
+       a ``|delta|`` above ``loss_tolerance`` raises or warns (``on_loss_jump``).
+
+    Growth is idempotent: a stage whose sizes the model already has is skipped, so resuming
+    from a checkpoint before, between or after stages does the right thing. The callback
+    also writes the architecture into every checkpoint and, during ``setup``, installs a
+    wrapper on the module's ``on_load_checkpoint`` that rebuilds the grown shapes before
+    Lightning loads the weights (the module's hook is the last moment before the load).
+
+    Args:
+        schedule: a :class:`GrowthSchedule` or a list of mappings such as
+            ``{"step": 200, "d_mlp": 512}``.
+        seed: run seed; the values of stage i come from ``stage_seed(seed, i)``.
+        model_attr: where the Transformer lives on the LightningModule (dotted path).
+        probe_batch: the fixed batch for loss continuity; default: the datamodule's
+            ``probe_batch()`` if it has one, else the first training batch of the run.
+        loss_fn: ``loss_fn(pl_module, batch) -> loss``; default: next-token cross-entropy
+            of the Transformer on a ``(B, T + 1)`` batch.
+        loss_tolerance: largest accepted ``|loss_after - loss_before|``.
+        on_loss_jump: "raise", "warn" or "ignore" when the tolerance is exceeded.
+        new_moments: how optimizer surgery fills new Adam entries ("zero" or
+            "bias_corrected"); see :func:`progrow.surgery.update_optimizer`.
+        rewarmup_steps: after each growth, ramp the learning rate linearly from
+            ``1/rewarmup_steps`` of its scheduled value back to it over this many steps
+            (0: off).
+
+    Example:
+        >>> cb = GrowthCallback([{"step": 10, "d_mlp": 64}, {"step": 20, "n_layers": 3}])
+        >>> [stage.step for stage in cb.schedule]
+        [10, 20]
+    """
+
+    def __init__(
+        self,
+        schedule: GrowthSchedule | Iterable[GrowthStage | Mapping[str, Any]],
+        *,
+        seed: int = 0,
+        model_attr: str = "model",
+        probe_batch: Tensor | None = None,
+        loss_fn: LossFn | None = None,
+        loss_tolerance: float = 1e-4,
+        on_loss_jump: OnLossJump = "raise",
+        new_moments: str = "zero",
+        rewarmup_steps: int = 0,
+    ) -> None:
+        self.schedule = (
+            schedule if isinstance(schedule, GrowthSchedule) else GrowthSchedule(schedule)
+        )
+        if on_loss_jump not in ("raise", "warn", "ignore"):
+            raise ValueError(f"on_loss_jump must be raise|warn|ignore, got {on_loss_jump!r}")
+        if not loss_tolerance >= 0:
+            raise ValueError(f"loss_tolerance must be >= 0, got {loss_tolerance!r}")
+        if new_moments not in ("zero", "bias_corrected"):
+            raise ValueError(f"new_moments must be 'zero' or 'bias_corrected', got {new_moments!r}")
+        if (
+            isinstance(rewarmup_steps, bool)
+            or not isinstance(rewarmup_steps, int)
+            or rewarmup_steps < 0
+        ):
+            raise ValueError(f"rewarmup_steps must be an int >= 0, got {rewarmup_steps!r}")
+        self.seed = seed
+        self.model_attr = model_attr
+        self.probe_batch = probe_batch
+        self.loss_fn = loss_fn
+        self.loss_tolerance = loss_tolerance
+        self.on_loss_jump = on_loss_jump
+        self.new_moments = new_moments
+        self.rewarmup_steps = rewarmup_steps
+        self.events: list[dict[str, Any]] = []
+        self._saved_lrs: list[tuple[dict[str, Any], float]] = []
+        self._hooked_optimizers: set[int] = set()
+
+    # -- setup: validate before step 0, make checkpoints carry the architecture ----------
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        _check_strategy(trainer.strategy)
+        model = find_transformer(pl_module, self.model_attr)
+        self.schedule.validate_for(model.config, trainer.max_steps)
+        self._install_load_hook(pl_module)
+
+    def _install_load_hook(self, pl_module: L.LightningModule) -> None:
+        original = pl_module.on_load_checkpoint
+        if getattr(original, "_progrow_restores", False):
+            return
+        attr = self.model_attr
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            restore_architecture(pl_module, checkpoint, attr)
+            original(checkpoint)
+
+        on_load_checkpoint._progrow_restores = True  # type: ignore[attr-defined]
+        pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        save_architecture(pl_module, checkpoint, self.model_attr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"events": list(self.events), "schedule": self.schedule.to_list()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.events = list(state_dict.get("events", []))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for optimizer in trainer.optimizers:
+            if id(optimizer) not in self._hooked_optimizers:
+                optimizer.register_step_post_hook(self._restore_lrs)
+                self._hooked_optimizers.add(id(optimizer))
+
+    # -- the growth itself --------------------------------------------------------------
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.probe_batch is None:
+            self.probe_batch = self._default_probe(trainer, batch)
+        ready = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if (ready - 1) % trainer.accumulate_grad_batches != 0:
+            return  # mid-accumulation: never grow between micro-batches of one step
+        model = find_transformer(pl_module, self.model_attr)
+        for index, stage in enumerate(self.schedule):
+            if stage.step <= trainer.global_step and not self._reached(model, stage):
+                self._grow(trainer, pl_module, model, index, stage)
+
+    @staticmethod
+    def _reached(model: Transformer, stage: GrowthStage) -> bool:
+        return all(getattr(model.config, dim) >= size for dim, size in stage.sizes.items())
+
+    def _default_probe(self, trainer: L.Trainer, batch: Any) -> Tensor:
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "probe_batch"):
+            return datamodule.probe_batch()
+        return batch.detach().clone() if isinstance(batch, Tensor) else batch
+
+    def _probe_loss(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+        model = find_transformer(pl_module, self.model_attr)
+        batch = self.probe_batch
+        if isinstance(batch, Tensor):
+            batch = batch.to(pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                if self.loss_fn is not None:
+                    loss = self.loss_fn(pl_module, batch)
+                else:
+                    loss = lm_loss(model, batch)
+        finally:
+            pl_module.train(was_training)
+        return float(loss)
+
+    def _grow(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        model: Transformer,
+        index: int,
+        stage: GrowthStage,
+    ) -> None:
+        started = time.perf_counter()
+        loss_before = self._probe_loss(trainer, pl_module)
+        params_before = model.num_params()
+        old_names = param_names(pl_module)
+        prefix = _prefix_of(pl_module, model)
+        generator = torch.Generator().manual_seed(stage_seed(self.seed, index))
+        record = grow(
+            model,
+            **stage.sizes,
+            layer_positions=stage.layer_positions,  # type: ignore[arg-type]
+            generator=generator,
+        )
+        outer = prefix_record(record, prefix)
+        for optimizer in trainer.optimizers:
+            update_optimizer(optimizer, outer, old_names, pl_module, new_moments=self.new_moments)
+        if isinstance(trainer.strategy, DDPStrategy):
+            # The old wrapper fixed its parameter set when built: without a new one the
+            # grown parameters are never all-reduced (or the step fails).
+            trainer.strategy.model = pl_module
+            trainer.strategy.configure_ddp()
+        seconds = time.perf_counter() - started
+        loss_after = self._probe_loss(trainer, pl_module)
+        event = {
+            "stage": index,
+            "step": trainer.global_step,
+            "loss_before": loss_before,
+            "loss_after": loss_after,
+            "loss_delta": loss_after - loss_before,
+            "params_before": params_before,
+            "params": model.num_params(),
+            "sizes": model.config.sizes(),
+            "seconds": seconds,
+            "flops": float(getattr(pl_module, "flops", 0.0)),
+        }
+        self.events.append(event)
+        self._log(trainer, event)
+        self._check_delta(event)
+
+    def _log(self, trainer: L.Trainer, event: dict[str, Any]) -> None:
+        metrics = {
+            "growth/stage": float(event["stage"]),
+            "growth/loss_before": event["loss_before"],
+            "growth/loss_after": event["loss_after"],
+            "growth/loss_delta": event["loss_delta"],
+            "growth/params": float(event["params"]),
+            "growth/seconds": event["seconds"],
+        }
+        if event["flops"]:
+            metrics["compute/flops"] = event["flops"]
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _check_delta(self, event: dict[str, Any]) -> None:
+        delta = abs(event["loss_delta"])
+        if delta <= self.loss_tolerance or self.on_loss_jump == "ignore":
+            return
+        message = (
+            f"growth stage {event['stage']} at step {event['step']} changed the probe loss by "
+            f"{event['loss_delta']:+.3e} ({event['loss_before']:.6f} -> "
+            f"{event['loss_after']:.6f}), above loss_tolerance={self.loss_tolerance:g}"
+        )
+        if self.on_loss_jump == "raise":
+            raise RuntimeError(message)
+        warnings.warn(message, stacklevel=2)
+
+    # -- learning-rate re-warmup after growth -------------------------------------------
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if not self.rewarmup_steps or not self.events:
+            return
+        since = trainer.global_step - self.events[-1]["step"]
+        if not 0 <= since < self.rewarmup_steps:
+            return
+        scale = (since + 1) / self.rewarmup_steps
+        for group in optimizer.param_groups:
+            self._saved_lrs.append((group, group["lr"]))
+            group["lr"] = group["lr"] * scale
+
+    def _restore_lrs(self, optimizer: torch.optim.Optimizer, *args: Any) -> None:
+        # Runs right after optimizer.step(), before the scheduler steps: the scaled value
+        # never reaches the scheduler, a checkpoint or the logs.
+        for group, lr in self._saved_lrs:
+            group["lr"] = lr
+        self._saved_lrs.clear()
+
+
+def _prefix_of(pl_module: nn.Module, model: Transformer) -> str:
+    """Name prefix of ``model``'s parameters inside ``pl_module`` (e.g. ``"model."``)."""
+    target = model.tok_emb.weight
+    for name, param in pl_module.named_parameters():
+        if param is target:
+            return name[: -len("tok_emb.weight")]
+    raise RuntimeError("the Transformer's parameters are not registered in the LightningModule")
+
+
+__all__ = ["GrowthCallback", "prefix_record", "stage_seed"]

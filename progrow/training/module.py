@@ -1,0 +1,119 @@
+"""``LMModule``: causal language modelling around a growable :class:`progrow.Transformer`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from progrow.config import TransformerConfig
+from progrow.model import Transformer
+from progrow.training.architecture import (
+    CHECKPOINT_KEY,
+    restore_architecture,
+    save_architecture,
+)
+from progrow.training.flops import train_flops_per_token
+from progrow.training.optim import OptimConfig, build_adamw, warmup_cosine
+
+
+def lm_loss(model: torch.nn.Module, batch: Tensor) -> Tensor:
+    """Next-token cross-entropy on a ``(B, T + 1)`` batch of token ids."""
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    logits = model(inputs)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+class LMModule(L.LightningModule):
+    """Trains ``self.model`` (a :class:`Transformer`) on ``(B, T + 1)`` token batches.
+
+    Logs ``train/loss``, ``val/loss``, ``val/ppl``, ``throughput/tokens_per_s`` and the
+    cumulative training compute ``compute/flops`` and ``compute/tokens`` (all ranks
+    together), computed per step from the architecture of that step, so a growing run's
+    cheap early steps count as cheap. Compute totals and the current architecture are
+    saved in every checkpoint; loading rebuilds the grown shapes first, so resuming or
+    ``LMModule.load_from_checkpoint`` works before and after any growth.
+
+    Example:
+        >>> module = LMModule({"vocab_size": 16, "d_model": 8, "n_layers": 1})
+        >>> module.model.config.d_model
+        8
+    """
+
+    def __init__(
+        self,
+        model: TransformerConfig | Mapping[str, Any],
+        optim: OptimConfig | Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        model_cfg = model if isinstance(model, TransformerConfig) else TransformerConfig(**model)
+        optim_cfg = optim if isinstance(optim, OptimConfig) else OptimConfig(**(optim or {}))
+        # Plain dicts, so checkpoints load without pickled classes.
+        self.save_hyperparameters({"model": model_cfg.to_dict(), "optim": asdict(optim_cfg)})
+        self.optim_config = optim_cfg
+        self.model = Transformer(model_cfg)
+        self.val_loss = MeanMetric()
+        self.flops = 0.0
+        self.tokens = 0
+        self._step_started: float | None = None
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.model(tokens)
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss = lm_loss(self.model, batch)
+        tokens = batch[:, :-1].numel() * self.trainer.world_size
+        self.tokens += tokens
+        self.flops += tokens * train_flops_per_token(self.model.config, batch.shape[1] - 1)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("compute/flops", self.flops)
+        self.log("compute/tokens", float(self.tokens))
+        self.log("size/params", float(self.model.num_params()))
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._step_started is None:
+            return
+        elapsed = time.perf_counter() - self._step_started
+        tokens = batch[:, :-1].numel() * self.trainer.world_size
+        self.log("throughput/tokens_per_s", tokens / max(elapsed, 1e-9))
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.val_loss.update(lm_loss(self.model, batch), weight=batch[:, 1:].numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", torch.exp(loss.clamp(max=30.0)))
+        self.log("compute/flops", self.flops)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = build_adamw(self, self.optim_config)
+        cfg = self.optim_config
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, cfg)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_architecture(self, checkpoint, flops=self.flops, tokens=self.tokens)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_architecture(self, checkpoint)
+        entry = checkpoint.get(CHECKPOINT_KEY, {})
+        self.flops = float(entry.get("flops", 0.0))
+        self.tokens = int(entry.get("tokens", 0))
