@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig, check_positive_int
 
@@ -19,7 +19,7 @@ class GrowthStage:
     """Global optimizer step at which the growth happens."""
     sizes: Mapping[str, int]
     """Target sizes by dimension name (a subset of ``GROWABLE_DIMS``)."""
-    layer_positions: str | tuple[int, ...] = "append"
+    layer_positions: Literal["append", "interleave"] | tuple[int, ...] = "append"
     """Where new layers go: "append", "interleave" or explicit indices."""
 
     def as_dict(self) -> dict[str, Any]:
@@ -113,13 +113,13 @@ class GrowthSchedule:
                     raise ValueError(
                         f"growth stage {i}: {dim}={size} is below the model's {dim}={sizes[dim]}"
                     )
-            if stage.sizes.get("d_model", sizes["d_model"]) > sizes["d_model"]:
-                if config.norm != "rmsnorm":
-                    raise ValueError(
-                        f"growth stage {i}: d_model={stage.sizes['d_model']} needs "
-                        f"norm='rmsnorm' (the model has norm={config.norm!r}: LayerNorm's "
-                        "mean-centring is not preserved by hidden expansion)"
-                    )
+            grows_hidden = stage.sizes.get("d_model", sizes["d_model"]) > sizes["d_model"]
+            if grows_hidden and config.norm != "rmsnorm":
+                raise ValueError(
+                    f"growth stage {i}: d_model={stage.sizes['d_model']} needs "
+                    f"norm='rmsnorm' (the model has norm={config.norm!r}: LayerNorm's "
+                    "mean-centring is not preserved by hidden expansion)"
+                )
             if stage.sizes.get("n_layers", sizes["n_layers"]) > sizes["n_layers"]:
                 lp = stage.layer_positions
                 try:
@@ -170,7 +170,7 @@ def _build_stage(
             check_positive_int(dim, size)
         except ValueError as err:
             raise ValueError(f"growth stage {i}: {err}") from None
-    return GrowthStage(step=step, sizes=sizes, layer_positions=positions)
+    return GrowthStage(step=step, sizes=sizes, layer_positions=cast(Any, positions))
 
 
 def _resolve_step(i: int, step: Any, max_steps: int | None) -> int:

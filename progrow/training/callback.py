@@ -24,7 +24,7 @@ from progrow.expand import grow
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord
 from progrow.schedule import GrowthSchedule, GrowthStage
-from progrow.surgery import param_names, update_optimizer
+from progrow.surgery import NewMoments, param_names, update_optimizer
 from progrow.training.architecture import (
     find_transformer,
     restore_architecture,
@@ -122,7 +122,7 @@ class GrowthCallback(L.Callback):
         loss_fn: LossFn | None = None,
         loss_tolerance: float = 1e-4,
         on_loss_jump: OnLossJump = "raise",
-        new_moments: str = "zero",
+        new_moments: NewMoments = "zero",
         rewarmup_steps: int = 0,
     ) -> None:
         self.schedule = (
@@ -220,6 +220,7 @@ class GrowthCallback(L.Callback):
     def _probe_loss(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
         model = find_transformer(pl_module, self.model_attr)
         batch = self.probe_batch
+        assert batch is not None, "the probe batch is set at the first training batch"
         if isinstance(batch, Tensor):
             batch = batch.to(pl_module.device)
         was_training = pl_module.training
@@ -251,7 +252,7 @@ class GrowthCallback(L.Callback):
         record = grow(
             model,
             **stage.sizes,
-            layer_positions=stage.layer_positions,  # type: ignore[arg-type]
+            layer_positions=stage.layer_positions,
             generator=generator,
         )
         outer = prefix_record(record, prefix)

@@ -49,7 +49,8 @@ def is_no_decay(name: str, param: nn.Parameter) -> bool:
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups, each in ``named_parameters()`` order: decay first, then no-decay."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in module.named_parameters():
         if param.requires_grad:
             (no_decay if is_no_decay(name, param) else decay).append(param)

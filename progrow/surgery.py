@@ -1,0 +1,293 @@
+"""Optimizer-state surgery: carry a live optimizer across a growth step.
+
+The expansions replace grown parameters by new ``nn.Parameter`` objects and describe what
+they did in an :class:`~progrow.ExpansionRecord`; they never touch an optimizer. This
+module is the only place that does. :func:`update_optimizer` edits the optimizer in place
+(so an attached LR scheduler stays attached and every group keeps its ``lr``,
+``initial_lr``, ``weight_decay``, ``betas``, ``foreach``, ``fused``, ...), matching
+parameters by name because the old objects are gone after growth.
+
+What the optimizer holds afterwards is what it would hold had it trained in the grown
+parametrization (six-expansions notes, "Rescaled parameters and optimizer state"): a
+parameter multiplied by ``a`` has gradients divided by ``a``, so averages of gradients
+(``exp_avg``, ``momentum_buffer``) are divided by ``a`` and averages of squared gradients
+(``exp_avg_sq``, ``max_exp_avg_sq``) by ``a**2``; new entries are zero; ``step`` is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from progrow.record import ExpansionRecord, ParamChange
+
+NewMoments = Literal["zero", "bias_corrected"]
+
+_ADAM_KEYS = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
+#: The optimizers whose state semantics are known, and the state keys each may hold.
+#: Exact classes: a subclass may keep state with the same keys but another meaning.
+SUPPORTED: dict[type[torch.optim.Optimizer], frozenset[str]] = {
+    torch.optim.Adam: _ADAM_KEYS,
+    torch.optim.AdamW: _ADAM_KEYS,
+    torch.optim.SGD: frozenset({"momentum_buffer"}),
+}
+_FIRST_MOMENTS = frozenset({"exp_avg", "momentum_buffer"})  # averages of gradients
+_SECOND_MOMENTS = frozenset({"exp_avg_sq", "max_exp_avg_sq"})  # averages of squares
+
+State = dict[str, Any]
+
+
+def param_names(module: nn.Module) -> dict[int, str]:
+    """``{id(param): name}`` for ``module``; record it BEFORE growing.
+
+    Example:
+        >>> from progrow import Transformer, TransformerConfig
+        >>> names = param_names(Transformer(TransformerConfig(d_model=8, n_layers=1)))
+        >>> sorted(names.values())[:2]
+        ['blocks.0.attn.k.weight', 'blocks.0.attn.o.weight']
+    """
+    return {id(p): name for name, p in module.named_parameters()}
+
+
+def optimizer_state_by_name(
+    optimizer: torch.optim.Optimizer, module: nn.Module
+) -> dict[str, dict[str, Tensor]]:
+    """The optimizer's state keyed by ``module``'s parameter names (params with state only).
+
+    Example:
+        >>> from progrow import Transformer, TransformerConfig
+        >>> model = Transformer(TransformerConfig(vocab_size=16, d_model=8, n_layers=1))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        >>> model(torch.zeros(1, 3, dtype=torch.long)).sum().backward(); opt.step()
+        >>> optimizer_state_by_name(opt, model)["lm_head.weight"]["momentum_buffer"].shape
+        torch.Size([16, 8])
+    """
+    names = param_names(module)
+    return {
+        names[id(p)]: dict(optimizer.state[p])
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if id(p) in names and optimizer.state.get(p)
+    }
+
+
+def update_optimizer(
+    optimizer: torch.optim.Optimizer,
+    record: ExpansionRecord,
+    old_names: dict[int, str],
+    module: nn.Module,
+    *,
+    group_for_new: Callable[[str, nn.Parameter], int] | None = None,
+    param_order: Callable[[nn.Module], list[list[str]]] | None = None,
+    new_moments: NewMoments = "zero",
+) -> None:
+    """Move ``optimizer`` onto the grown parameters of ``module``, in place.
+
+    Everything is checked and staged first; the optimizer changes only if nothing raised.
+
+    * Grown or renamed parameters: their param-group slot and state follow them. State
+      tensors are placed at the record's positions, first moments times ``1/factor``,
+      second moments times ``1/factor**2``, new entries zero; ``step`` is cloned as is.
+    * Wholly new parameters (``record.new``) join the group of their siblings (the
+      parameters of the other layers with the same name, ``blocks.#.mlp.fc.bias``), unless
+      ``group_for_new(name, param)`` gives a group index. Once that group has state, a new
+      parameter gets state too: the group's ``step`` (that of its first param with state)
+      and zero moments, exactly as for new entries. (Left empty, torch would start it at
+      ``step=0`` with full bias correction, unlike the new entries of a grown tensor,
+      which share their tensor's kept step.)
+    * Order: each group's params are sorted by their position in ``module.named_parameters()``
+      (or listed by ``param_order(module)``, one list of names per group), so that the
+      groups equal what ``configure_optimizers`` builds on a fresh grown module, and
+      ``optimizer.state_dict()`` loads onto that fresh optimizer param by param.
+
+    ``new_moments="bias_corrected"``: with a large kept ``step`` Adam's bias correction is
+    off, so a zero ``exp_avg_sq`` makes the first updates of new entries about
+    ``(1-b1)/sqrt(1-b2)`` (3.2x) full size. This option fills the new entries of every
+    second moment with the mean of that tensor's old entries (for a new parameter: the
+    mean over its siblings), a typical second moment: the first update of a new entry is
+    then ``(1-b1) g / sqrt(v_typical)``, ramping to normal size as ``exp_avg`` fills over
+    about ``1/(1-b1)`` steps, instead of starting 3.2x too large. First moments stay zero.
+    No effect on SGD.
+
+    Args:
+        optimizer: a ``torch.optim`` Adam, AdamW or SGD over (some of) ``module``'s params.
+        record: what the growth did (names relative to ``module``).
+        old_names: ``param_names(module)`` taken before the growth.
+        module: the grown module; its parameter names must be the record's (for a
+            LightningModule holding the model, prefix the record's names).
+        group_for_new: group index for each wholly new parameter (default: siblings').
+        param_order: the names of each group's params, in order (default: module order).
+        new_moments: ``"zero"`` (default) or ``"bias_corrected"``.
+
+    Raises:
+        TypeError: unsupported optimizer class (named).
+        ValueError: unknown state key (named), a parameter missing from ``old_names`` or
+            from ``module``, no unique sibling group, or a bad ``param_order``.
+
+    Example:
+        >>> from progrow import Transformer, TransformerConfig, expand_mlp
+        >>> model = Transformer(TransformerConfig(vocab_size=16, d_model=8, d_mlp=8, n_layers=1))
+        >>> opt = torch.optim.AdamW(model.parameters())
+        >>> model(torch.zeros(1, 3, dtype=torch.long)).sum().backward(); opt.step()
+        >>> names = param_names(model)
+        >>> record = expand_mlp(model, 12)
+        >>> update_optimizer(opt, record, names, model)
+        >>> opt.state[model.blocks[0].mlp.fc.weight]["exp_avg_sq"].shape
+        torch.Size([12, 8])
+    """
+    known = SUPPORTED.get(type(optimizer))
+    if known is None:
+        raise TypeError(
+            f"optimizer surgery does not support {type(optimizer).__name__}: its state "
+            f"semantics are unknown (supported: {sorted(c.__name__ for c in SUPPORTED)})"
+        )
+    if new_moments not in ("zero", "bias_corrected"):
+        raise ValueError(f"new_moments must be 'zero' or 'bias_corrected', got {new_moments!r}")
+    params = dict(module.named_parameters())
+    renamed = {c.old_name: c.name for c in record.changes.values()}
+
+    # Each existing optimizer param: its new name (and the old object, for its state).
+    old_by_new: dict[str, Tensor] = {}
+    names_per_group: list[list[str]] = []
+    for g, group in enumerate(optimizer.param_groups):
+        names: list[str] = []
+        for p in group["params"]:
+            if id(p) not in old_names:
+                raise ValueError(
+                    f"param group {g} holds a parameter of shape {tuple(p.shape)} missing from "
+                    "old_names: take param_names(module) before growing, on the same module"
+                )
+            old = old_names[id(p)]
+            new = renamed.get(old, old)
+            if new not in params:
+                raise ValueError(f"parameter {old!r} (now {new!r}) is not in the grown module")
+            unknown = sorted(set(optimizer.state.get(p, {})) - known)
+            if unknown:
+                raise ValueError(
+                    f"{type(optimizer).__name__} state of {old!r} has unknown key(s) {unknown}: "
+                    "cannot tell how growth should transform them"
+                )
+            if "param_names" in group and group["param_names"][len(names)] != old:
+                raise ValueError(
+                    f"param group {g} names {group['param_names'][len(names)]!r} "
+                    f"but old_names says {old!r}"
+                )
+            names.append(new)
+            old_by_new[new] = p
+        names_per_group.append(names)
+
+    for name in record.new:
+        if name not in params:
+            raise ValueError(f"new parameter {name!r} of the record is not in the module")
+        g = (
+            group_for_new(name, params[name])
+            if group_for_new is not None
+            else _sibling_group(name, names_per_group)
+        )
+        if not (isinstance(g, int) and 0 <= g < len(names_per_group)):
+            raise ValueError(f"group_for_new({name!r}) gave {g!r}, not a param group index")
+        names_per_group[g].append(name)
+    flat = [n for names in names_per_group for n in names]
+    if len(set(flat)) != len(flat):
+        raise ValueError("the record maps two optimizer parameters to the same name")
+
+    if param_order is not None:
+        order = [list(names) for names in param_order(module)]
+        if len(order) != len(names_per_group) or any(
+            sorted(o) != sorted(n) for o, n in zip(order, names_per_group, strict=False)
+        ):
+            raise ValueError(
+                f"param_order must list each group's parameters exactly: got {order}, "
+                f"expected permutations of {names_per_group}"
+            )
+        names_per_group = order
+    else:
+        rank = {name: i for i, name in enumerate(params)}
+        names_per_group = [sorted(names, key=rank.__getitem__) for names in names_per_group]
+
+    # Stage the new state: existing params first, then new ones (which copy from them).
+    staged: dict[str, State] = {}
+    for name, old_p in old_by_new.items():
+        state = optimizer.state.get(old_p)
+        change = record.changes.get(name)
+        if state and change is not None and not change.is_identity:
+            if tuple(params[name].shape) != change.new_shape:
+                raise ValueError(
+                    f"{name}: module shape {tuple(params[name].shape)} is not "
+                    f"the record's {change.new_shape}"
+                )
+            staged[name] = _carry(state, change, new_moments == "bias_corrected")
+        elif state:
+            staged[name] = state  # same values and shape: keep the very same state
+    for names in names_per_group:
+        group_states = [staged[n] for n in names if n in staged]
+        for name in names:
+            if name in old_by_new or not group_states:
+                continue  # existing, or a group that has not stepped: lazy init as usual
+            key = _layer_pattern(name)
+            siblings = [
+                s for n, s in staged.items() if n in old_by_new and _layer_pattern(n) == key
+            ]
+            staged[name] = _fresh(
+                params[name], group_states[0], siblings, new_moments == "bias_corrected"
+            )
+
+    # Commit: nothing below can raise.
+    for group, names in zip(optimizer.param_groups, names_per_group, strict=True):
+        group["params"] = [params[n] for n in names]
+        if "param_names" in group:
+            group["param_names"] = list(names)
+    optimizer.state.clear()
+    optimizer.state.update({params[n]: s for n, s in staged.items()})
+
+
+def _layer_pattern(name: str) -> str:
+    """``blocks.3.mlp.fc.bias`` -> ``blocks.#.mlp.fc.bias``: the same parameter of any layer."""
+    return ".".join("#" if part.isdigit() else part for part in name.split("."))
+
+
+def _sibling_group(name: str, names_per_group: list[list[str]]) -> int:
+    key = _layer_pattern(name)
+    groups = {
+        g for g, names in enumerate(names_per_group) for n in names if _layer_pattern(n) == key
+    }
+    if len(groups) != 1:
+        raise ValueError(
+            f"new parameter {name!r}: its siblings ({key}) are in param groups "
+            f"{sorted(groups)}; pass group_for_new to choose one"
+        )
+    return groups.pop()
+
+
+def _carry(state: State, change: ParamChange, fill_typical: bool) -> State:
+    """``state`` of a grown parameter, in the grown parametrization (see module docstring)."""
+    out: State = {}
+    for key, value in state.items():
+        if key == "step" or not isinstance(value, Tensor):
+            out[key] = value.clone() if isinstance(value, Tensor) else value
+            continue
+        scale = 1.0 / change.factor**2 if key in _SECOND_MOMENTS else 1.0 / change.factor
+        placed = change.place(value, scale)
+        if fill_typical and key in _SECOND_MOMENTS and value.numel() > 0:
+            is_old = change.place(torch.ones_like(value)).bool()
+            placed = torch.where(is_old, placed, (value * scale).mean())
+        out[key] = placed
+    return out
+
+
+def _fresh(param: Tensor, template: State, siblings: list[State], fill_typical: bool) -> State:
+    """State of a wholly new parameter: the group's step, zero moments (or typical ones)."""
+    out: State = {}
+    for key, value in template.items():
+        if key == "step" or not isinstance(value, Tensor):
+            out[key] = value.clone() if isinstance(value, Tensor) else value
+            continue
+        # The group's state dtype and device, which may differ from the parameter's.
+        out[key] = value.new_zeros(param.shape)
+        typical = [s[key] for s in siblings if isinstance(s.get(key), Tensor)]
+        if fill_typical and key in _SECOND_MOMENTS and typical:
+            out[key].fill_(torch.stack([t.mean() for t in typical]).mean())
+    return out

@@ -1,0 +1,99 @@
+"""Helpers for tests that run ``lightning.Trainer``: tiny data, modules and trainers."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from progrow import GrowthCallback, LMModule
+from progrow.data import LMDataModule
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+SEQ_LEN = 16
+
+TINY_MODEL: dict[str, Any] = dict(
+    vocab_size=256,
+    max_seq_len=SEQ_LEN,
+    d_model=8,
+    d_mlp=12,
+    n_heads=2,
+    d_qk=3,
+    d_v=3,
+    n_layers=1,
+    norm_eps=1e-3,
+)
+
+# Two stages touching all six dimensions, the second inserting layers between old ones.
+TWO_STAGES: list[dict[str, Any]] = [
+    {"step": 4, "d_mlp": 20, "d_model": 12, "n_heads": 3},
+    {"step": 8, "n_layers": 3, "d_qk": 5, "d_v": 4, "layer_positions": "interleave"},
+]
+
+
+def datamodule(cache_dir: Path, *, batch_size: int = 4, seed: int = 0) -> LMDataModule:
+    return LMDataModule(
+        source="stdlib",
+        seq_len=SEQ_LEN,
+        batch_size=batch_size,
+        val_batches=2,
+        seed=seed,
+        cache_dir=cache_dir,
+        max_bytes=200_000,
+    )
+
+
+def lm_module(max_steps: int, seed: int = 0, **model: Any) -> LMModule:
+    torch.manual_seed(seed)
+    return LMModule(
+        {**TINY_MODEL, **model},
+        {"lr": 1e-2, "warmup_steps": 3, "max_steps": max_steps, "weight_decay": 0.1},
+    )
+
+
+def trainer(
+    max_steps: int,
+    callbacks: list[L.Callback],
+    root: Path | None = None,
+    **kwargs: Any,
+) -> L.Trainer:
+    options: dict[str, Any] = dict(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    if root is not None:
+        options["default_root_dir"] = str(root)
+    options.update(kwargs)
+    return L.Trainer(callbacks=callbacks, **options)
+
+
+def growth(stages: list[dict[str, Any]] = TWO_STAGES, **kwargs: Any) -> GrowthCallback:
+    kwargs.setdefault("loss_tolerance", 1e-5)
+    kwargs.setdefault("on_loss_jump", "raise")
+    return GrowthCallback(stages, seed=0, **kwargs)
+
+
+def params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].shape == b[key].shape, key
+        assert torch.equal(a[key], b[key]), f"{key} differs: {(a[key] - b[key]).abs().max()}"

@@ -1,0 +1,217 @@
+"""The growth callback inside ``trainer.fit``: timing, LR, loss continuity, bad schedules,
+mixed precision, a user's own module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.strategies import FSDPStrategy
+from lit_utils import TINY_MODEL, datamodule, growth, lm_module, trainer
+
+from progrow import GrowthCallback, GrowthSchedule, Transformer, TransformerConfig
+from progrow.training import lm_loss
+from progrow.training.callback import _check_strategy
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+class Recorder(L.Callback):
+    """Records, per optimizer step, the LR used and the model size at the update."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+        self.sizes: list[dict[str, int]] = []
+        self.micro_sizes: list[tuple[int, int]] = []  # (global_step, d_mlp) per micro-batch
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, i: int) -> None:
+        self.micro_sizes.append((trainer.global_step, pl_module.model.config.d_mlp))
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
+        self.lrs.append([g["lr"] for g in optimizer.param_groups])
+        self.sizes.append(pl_module.model.config.sizes())
+
+
+def test_lr_per_step_identical_to_run_without_growth(cache: Path) -> None:
+    runs = {}
+    for name, callbacks in {"grow": [growth()], "fixed": []}.items():
+        rec = Recorder()
+        trainer(12, [*callbacks, rec]).fit(lm_module(12), datamodule=datamodule(cache))
+        runs[name] = rec
+    assert len(runs["grow"].lrs) == 12
+    assert runs["grow"].lrs == runs["fixed"].lrs
+    assert len(set(map(tuple, runs["grow"].lrs))) > 5  # the schedule does move
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_fires_at_the_scheduled_optimizer_step(cache: Path, accumulate: int) -> None:
+    rec = Recorder()
+    cb = growth([{"step": 4, "d_mlp": 20}, {"step": 7, "n_layers": 2}])
+    trainer(10, [cb, rec], accumulate_grad_batches=accumulate).fit(
+        lm_module(10), datamodule=datamodule(cache)
+    )
+    assert [e["step"] for e in cb.events] == [4, 7]
+    d_mlp = [s["d_mlp"] for s in rec.sizes]
+    assert d_mlp == [12] * 4 + [20] * 6  # the update of step 4 is the first at the new size
+    n_layers = [s["n_layers"] for s in rec.sizes]
+    assert n_layers == [1] * 7 + [2] * 3
+    # Every micro-batch of one optimizer step sees one size: no growth mid-accumulation.
+    assert len(rec.micro_sizes) == 10 * accumulate
+    per_step: dict[int, set[int]] = {}
+    for step, size in rec.micro_sizes:
+        per_step.setdefault(step, set()).add(size)
+    assert all(len(sizes) == 1 for sizes in per_step.values())
+
+
+def test_loss_continuity_logged_and_within_tolerance(cache: Path, tmp_path: Path) -> None:
+    cb = growth(loss_tolerance=1e-5)
+    logger = L.pytorch.loggers.CSVLogger(tmp_path, name="run")
+    module = lm_module(12)
+    trainer(12, [cb], logger=logger, log_every_n_steps=1).fit(module, datamodule=datamodule(cache))
+    assert len(cb.events) == 2
+    for event in cb.events:
+        assert abs(event["loss_delta"]) <= 1e-5
+        assert event["params"] > event["params_before"]
+        assert 3.0 < event["loss_before"] < 7.0  # a real loss (vocab 256: ln 256 = 5.5)
+    assert module.model.config.sizes() == {
+        "d_mlp": 20, "n_heads": 3, "d_v": 4, "d_qk": 5, "d_model": 12, "n_layers": 3
+    }  # fmt: skip
+    text = (Path(logger.log_dir) / "metrics.csv").read_text()
+    header = text.splitlines()[0].split(",")
+    for key in ("growth/loss_before", "growth/loss_after", "growth/loss_delta", "growth/stage",
+                "growth/params", "compute/flops", "compute/tokens", "train/loss"):  # fmt: skip
+        assert key in header, key
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in text.splitlines()[1:]]
+    deltas = [float(r["growth/loss_delta"]) for r in rows if r["growth/loss_delta"]]
+    assert len(deltas) == 2 and all(abs(d) <= 1e-5 for d in deltas)
+
+
+def test_loss_jump_raises_or_warns(cache: Path) -> None:
+    def shifted_loss(pl_module: Any, batch: torch.Tensor) -> torch.Tensor:
+        # A loss that depends on the parameter count: growth "jumps" it on purpose.
+        return lm_loss(pl_module.model, batch) + pl_module.model.num_params() * 1e-3
+
+    with pytest.raises(RuntimeError, match="growth stage 0 at step 4 changed the probe loss"):
+        trainer(10, [growth(loss_fn=shifted_loss)]).fit(lm_module(10), datamodule=datamodule(cache))
+    with pytest.warns(UserWarning, match="above loss_tolerance"):
+        trainer(10, [growth(loss_fn=shifted_loss, on_loss_jump="warn")]).fit(
+            lm_module(10), datamodule=datamodule(cache)
+        )
+
+
+@pytest.mark.parametrize(
+    ("stages", "match"),
+    [
+        ([{"step": 5, "d_mlp": 20}, {"step": 5, "n_layers": 2}], "stage 1: step=5 must be greater"),
+        ([{"step": 3, "d_mlp": 20}, {"step": 6, "d_mlp": 16}], "stage 1: d_mlp=16 shrinks"),
+        ([{"step": 3, "d_foo": 20}], r"stage 0: unknown field\(s\) \['d_foo'\]"),
+        ([{"step": -1, "d_mlp": 20}], "stage 0: step must be >= 0, got -1"),
+        ([{"step": 3, "d_mlp": 0}], "stage 0: d_mlp must be a positive integer, got 0"),
+        ([{"step": 3, "d_mlp": 2.5}], "stage 0: d_mlp must be a positive integer, got 2.5"),
+        ([{"step": 3}], "stage 0: no target size"),
+        ([{"d_mlp": 20}], "stage 0: missing field 'step'"),
+        ([{"step": 0.5, "d_mlp": 20}], r"stage 0: step=0.5 is a fraction of max_steps"),
+        ([{"step": 3, "n_layers": 3, "layer_positions": "middle"}], "layer_positions='middle'"),
+    ],
+)
+def test_bad_schedule_fails_when_built(stages: list[dict[str, Any]], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        GrowthCallback(stages)
+
+
+class FailIfTrained(L.Callback):
+    def on_train_batch_start(self, *args: Any) -> None:
+        raise AssertionError("training started although the schedule is invalid")
+
+
+@pytest.mark.parametrize(
+    ("stages", "model", "match"),
+    [
+        ([{"step": 12, "d_mlp": 20}], {}, r"stage 0: step=12 is past the end .*max_steps=10"),
+        ([{"step": 2, "d_mlp": 8}], {}, "stage 0: d_mlp=8 is below the model's d_mlp=12"),
+        ([{"step": 2, "d_model": 16}], {"norm": "layernorm"}, "stage 0: d_model=16 needs"),
+        (
+            [{"step": 2, "n_layers": 3, "layer_positions": [0, 7]}],
+            {},
+            r"stage 0: layer_positions: .*out of range",
+        ),
+    ],
+)
+def test_bad_schedule_fails_before_step_zero(
+    cache: Path, stages: list[dict[str, Any]], model: dict[str, Any], match: str
+) -> None:
+    module = lm_module(10, **model)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        trainer(10, [GrowthCallback(stages), FailIfTrained()]).fit(
+            module, datamodule=datamodule(cache)
+        )
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_fractional_steps() -> None:
+    schedule = GrowthSchedule([{"step": 0.25, "d_mlp": 20}, {"step": 0.5, "n_layers": 2}],
+                              max_steps=40)  # fmt: skip
+    assert [s.step for s in schedule] == [10, 20]
+
+
+def test_unsupported_strategy_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="does not support the FSDPStrategy"):
+        _check_strategy(FSDPStrategy())
+
+
+class UserModule(L.LightningModule):
+    """A user's own module: the Transformer at ``self.net``, plain Adam, no progrow base."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Transformer(TransformerConfig(**TINY_MODEL))
+        self.head_bias = torch.nn.Parameter(torch.zeros(1))  # a parameter outside the model
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return lm_loss(self.net, batch) + self.head_bias.pow(2).sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def test_users_own_module_grows_and_resumes(cache: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = UserModule()
+    cb = growth(model_attr="net")
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, every_n_train_steps=10, save_top_k=-1
+    )
+    trainer(10, [cb, ckpt], enable_checkpointing=True).fit(module, datamodule=datamodule(cache))
+    assert module.net.config.n_layers == 3 and len(cb.events) == 2
+    # A fresh module of the starting size resumes from the grown checkpoint.
+    resumed = UserModule()
+    cb2 = growth(model_attr="net")
+    trainer(12, [cb2]).fit(
+        resumed, datamodule=datamodule(cache), ckpt_path=str(tmp_path / "epoch=0-step=10.ckpt")
+    )
+    assert resumed.net.config == module.net.config
+    assert len(cb2.events) == 2  # restored from the checkpoint, no new growth
+
+
+def test_bf16_mixed_precision(cache: Path) -> None:
+    cb = growth(loss_tolerance=5e-2)
+    module = lm_module(10)
+    trainer(10, [cb], precision="bf16-mixed").fit(module, datamodule=datamodule(cache))
+    assert len(cb.events) == 2
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+    assert all(abs(e["loss_delta"]) <= 5e-2 for e in cb.events)
+
+
+def test_stage_at_step_zero_and_noop_stage(cache: Path) -> None:
+    cb = growth([{"step": 0, "d_mlp": 20}, {"step": 3, "d_mlp": 20, "n_heads": 2}])
+    module = lm_module(5)
+    trainer(5, [cb]).fit(module, datamodule=datamodule(cache))
+    assert [e["step"] for e in cb.events] == [0]  # stage 1 asks for sizes already reached
+    assert module.model.config.d_mlp == 20
