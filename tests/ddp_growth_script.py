@@ -1,0 +1,52 @@
+"""Run by tests/test_ddp.py: 2-process CPU DDP (gloo) with two growth stages.
+
+Each rank saves its final parameters and growth events to ``OUT/rank{r}.pt``. Lightning
+re-executes this script for rank 1, so it takes its arguments from the command line.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lit_utils import datamodule, growth, lm_module
+
+
+def main(out: Path, find_unused: bool) -> None:
+    torch.set_num_threads(1)
+    module = lm_module(10)
+    cb = growth()
+    strategy = DDPStrategy(
+        process_group_backend="gloo",
+        timeout=timedelta(seconds=60),  # a rank that never joins fails fast instead of hanging
+        find_unused_parameters=find_unused,
+    )
+    trainer = L.Trainer(
+        max_steps=10,
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        callbacks=[cb],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=datamodule(out / "cache"))
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    torch.save(
+        {"params": state, "events": cb.events, "config": module.model.config.to_dict()},
+        out / f"rank{trainer.global_rank}.pt",
+    )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), find_unused=sys.argv[2] == "1")
