@@ -215,3 +215,28 @@ def test_stage_at_step_zero_and_noop_stage(cache: Path) -> None:
     trainer(5, [cb]).fit(module, datamodule=datamodule(cache))
     assert [e["step"] for e in cb.events] == [0]  # stage 1 asks for sizes already reached
     assert module.model.config.d_mlp == 20
+
+
+class CompiledModule(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = torch.compile(Transformer(TransformerConfig(**TINY_MODEL)))
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return lm_loss(self.model, batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+
+@pytest.mark.slow
+def test_compiled_model_grows_and_recompiles(cache: Path) -> None:
+    # Growth edits the Transformer under the torch.compile wrapper in place; dynamo's
+    # shape guards fail and it recompiles. (About 2 minutes on 2 CPU cores: slow.)
+    torch.manual_seed(0)
+    module = CompiledModule()
+    cb = growth()
+    trainer(10, [cb]).fit(module, datamodule=datamodule(cache))
+    assert [e["step"] for e in cb.events] == [4, 8]
+    assert all(abs(e["loss_delta"]) <= 1e-5 for e in cb.events)
+    assert module.model._orig_mod.config.n_layers == 3
