@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from progrow.config import TransformerConfig
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from progrow.config import GROWABLE_DIMS, TransformerConfig
 
 
 def matmul_params(config: TransformerConfig) -> int:
@@ -28,3 +31,43 @@ def forward_flops_per_token(config: TransformerConfig, seq_len: int) -> float:
 def train_flops_per_token(config: TransformerConfig, seq_len: int) -> float:
     """Forward plus backward (twice the forward): ``3 x`` forward FLOPs."""
     return 3 * forward_flops_per_token(config, seq_len)
+
+
+def steps_for_budget(
+    start: TransformerConfig,
+    stages: Sequence[Mapping[str, Any]],
+    budget_flops: float,
+    tokens_per_step: int,
+    seq_len: int,
+) -> int:
+    """Optimizer steps a growing run may take to spend ``budget_flops`` of training compute.
+
+    ``stages`` are growth stages whose ``step`` is a FRACTION of the run (in ``[0, 1)``), so
+    each size is trained for a fixed share of the steps and the total compute is
+    ``max_steps * sum(share_i * flops_per_step_i)``: solved for ``max_steps``. Used to give
+    every growth schedule the FLOPs of a fixed-size baseline (its early steps are cheaper,
+    so it takes more of them).
+
+    Example:
+        >>> cfg = TransformerConfig(vocab_size=256, d_model=64, n_layers=2)
+        >>> budget = 100 * train_flops_per_token(cfg.replace(n_layers=4), 128) * 1024
+        >>> steps_for_budget(cfg, [{"step": 0.5, "n_layers": 4}], budget, 1024, 128)
+        130
+    """
+    shares: list[tuple[float, TransformerConfig]] = []
+    config, start_fraction = start, 0.0
+    for i, stage in enumerate(stages):
+        fraction = float(stage["step"])
+        if not 0.0 <= fraction < 1.0 or fraction < start_fraction:
+            raise ValueError(
+                f"growth stage {i}: step={stage['step']!r} must be a fraction in [0, 1), "
+                "increasing, to size a run by its compute budget"
+            )
+        shares.append((fraction - start_fraction, config))
+        sizes = {k: v for k, v in stage.items() if k in GROWABLE_DIMS}
+        config, start_fraction = config.replace(**sizes), fraction
+    shares.append((1.0 - start_fraction, config))
+    per_step = sum(
+        share * train_flops_per_token(cfg, seq_len) * tokens_per_step for share, cfg in shares
+    )
+    return max(1, round(budget_flops / per_step))
