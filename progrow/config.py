@@ -21,6 +21,11 @@ def check_positive_int(field: str, value: Any) -> int:
     return value
 
 
+def _is_number(value: Any) -> bool:
+    """An int or float that is not a bool (``True`` is not a dropout rate)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class TransformerConfig:
     """Architecture of a :class:`progrow.Transformer`.
@@ -65,7 +70,7 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_seq_len", *GROWABLE_DIMS):
             check_positive_int(name, getattr(self, name))
-        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)):
+        if not _is_number(self.norm_eps):
             raise ValueError(f"norm_eps must be a number, got {self.norm_eps!r}")
         if not (self.norm_eps >= 0 and math.isfinite(self.norm_eps)):
             raise ValueError(f"norm_eps must be finite and >= 0, got {self.norm_eps!r}")
@@ -76,10 +81,10 @@ class TransformerConfig:
         for name in ("final_norm", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+        if not (_is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
-            raise ValueError(f"init_std must be > 0, got {self.init_std!r}")
+        if not (_is_number(self.init_std) and 0 < self.init_std < math.inf):
+            raise ValueError(f"init_std must be finite and > 0, got {self.init_std!r}")
 
     def sizes(self) -> dict[str, int]:
         """The six growable sizes as a dict."""

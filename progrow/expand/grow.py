@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -40,12 +41,14 @@ def grow(
     n_layers: int | None = None,
     layer_positions: Positions = "append",
     generator: torch.Generator | None = None,
+    **unknown: Any,
 ) -> ExpansionRecord:
     """Apply any subset of the six expansions, in the order of :data:`GROW_ORDER`.
 
     Every argument is checked before the model is touched, so a bad one leaves the model
-    unchanged. A size equal to the current one is a no-op. Returns one record composing
-    all the expansions applied (old model to grown model).
+    unchanged. A size equal to the current one is a no-op. An unknown dimension (a typo
+    such as ``d_ff``) raises ``ValueError`` naming it and the growable ones. Returns one
+    record composing all the expansions applied (old model to grown model).
 
     Example:
         >>> from progrow import Transformer, TransformerConfig
@@ -54,6 +57,11 @@ def grow(
         >>> record.expansions, model.config.d_model, model.config.n_layers
         (('d_model', 'n_layers'), 12, 2)
     """
+    if unknown:
+        raise ValueError(
+            f"grow() got unknown dimension(s) {sorted(unknown)}; the growable dimensions "
+            f"are {list(GROWABLE_DIMS)} (other keywords: layer_positions, generator)"
+        )
     targets = dict(
         d_mlp=d_mlp, n_heads=n_heads, d_v=d_v, d_qk=d_qk, d_model=d_model, n_layers=n_layers
     )

@@ -125,7 +125,12 @@ def add_layers(
     new_names = tuple(
         f"blocks.{i}.{leaf}" for i in new_idx for leaf, _ in fresh[i].named_parameters()
     )
-    model.blocks = nn.ModuleList(order)
+    # New modules start in training mode; match the model's mode (an eval model stays eval).
+    for block in fresh.values():
+        block.train(model.training)
+    blocks = nn.ModuleList(order)
+    blocks.training = model.blocks.training
+    model.blocks = blocks
     model.config = new_cfg
     sync_modules(model)
     return ExpansionRecord(cfg, new_cfg, changes, new_names, ("n_layers",))
