@@ -243,8 +243,8 @@ class GrowthCallback(L.Callback):
         index: int,
         stage: GrowthStage,
     ) -> None:
-        started = time.perf_counter()
         loss_before = self._probe_loss(trainer, pl_module)
+        started = time.perf_counter()  # growth proper: expansion, surgery, DDP re-wrap
         params_before = model.num_params()
         old_names = param_names(pl_module)
         prefix = _prefix_of(pl_module, model)

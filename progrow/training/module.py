@@ -75,7 +75,7 @@ class LMModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("compute/flops", self.flops)
         self.log("compute/tokens", float(self.tokens))
-        self.log("size/params", float(self.model.num_params()))
+        self.log("size/params", float(self.model.config.num_params()))
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
