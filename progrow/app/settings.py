@@ -1,0 +1,238 @@
+"""``RunSettings``: the Hydra config turned into plain typed values, checked up front.
+
+Every check here runs before any data is read or any model is built, and every error is a
+:class:`ConfigError` that names the config key and its value, e.g.
+``trainer.max_steps=0: must be a positive integer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from progrow.config import TransformerConfig
+from progrow.schedule import GrowthSchedule
+
+#: Keys of ``cfg.growth`` that are GrowthCallback options (the rest: ``name``, ``stages``).
+GROWTH_OPTIONS = ("loss_tolerance", "on_loss_jump", "new_moments", "rewarmup_steps")
+#: TransformerConfig fields the app takes from the data rather than from ``cfg.model``.
+FROM_DATA = ("vocab_size", "max_seq_len")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and the value."""
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """Resolve ``cfg`` into plain dicts and lists; a ``???`` left unset names its key."""
+    try:
+        out = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", None) or str(err)
+        raise ConfigError(
+            f"{key}=???: this key is required, set it on the command line "
+            f"(e.g. `python -m progrow.train ... {key}=VALUE`)"
+        ) from None
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ConfigError(f"{key}={value!r}: must be a positive integer")
+    return int(value)
+
+
+def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}={value!r}: must be a mapping")
+    return dict(value)
+
+
+def _check_keys(section: str, given: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(
+            f"{section}: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+
+
+@dataclass(frozen=True)
+class GrowthSettings:
+    """The ``growth`` group: a named schedule and the GrowthCallback options."""
+
+    name: str
+    """Schedule name (``none`` marks a fixed-size baseline)."""
+    schedule: GrowthSchedule
+    """Stages with fractional steps already resolved against ``trainer.max_steps``."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of :class:`progrow.GrowthCallback` besides schedule and seed."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one training job needs, as plain typed values.
+
+    Built by :meth:`from_config` from the composed Hydra config; nothing downstream reads
+    the ``DictConfig``.
+    """
+
+    seed: int
+    """Global seed (data, init, growth values)."""
+    max_steps: int
+    """Optimizer steps of the run (``trainer.max_steps``)."""
+    task_name: str
+    """Names the output tree."""
+    tags: list[str]
+    """Free-form labels."""
+    ckpt_path: str | None
+    """Checkpoint to resume from, ``"auto"`` or ``None``."""
+    output_dir: Path
+    """This run's folder."""
+    ckpt_dir: Path
+    """Where ModelCheckpoint writes."""
+    model: dict[str, Any]
+    """TransformerConfig fields except those that come from the data (``FROM_DATA``)."""
+    model_overrides: dict[str, Any]
+    """``FROM_DATA`` fields set explicitly in ``cfg.model`` (checked against the data)."""
+    optim: dict[str, Any]
+    """OptimConfig fields; ``max_steps`` is added from the trainer."""
+    data: dict[str, Any]
+    """LMDataModule keyword arguments."""
+    growth: GrowthSettings
+    """The schedule and callback options."""
+    trainer: dict[str, Any]
+    """``lightning.Trainer`` keyword arguments (with ``_target_``)."""
+    callbacks: dict[str, dict[str, Any]]
+    """Callback configs by name, each with a ``_target_``."""
+    loggers: dict[str, dict[str, Any]]
+    """Logger configs by name, each with a ``_target_``."""
+    raw: dict[str, Any]
+    """The whole resolved config (logged as hyperparameters)."""
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> RunSettings:
+        """Resolve and check ``cfg``; raise :class:`ConfigError` naming the bad key."""
+        raw = to_container(cfg)
+        trainer = _section(raw, "trainer")
+        max_steps = _positive_int("trainer.max_steps", trainer.get("max_steps"))
+        seed = raw.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ConfigError(f"seed={seed!r}: must be an integer >= 0")
+
+        model = _section(raw, "model")
+        _check_keys("model", model, {f.name for f in dataclasses.fields(TransformerConfig)})
+        overrides = {k: model.pop(k) for k in FROM_DATA if k in model}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+
+        optim = _section(raw, "optim")
+        if "max_steps" in optim:
+            raise ConfigError(
+                f"optim.max_steps={optim['max_steps']!r}: set trainer.max_steps instead "
+                "(the learning-rate schedule always spans the whole run)"
+            )
+        from progrow.training.optim import OptimConfig
+
+        _check_keys("optim", optim, {f.name for f in dataclasses.fields(OptimConfig)})
+
+        data = _section(raw, "data")
+        from progrow.data import LMDataModule
+
+        data_params = set(inspect.signature(LMDataModule.__init__).parameters) - {"self"}
+        _check_keys("data", data, data_params)
+
+        growth = _growth(_section(raw, "growth"), max_steps)
+        paths = _section(raw, "paths")
+        for key in ("output_dir", "ckpt_dir"):
+            if not paths.get(key):
+                raise ConfigError(f"paths.{key}={paths.get(key)!r}: must be a folder")
+        ckpt_path = raw.get("ckpt_path")
+        if ckpt_path is not None and not isinstance(ckpt_path, str):
+            raise ConfigError(f"ckpt_path={ckpt_path!r}: must be a file path, 'auto' or null")
+        tags = raw.get("tags") or []
+        return cls(
+            seed=int(seed),
+            max_steps=max_steps,
+            task_name=str(raw.get("task_name", "train")),
+            tags=[str(t) for t in (tags if isinstance(tags, list) else [tags])],
+            ckpt_path=ckpt_path or None,
+            output_dir=Path(paths["output_dir"]),
+            ckpt_dir=Path(paths["ckpt_dir"]),
+            model=model,
+            model_overrides=overrides,
+            optim=optim,
+            data=data,
+            growth=growth,
+            trainer=trainer,
+            callbacks=_targets("callbacks", _section(raw, "callbacks")),
+            loggers=_targets("logger", _section(raw, "logger")),
+            raw=raw,
+        )
+
+
+def _growth(section: dict[str, Any], max_steps: int) -> GrowthSettings:
+    name = str(section.pop("name", "custom"))
+    stages = section.pop("stages", None) or []
+    _check_keys("growth", section, set(GROWTH_OPTIONS))
+    if not isinstance(stages, list):
+        raise ConfigError(f"growth.stages={stages!r}: must be a list of stages")
+    try:
+        schedule = GrowthSchedule(stages, max_steps=max_steps)
+    except ValueError as err:
+        raise ConfigError(f"growth.stages (growth={name}): {err}") from None
+    return GrowthSettings(name=name, schedule=schedule, options=section)
+
+
+def _targets(group: str, section: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Entries of a group of instantiable configs; ``null`` entries are switched off."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in section.items():
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or "_target_" not in entry:
+            raise ConfigError(f"{group}.{name}={entry!r}: must be a mapping with a _target_")
+        out[name] = entry
+    return out
+
+
+def model_config(settings: RunSettings, vocab_size: int, seq_len: int) -> TransformerConfig:
+    """The starting TransformerConfig: ``cfg.model`` plus vocabulary and length from data.
+
+    An explicit ``model.vocab_size`` must cover the data's vocabulary and an explicit
+    ``model.max_seq_len`` must cover ``data.seq_len``.
+    """
+    values = dict(settings.model)
+    given_vocab = settings.model_overrides.get("vocab_size")
+    if given_vocab is not None and given_vocab < vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={given_vocab!r}: below the data's vocabulary of {vocab_size}"
+        )
+    given_len = settings.model_overrides.get("max_seq_len")
+    if given_len is not None and given_len < seq_len:
+        raise ConfigError(f"model.max_seq_len={given_len!r}: below data.seq_len={seq_len}")
+    values["vocab_size"] = given_vocab or vocab_size
+    values["max_seq_len"] = given_len or seq_len
+    try:
+        config = TransformerConfig(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model: {err}") from None
+    return config
+
+
+def validate_schedule(growth: GrowthSettings, config: TransformerConfig, max_steps: int) -> None:
+    """Check the schedule against the starting model and the run length, naming the key."""
+    try:
+        growth.schedule.validate_for(config, max_steps)
+    except ValueError as err:
+        raise ConfigError(f"growth.stages (growth={growth.name}): {err}") from None

@@ -1,0 +1,89 @@
+"""The end-of-run summary: a JSON file in the run folder and a rich table on the console."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+SUMMARY_FILE = "summary.json"
+
+
+def human(n: float) -> str:
+    """``1234567`` -> ``"1.23M"``."""
+    if not math.isfinite(n):
+        return str(n)
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def write_summary(output_dir: Path, summary: dict[str, Any]) -> Path:
+    """Write ``summary.json``; wall time adds up over resumed attempts of the same folder."""
+    path = output_dir / SUMMARY_FILE
+    previous = 0.0
+    if path.is_file():
+        try:
+            previous = float(json.loads(path.read_text()).get("wall_s_total", 0.0))
+        except (ValueError, OSError):
+            previous = 0.0
+    summary["wall_s_total"] = previous + float(summary["wall_s"])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return path
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Print the final validation loss, the growth events and where the outputs are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # logs and pipes: do not wrap at 80 columns
+    val = summary.get("val_loss")
+    head = Table(title=f"progrow run: growth={summary['growth']}", show_header=False)
+    head.add_column(style="bold")
+    head.add_column(overflow="fold")
+    head.add_row("final val/loss", "n/a" if val is None else f"{val:.4f}")
+    head.add_row("steps", str(summary["global_step"]))
+    head.add_row("params", f"{human(summary['params_start'])} -> {human(summary['params'])}")
+    head.add_row("compute", f"{human(summary['flops'])} FLOPs, {human(summary['tokens'])} tokens")
+    head.add_row(
+        "wall time", f"{summary['wall_s']:.1f} s this launch ({summary['fit_s']:.1f} s training)"
+    )
+    head.add_row("run folder", summary["output_dir"])
+    head.add_row("logs", "\n".join(summary["log_dirs"]) or "(no logger)")
+    head.add_row("checkpoints", summary["ckpt_dir"])
+    if summary.get("resumed_from"):
+        head.add_row("resumed from", summary["resumed_from"])
+    console.print(head)
+    events = summary.get("events") or []
+    if not events:
+        console.print("no growth events (fixed-size run)")
+        return
+    table = Table(title="growth events (loss on a fixed probe batch, before/after)")
+    for col in ("stage", "step", "params", "loss before", "loss after", "delta", "sizes"):
+        table.add_column(col, justify="right" if col != "sizes" else "left")
+    previous = dict(summary.get("sizes_start") or {})
+    for e in events:
+        now = e.get("sizes", {})
+        sizes = " ".join(
+            f"{k} {previous[k]}->{v}" if k in previous else f"{k}={v}"
+            for k, v in now.items()
+            if previous.get(k) != v
+        )
+        previous = dict(now)
+        table.add_row(
+            str(e["stage"]),
+            str(e["step"]),
+            f"{human(e['params_before'])} -> {human(e['params'])}",
+            f"{e['loss_before']:.6f}",
+            f"{e['loss_after']:.6f}",
+            f"{e['loss_delta']:+.2e}",
+            sizes,
+        )
+    console.print(table)
+    console.print(f"report: progrow-report {summary['output_dir']}")

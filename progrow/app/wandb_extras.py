@@ -1,0 +1,77 @@
+"""W&B extras of the app (the library never imports wandb): compute as the x-axis, the
+growth events as a table, a stable run id for resumed jobs, one run per job."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import Logger
+
+#: Metrics plotted against cumulative training FLOPs, so growing and fixed-size runs line
+#: up by compute. Exact names win over W&B's glob rules set by Lightning ("*" -> step).
+BY_COMPUTE = (
+    "val/loss",
+    "val/ppl",
+    "train/loss",
+    "growth/loss_before",
+    "growth/loss_after",
+    "growth/loss_delta",
+    "growth/params",
+    "growth/stage",
+    "size/params",
+    "compute/tokens",
+)
+EVENT_COLUMNS = ("stage", "step", "flops", "params_before", "params", "loss_before",
+                 "loss_after", "loss_delta", "seconds")  # fmt: skip
+ID_FILE = "wandb-run-id"
+
+
+def is_wandb(logger: Logger) -> bool:
+    """Whether ``logger`` is Lightning's WandbLogger (checked by name: no wandb import)."""
+    return type(logger).__name__ == "WandbLogger"
+
+
+def stable_run_id(output_dir: Path) -> str:
+    """The W&B run id of this run folder: read back on resume, so a requeued or resumed
+    job continues the same W&B run instead of starting a second one."""
+    path = output_dir / ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def define_compute_axis(loggers: list[Logger]) -> None:
+    """Declare ``compute/flops`` the x-axis of the metrics in ``BY_COMPUTE``."""
+    for logger in loggers:
+        if not is_wandb(logger):
+            continue
+        run = getattr(logger, "experiment", None)  # rank 0: the wandb Run; else a dummy
+        define = getattr(run, "define_metric", None)
+        if define is None:
+            continue
+        define("compute/flops")
+        for name in BY_COMPUTE:
+            define(name, step_metric="compute/flops")
+
+
+def log_events_table(loggers: list[Logger], events: list[dict[str, Any]]) -> None:
+    """Log the growth events as a ``growth/events`` table."""
+    rows = [[event.get(col) for col in EVENT_COLUMNS] for event in events]
+    for logger in loggers:
+        if is_wandb(logger) and hasattr(logger, "log_table"):
+            logger.log_table("growth/events", columns=list(EVENT_COLUMNS), data=rows)
+
+
+def finish(loggers: list[Logger], failed: bool) -> None:
+    """End this job's W&B run (a multirun starts one run per job)."""
+    if not any(is_wandb(logger) for logger in loggers):
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)

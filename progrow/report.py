@@ -1,0 +1,399 @@
+"""``progrow-report RUN_DIR...``: compare growing runs with fixed-size baselines by compute.
+
+Reads only local files written by ``python -m progrow.train``: each run folder's
+``.hydra/config.yaml`` (schedule name, seed), its CSV metrics
+(``csv/version_*/metrics.csv``; several versions are the attempts of a resumed run, later
+ones win where they overlap) and ``summary.json`` (wall time, growth events). A multirun
+folder works too: runs are found recursively.
+
+For each run it reports the final validation loss, the training FLOPs, and, against the
+fixed-size baseline (a run whose growth schedule is ``none``), the FLOPs at which the run
+first reached the baseline's final validation loss and the saving in percent. The FLOPs
+are interpolated linearly between the two validations around the crossing.
+
+Baseline choice, per run: ``--baseline RUN_DIR`` if given; else the ``none`` run with the
+same seed; else the ``none`` run with the most FLOPs.
+
+Example:
+    progrow-report outputs/train/multirun/2025-01-01_12-00-00_000000 --out cmp.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BASELINE_SCHEDULE = "none"
+
+
+@dataclass
+class RunSummary:
+    """What the report knows about one run."""
+
+    name: str
+    """Short label: the run folder relative to the common parent of all runs."""
+    path: str
+    """The run folder."""
+    growth: str
+    """Growth schedule name (``none``: fixed-size baseline)."""
+    seed: int | None
+    final_val_loss: float | None
+    """Last validation loss logged."""
+    flops: float | None
+    """Training FLOPs at the end of the run."""
+    tokens: float | None
+    wall_s: float | None
+    """Wall time of the training (all resumed attempts that finished), from summary.json."""
+    curve: list[tuple[float, float]] = field(default_factory=list)
+    """``(flops, val_loss)`` at each validation."""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """Growth events: step, flops, loss_delta, params (and more when summary.json has them)."""
+    baseline: str | None = None
+    """Path of the baseline run compared against."""
+    flops_to_baseline: float | None = None
+    """FLOPs at which this run first reached the baseline's final validation loss."""
+    saving_pct: float | None = None
+    """``100 * (1 - flops_to_baseline / baseline flops)``; positive: cheaper."""
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.growth == BASELINE_SCHEDULE
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- finding and reading runs -------------------------------------------------------------
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run folders under ``paths``: folders holding ``.hydra/config.yaml`` and a CSV log."""
+    found: list[Path] = []
+    for root in map(Path, paths):
+        if not root.exists():
+            raise FileNotFoundError(f"no such run folder: {root}")
+        candidates = [root] if (root / ".hydra" / "config.yaml").is_file() else []
+        candidates += sorted(p.parent.parent for p in root.rglob(".hydra/config.yaml"))
+        for run in candidates:
+            if run not in found and _metric_files(run):
+                found.append(run)
+    return found
+
+
+def _version(path: Path) -> int:
+    match = re.search(r"version_(\d+)", str(path.parent.name))
+    return int(match.group(1)) if match else 0
+
+
+def _metric_files(run: Path) -> list[Path]:
+    return sorted(run.rglob("metrics.csv"), key=lambda p: (str(p.parent.parent), _version(p)))
+
+
+def read_metrics(run: Path) -> list[dict[str, float]]:
+    """All CSV metric rows of a run, attempts merged: a later attempt (resume) replaces the
+    rows of earlier ones from its first step on."""
+    merged: list[dict[str, float]] = []
+    for path in _metric_files(run):
+        with path.open() as f:
+            rows = [_numbers(row) for row in csv.DictReader(f)]
+        steps = [r["step"] for r in rows if "step" in r]
+        if steps:
+            first = min(steps)
+            merged = [r for r in merged if r.get("step", -1) < first]
+        merged.extend(rows)
+    return merged
+
+
+def _numbers(row: dict[str, str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in row.items():
+        if value not in ("", None):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text())
+    return data if isinstance(data, dict) else {}
+
+
+def load_run(run: Path, name: str | None = None) -> RunSummary:
+    """Read one run folder."""
+    config = _load_yaml(run / ".hydra" / "config.yaml")
+    growth = config.get("growth") or {}
+    summary_file = run / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    rows = read_metrics(run)
+    curve = [
+        (r["compute/flops"], r["val/loss"])
+        for r in rows
+        if "val/loss" in r and "compute/flops" in r
+    ]
+    flops = [r["compute/flops"] for r in rows if "compute/flops" in r]
+    tokens = [r["compute/tokens"] for r in rows if "compute/tokens" in r]
+    events = summary.get("events") or [
+        {
+            "stage": int(r["growth/stage"]),
+            "step": int(r.get("step", -1)),
+            "flops": r.get("compute/flops"),
+            "loss_delta": r.get("growth/loss_delta"),
+            "params": r.get("growth/params"),
+        }
+        for r in rows
+        if "growth/stage" in r
+    ]
+    seed = config.get("seed")
+    return RunSummary(
+        name=name or run.name,
+        path=str(run),
+        growth=str(growth.get("name", summary.get("growth", "?"))),
+        seed=int(seed) if isinstance(seed, int) else None,
+        final_val_loss=curve[-1][1] if curve else summary.get("val_loss"),
+        flops=max(flops) if flops else summary.get("flops"),
+        tokens=max(tokens) if tokens else summary.get("tokens"),
+        wall_s=summary.get("wall_s_total", summary.get("wall_s")),
+        curve=curve,
+        events=events,
+    )
+
+
+# -- comparing --------------------------------------------------------------------------
+
+
+def flops_to_reach(curve: Sequence[tuple[float, float]], target: float) -> float | None:
+    """FLOPs at which ``curve`` first gets to ``target`` or below, interpolated linearly
+    between the validations around the crossing; ``None`` if it never does.
+
+    Example:
+        >>> flops_to_reach([(10.0, 3.0), (20.0, 2.0), (30.0, 1.0)], 1.5)
+        25.0
+    """
+    previous: tuple[float, float] | None = None
+    for flops, loss in curve:
+        if loss <= target:
+            if previous is None or previous[1] == loss:
+                return flops
+            f0, l0 = previous
+            return f0 + (l0 - target) / (l0 - loss) * (flops - f0)
+        previous = (flops, loss)
+    return None
+
+
+def pick_baseline(run: RunSummary, baselines: Sequence[RunSummary]) -> RunSummary | None:
+    """The baseline with ``run``'s seed, else the one with the most FLOPs."""
+    usable = [b for b in baselines if b.curve]
+    if not usable:
+        return None
+    same_seed = [b for b in usable if b.seed is not None and b.seed == run.seed]
+    pool = same_seed or usable
+    return max(pool, key=lambda b: b.flops or 0.0)
+
+
+def compare(runs: list[RunSummary], baseline: RunSummary | None = None) -> list[RunSummary]:
+    """Fill each run's ``baseline``, ``flops_to_baseline`` and ``saving_pct``."""
+    baselines = [baseline] if baseline is not None else [r for r in runs if r.is_baseline]
+    for run in runs:
+        base = pick_baseline(run, baselines)
+        if base is None or base.final_val_loss is None or not run.curve:
+            continue
+        run.baseline = base.path
+        reached = flops_to_reach(run.curve, base.final_val_loss)
+        run.flops_to_baseline = reached
+        base_flops = base.curve[-1][0]
+        if reached is not None and base_flops > 0:
+            run.saving_pct = 100.0 * (1.0 - reached / base_flops)
+    return runs
+
+
+def summarize(
+    run_dirs: Iterable[str | Path], baseline: str | Path | None = None
+) -> list[RunSummary]:
+    """Find the runs under ``run_dirs``, read their local logs and compare them.
+
+    Args:
+        run_dirs: Run folders or folders holding runs (e.g. a multirun folder).
+        baseline: A run folder to compare every run against; default: per run, the
+            ``growth=none`` run with the same seed, else the one with the most FLOPs.
+
+    Returns:
+        One :class:`RunSummary` per run, in the order found.
+    """
+    found = find_runs(run_dirs)
+    base_run = None
+    if baseline is not None:
+        base_dirs = find_runs([baseline])
+        if not base_dirs:
+            raise FileNotFoundError(f"--baseline {baseline}: no run with CSV metrics there")
+        base_run = load_run(base_dirs[0])
+    parent = _common_parent(found)
+    runs = [load_run(run, _label(run, parent)) for run in found]
+    return compare(runs, base_run)
+
+
+def _common_parent(paths: Sequence[Path]) -> Path | None:
+    if not paths:
+        return None
+    parts = [p.resolve().parts for p in paths]
+    common: list[str] = []
+    for items in zip(*parts, strict=False):
+        if len(set(items)) != 1:
+            break
+        common.append(items[0])
+    return Path(*common) if common else None
+
+
+def _label(run: Path, parent: Path | None) -> str:
+    if parent is not None and run.resolve() != parent:
+        return str(run.resolve().relative_to(parent))
+    return run.name
+
+
+# -- output -----------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _rows(runs: Sequence[RunSummary]) -> list[list[str]]:
+    rows = []
+    for run in runs:
+        deltas = [e.get("loss_delta") for e in run.events]
+        worst = max((abs(d) for d in deltas if d is not None), default=None)
+        if run.is_baseline:
+            reach, saving = "(baseline)", "-"
+        elif run.baseline is None:
+            reach, saving = "no baseline", "-"
+        elif run.flops_to_baseline is None:
+            reach, saving = "not reached", "-"
+        else:
+            reach, saving = _fmt(run.flops_to_baseline, ".3e"), _fmt(run.saving_pct, "+.1f") + "%"
+        rows.append(
+            [
+                run.name,
+                run.growth,
+                "-" if run.seed is None else str(run.seed),
+                _fmt(run.final_val_loss, ".4f"),
+                _fmt(run.flops, ".3e"),
+                reach,
+                saving,
+                f"{len(run.events)} (max delta {_fmt(worst, '.1e')})" if run.events else "0",
+                _fmt(run.wall_s, ".0f"),
+            ]
+        )
+    return rows
+
+
+COLUMNS = ["run", "growth", "seed", "final val/loss", "FLOPs", "FLOPs to baseline's loss",
+           "saving", "growths", "wall s"]  # fmt: skip
+
+
+def markdown(runs: Sequence[RunSummary]) -> str:
+    """The comparison as a Markdown table."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(runs)]
+    return "\n".join(lines)
+
+
+def print_table(runs: Sequence[RunSummary]) -> None:
+    """The comparison as a rich table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="progrow report (loss vs training compute)")
+    for col in COLUMNS:
+        table.add_column(col, overflow="fold")
+    for row in _rows(runs):
+        table.add_row(*row)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped output: do not wrap at 80 columns
+    console.print(table)
+
+
+def plot(runs: Sequence[RunSummary], out: str | Path) -> Path:
+    """Validation loss against FLOPs, one line per run, growth events as vertical lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, run in enumerate(runs):
+        if not run.curve:
+            continue
+        color = f"C{i % 10}"
+        xs, ys = zip(*run.curve, strict=True)
+        style = "--" if run.is_baseline else "-"
+        seed = "" if run.seed is None else f" seed {run.seed}"
+        ax.plot(xs, ys, style, color=color, marker=".", label=f"{run.growth}{seed} ({run.name})")
+        for event in run.events:
+            if event.get("flops"):
+                ax.axvline(float(event["flops"]), color=color, alpha=0.35, linestyle=":")
+        if run.is_baseline and run.final_val_loss is not None:
+            ax.axhline(run.final_val_loss, color=color, alpha=0.3, linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("validation loss")
+    ax.set_title("validation loss vs compute (dotted verticals: growth events)")
+    ax.grid(True, which="both", alpha=0.2)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``progrow-report``."""
+    parser = argparse.ArgumentParser(prog="progrow-report", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dirs", nargs="+", help="run folders or folders holding runs")
+    parser.add_argument("--baseline", help="compare every run against this run folder")
+    parser.add_argument("--out", help="PNG to write (default: <first RUN_DIR>/report.png)")
+    parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = parser.parse_args(argv)
+    try:
+        runs = summarize(args.run_dirs, baseline=args.baseline)
+    except FileNotFoundError as err:
+        print(f"progrow-report: {err}", file=sys.stderr)
+        return 2
+    if not runs:
+        print(f"progrow-report: no runs with CSV metrics under {args.run_dirs}", file=sys.stderr)
+        return 1
+    png = None
+    if not args.no_plot:
+        png = plot(runs, args.out or Path(args.run_dirs[0]) / "report.png")
+    if args.json:
+        payload = {"runs": [r.to_dict() for r in runs], "plot": None if png is None else str(png)}
+        print(json.dumps(payload, indent=2))
+        return 0
+    if args.markdown:
+        print(markdown(runs))
+    else:
+        print_table(runs)
+    if png is not None:
+        print(f"plot: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

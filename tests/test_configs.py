@@ -1,0 +1,133 @@
+"""Every config in conf/ composes, resolves and (where possible without running) its
+``_target_`` instantiates; every growth schedule reaches the same final size."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from progrow import TransformerConfig
+from progrow.app import ConfigError, RunSettings
+from progrow.app.settings import model_config, validate_schedule
+from progrow.train import CONF_DIR
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+GROUPS = ("model", "growth", "data", "trainer", "logger", "callbacks", "paths", "experiment")
+#: Keys each option needs set to resolve (they are `???` on purpose).
+REQUIRED = {("data", "text"): ["data.path=README.md"], ("data", "hf"): [
+    "data.path=some/dataset", "data.tokenizer=gpt2"]}  # fmt: skip
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose_train(*overrides: str, hydra_cfg: bool = False) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra_cfg)
+
+
+def settings_of(cfg: DictConfig, tmp_path: Path) -> RunSettings:
+    cfg.paths.output_dir = str(tmp_path)
+    return RunSettings.from_config(cfg)
+
+
+def test_conf_dir_is_the_top_level_conf() -> None:
+    assert Path(__file__).resolve().parents[1] / "conf" == CONF_DIR
+    assert (CONF_DIR / "train.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g in GROUPS for o in options(g)], ids=lambda v: str(v)
+)
+def test_every_option_composes_and_resolves(group: str, option: str, tmp_path: Path) -> None:
+    cfg = compose_train(f"{group}={option}", *REQUIRED.get((group, option), []))
+    settings = settings_of(cfg, tmp_path)
+    assert settings.max_steps > 0
+    assert settings.trainer["_target_"] == "lightning.pytorch.Trainer"
+
+
+def test_every_growth_schedule_validates_and_ends_at_model_small(tmp_path: Path) -> None:
+    small = compose_train("model=small").model
+    final = {k: small[k] for k in TransformerConfig().sizes()}
+    for name in options("growth"):
+        settings = settings_of(compose_train(f"growth={name}"), tmp_path)
+        start = model_config(settings, vocab_size=256, seq_len=64)
+        validate_schedule(settings.growth, start, settings.max_steps)
+        assert settings.growth.name == name
+        if name != "none":
+            assert settings.growth.schedule.final_sizes(start) == final, name
+            assert all(0 < s.step < settings.max_steps for s in settings.growth.schedule)
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+def test_callbacks_instantiate(option: str, tmp_path: Path) -> None:
+    settings = settings_of(compose_train(f"callbacks={option}"), tmp_path)
+    built = [instantiate(c) for c in settings.callbacks.values()]
+    names = {type(c).__name__ for c in built}
+    assert {"ModelCheckpoint", "LearningRateMonitor", "RichProgressBar"} <= names
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_loggers_instantiate(option: str, tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    settings = settings_of(compose_train(f"logger={option}"), tmp_path)
+    built = [instantiate(c) for c in settings.loggers.values()]  # no W&B run starts here
+    assert "CSVLogger" in {type(lg).__name__ for lg in built}
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainers_instantiate(option: str, tmp_path: Path) -> None:
+    settings = settings_of(compose_train(f"trainer={option}"), tmp_path)
+    if settings.trainer["accelerator"] == "gpu" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    trainer = instantiate(settings.trainer, logger=False, _convert_="all")
+    assert trainer.max_steps == settings.max_steps
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "hydra/launcher").glob("*")))
+def test_launchers_compose_and_instantiate(option: str) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = compose_train(f"hydra/launcher={option}", hydra_cfg=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert isinstance(launcher, dict)
+    assert launcher["_target_"].startswith("hydra_plugins.hydra_submitit_launcher")
+    built = instantiate(cfg.hydra.launcher, _recursive_=False)  # builds, submits nothing
+    assert type(built).__name__ in ("LocalLauncher", "SlurmLauncher")
+
+
+def test_unknown_group_option_names_it() -> None:
+    with pytest.raises(MissingConfigException, match="model/huge"):
+        compose_train("model=huge")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["trainer.max_steps=0"], r"trainer\.max_steps=0"),
+        (["trainer.max_steps=-5"], r"trainer\.max_steps=-5"),
+        (["growth.stages=[{step:0.5,d_mlp:-3}]"], r"growth\.stages.*d_mlp.*-3"),
+        (
+            ["growth.stages=[{step:0.5,d_mlp:64},{step:0.2,d_v:9}]"],
+            r"growth\.stages.*must be greater",
+        ),
+        (["growth.stages=[{step:0.5,width:9}]"], r"growth\.stages.*unknown.*width"),
+        (["+growth.bogus=1"], r"growth\.bogus"),
+        (["+model.d_hidden=3"], r"model\.d_hidden"),
+        (["+optim.max_steps=3"], r"optim\.max_steps=3"),
+        (["data=text"], r"data\.path=\?\?\?"),
+        (["ckpt_path=7"], r"ckpt_path=7"),
+    ],
+)
+def test_bad_config_names_key_and_value(overrides: list[str], match: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=match):
+        settings_of(compose_train(*overrides), tmp_path)
