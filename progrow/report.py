@@ -64,6 +64,12 @@ class RunSummary:
     """FLOPs at which this run first reached the baseline's final validation loss."""
     saving_pct: float | None = None
     """``100 * (1 - flops_to_baseline / baseline flops)``; positive: cheaper."""
+    time_curve: list[tuple[float, float]] = field(default_factory=list)
+    """``(training seconds, val_loss)`` at each validation (``time/train_s``)."""
+    time_to_baseline: float | None = None
+    """Training seconds at which this run first reached the baseline's final loss."""
+    time_saving_pct: float | None = None
+    """``100 * (1 - time_to_baseline / baseline training seconds)``; positive: faster."""
 
     @property
     def is_baseline(self) -> bool:
@@ -144,6 +150,9 @@ def load_run(run: Path, name: str | None = None) -> RunSummary:
         for r in rows
         if "val/loss" in r and "compute/flops" in r
     ]
+    time_curve = [
+        (r["time/train_s"], r["val/loss"]) for r in rows if "val/loss" in r and "time/train_s" in r
+    ]
     flops = [r["compute/flops"] for r in rows if "compute/flops" in r]
     tokens = [r["compute/tokens"] for r in rows if "compute/tokens" in r]
     events = summary.get("events") or [
@@ -169,6 +178,7 @@ def load_run(run: Path, name: str | None = None) -> RunSummary:
         wall_s=summary.get("wall_s_total", summary.get("wall_s")),
         curve=curve,
         events=events,
+        time_curve=time_curve,
     )
 
 
@@ -217,6 +227,11 @@ def compare(runs: list[RunSummary], baseline: RunSummary | None = None) -> list[
         base_flops = base.curve[-1][0]
         if reached is not None and base_flops > 0:
             run.saving_pct = 100.0 * (1.0 - reached / base_flops)
+        if run.time_curve and base.time_curve:
+            run.time_to_baseline = flops_to_reach(run.time_curve, base.final_val_loss)
+            base_time = base.time_curve[-1][0]
+            if run.time_to_baseline is not None and base_time > 0:
+                run.time_saving_pct = 100.0 * (1.0 - run.time_to_baseline / base_time)
     return runs
 
 
@@ -283,6 +298,8 @@ def _rows(runs: Sequence[RunSummary]) -> list[list[str]]:
             reach, saving = "not reached", "-"
         else:
             reach, saving = _fmt(run.flops_to_baseline, ".3e"), _fmt(run.saving_pct, "+.1f") + "%"
+            if run.time_saving_pct is not None:
+                saving += f" ({_fmt(run.time_saving_pct, '+.1f')}% time)"
         rows.append(
             [
                 run.name,

@@ -56,7 +56,12 @@ def run(settings: RunSettings) -> dict[str, Any]:
 
     from progrow.app import wandb_extras
     from progrow.app.checks import check_devices, resolve_ckpt_path
-    from progrow.app.settings import ConfigError, model_config, validate_schedule
+    from progrow.app.settings import (
+        ConfigError,
+        model_config,
+        validate_schedule,
+        with_compute_budget,
+    )
     from progrow.app.summary import print_summary, write_summary
     from progrow.data import LMDataModule
     from progrow.training import GrowthCallback, LMModule, OptimConfig
@@ -73,6 +78,18 @@ def run(settings: RunSettings) -> dict[str, Any]:
     except TypeError as err:
         raise ConfigError(f"data: {err}") from None
     model_cfg = model_config(settings, vocab_size, datamodule.seq_len)
+    budget_flops = None
+    if settings.budget_steps is not None:
+        trainer_cfg = settings.trainer
+        tokens_per_step = (
+            datamodule.batch_size
+            * datamodule.seq_len
+            * _processes(trainer_cfg)
+            * int(trainer_cfg.get("accumulate_grad_batches", 1))
+        )
+        settings, budget_flops = with_compute_budget(
+            settings, model_cfg, tokens_per_step, datamodule.seq_len
+        )
     validate_schedule(settings.growth, model_cfg, settings.max_steps)
     try:
         optim = OptimConfig(**settings.optim, max_steps=settings.max_steps)
@@ -97,6 +114,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
         "tags": settings.tags,
         "seed": settings.seed,
         "max_steps": settings.max_steps,
+        "budget_flops": budget_flops,
         "growth": {
             "name": settings.growth.name,
             "stages": settings.growth.schedule.to_list(),
@@ -127,7 +145,10 @@ def run(settings: RunSettings) -> dict[str, Any]:
         "val_loss": val_loss,
         "events": growth.events,
         "flops": module.flops,
+        "budget_flops": budget_flops,
         "tokens": module.tokens,
+        "train_s": module.train_seconds,
+        "max_steps": settings.max_steps,
         "params_start": model_cfg.num_params(),
         "sizes_start": model_cfg.sizes(),
         "params": module.model.num_params(),
@@ -146,6 +167,14 @@ def run(settings: RunSettings) -> dict[str, Any]:
         write_summary(settings.output_dir, summary)
         print_summary(summary)
     return summary
+
+
+def _processes(trainer: dict[str, Any]) -> int:
+    """Training processes (world size) a Trainer config asks for."""
+    devices = trainer.get("devices", 1)
+    per_node = len(devices) if isinstance(devices, list) else devices
+    per_node = per_node if isinstance(per_node, int) and per_node > 0 else 1
+    return per_node * int(trainer.get("num_nodes", 1) or 1)
 
 
 def _logger_extras(config: dict[str, Any], settings: RunSettings) -> dict[str, Any]:

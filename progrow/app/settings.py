@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from progrow.config import TransformerConfig
+from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.schedule import GrowthSchedule
 
 #: Keys of ``cfg.growth`` that are GrowthCallback options (the rest: ``name``, ``stages``).
@@ -120,6 +120,10 @@ class RunSettings:
     """Logger configs by name, each with a ``_target_``."""
     raw: dict[str, Any]
     """The whole resolved config (logged as hyperparameters)."""
+    budget_steps: int | None = None
+    """Equal-compute runs: spend the FLOPs of this many steps of ``budget_model``."""
+    budget_model: dict[str, int] | None = None
+    """Sizes of the reference model of the budget (default: the schedule's final size)."""
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> RunSettings:
@@ -161,7 +165,19 @@ class RunSettings:
         if ckpt_path is not None and not isinstance(ckpt_path, str):
             raise ConfigError(f"ckpt_path={ckpt_path!r}: must be a file path, 'auto' or null")
         tags = raw.get("tags") or []
+        budget = _section(raw, "budget")
+        _check_keys("budget", budget, {"steps", "model"})
+        budget_steps = budget.get("steps")
+        if budget_steps is not None:
+            budget_steps = _positive_int("budget.steps", budget_steps)
+        budget_model = budget.get("model") or None
+        if budget_model is not None:
+            if not isinstance(budget_model, dict):
+                raise ConfigError(f"budget.model={budget_model!r}: must be a mapping of sizes")
+            _check_keys("budget.model", budget_model, set(GROWABLE_DIMS))
         return cls(
+            budget_steps=budget_steps,
+            budget_model=budget_model,
             seed=int(seed),
             max_steps=max_steps,
             task_name=str(raw.get("task_name", "train")),
@@ -236,3 +252,29 @@ def validate_schedule(growth: GrowthSettings, config: TransformerConfig, max_ste
         growth.schedule.validate_for(config, max_steps)
     except ValueError as err:
         raise ConfigError(f"growth.stages (growth={growth.name}): {err}") from None
+
+
+def with_compute_budget(
+    settings: RunSettings, model: TransformerConfig, tokens_per_step: int, seq_len: int
+) -> tuple[RunSettings, float]:
+    """``settings`` with ``trainer.max_steps`` set so that the run spends the budget.
+
+    The budget is ``budget.steps`` optimizer steps of a model with ``budget.model``'s sizes
+    (default: the growth schedule's final size) at the same batch; a growing run, whose
+    early steps are cheaper, gets more steps. Its stages must be fractions of the run.
+    Returns the new settings and the budget in FLOPs.
+    """
+    from progrow.training.flops import steps_for_budget, train_flops_per_token
+
+    assert settings.budget_steps is not None
+    sizes = settings.budget_model or settings.growth.schedule.final_sizes(model)
+    reference = model.replace(**sizes)
+    budget = settings.budget_steps * train_flops_per_token(reference, seq_len) * tokens_per_step
+    stages = (settings.raw.get("growth") or {}).get("stages") or []
+    try:
+        max_steps = steps_for_budget(model, stages, budget, tokens_per_step, seq_len)
+    except ValueError as err:
+        raise ConfigError(f"budget.steps={settings.budget_steps}: {err}") from None
+    raw = dict(settings.raw)
+    raw["trainer"] = {**raw["trainer"], "max_steps": max_steps}
+    return RunSettings.from_config(OmegaConf.create(raw)), budget

@@ -62,7 +62,9 @@ class LMModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self.flops = 0.0
         self.tokens = 0
+        self.train_seconds = 0.0
         self._step_started: float | None = None
+        self._mark: float | None = None
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.model(tokens)
@@ -76,12 +78,33 @@ class LMModule(L.LightningModule):
         self.log("compute/flops", self.flops)
         self.log("compute/tokens", float(self.tokens))
         self.log("size/params", float(self.model.config.num_params()))
+        self.log("time/train_s", self.train_seconds)
         return loss
+
+    # Training wall time (``time/train_s``) runs from batch end to batch end, so it includes
+    # data loading, growth events and logging, and excludes validation (paused below): what
+    # a user waits for, comparable between a growing run and a fixed-size one.
+    def on_train_start(self) -> None:
+        self._mark = time.perf_counter()
+
+    def on_validation_start(self) -> None:
+        self._tick()
+        self._mark = None
+
+    def on_validation_end(self) -> None:
+        self._mark = time.perf_counter()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._mark is not None:
+            self.train_seconds += now - self._mark
+        self._mark = now
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._tick()
         if self._step_started is None:
             return
         elapsed = time.perf_counter() - self._step_started
@@ -97,6 +120,7 @@ class LMModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", torch.exp(loss.clamp(max=30.0)))
         self.log("compute/flops", self.flops)
+        self.log("time/train_s", self.train_seconds)
 
     def configure_optimizers(self) -> Any:
         optimizer = build_adamw(self, self.optim_config)
@@ -110,10 +134,13 @@ class LMModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        save_architecture(self, checkpoint, flops=self.flops, tokens=self.tokens)
+        save_architecture(
+            self, checkpoint, flops=self.flops, tokens=self.tokens, train_seconds=self.train_seconds
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         restore_architecture(self, checkpoint)
         entry = checkpoint.get(CHECKPOINT_KEY, {})
         self.flops = float(entry.get("flops", 0.0))
         self.tokens = int(entry.get("tokens", 0))
+        self.train_seconds = float(entry.get("train_seconds", 0.0))
