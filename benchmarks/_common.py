@@ -160,3 +160,21 @@ class RSSSampler:
 
 def pass_miss(ok: bool) -> str:
     return "pass" if ok else "MISS"
+
+
+def quiet_trainer(max_steps: int, callbacks: list[Any]) -> Any:
+    """A CPU Trainer that only trains: no logger, checkpoints, bars or validation."""
+    import lightning as L
+
+    return L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )

@@ -133,18 +133,7 @@ def fit_with_growth(
     )
     spans, pieces = timed_growth(growth)
     timer = StepTimer()
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[timer, growth],
-    )
+    trainer = C.quiet_trainer(steps, [timer, growth])
     params_before = module.model.num_params()
     try:
         trainer.fit(module, datamodule=data)

@@ -199,18 +199,7 @@ def lightning_run(
         cache_dir=C.cache_dir(),
     )
     timer = TopOfStep()
-    trainer = L.Trainer(
-        max_steps=total,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[timer],
-    )
+    trainer = C.quiet_trainer(total, [timer])
     if profile is not None:
         profile.enable()
     trainer.fit(module, datamodule=data)
