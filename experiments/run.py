@@ -83,12 +83,13 @@ def run_all(jobs: dict[Path, list[str]], parallel: int) -> None:
             future.result()
 
 
-def mean_sd(values: Sequence[float]) -> str:
+def mean_sd(values: Sequence[float], spec: str = ".3f") -> str:
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return format(values[0], spec)
+    mean, sd = statistics.mean(values), statistics.stdev(values)
+    return f"{format(mean, spec)} ± {format(sd, spec.lstrip('+'))}"
 
 
 def pct(values: Sequence[float | None], n: int) -> str:
@@ -125,7 +126,15 @@ def compare(budget: str, seeds: Sequence[int], parallel: int) -> None:
         if name in names
     }
     run_all(jobs, parallel)
-    runs = summarize(list(jobs))
+    # Each run against the target-size baseline of its own seed (the start-size reference
+    # is a growth=none run too, so the report's automatic choice would be ambiguous).
+    runs = [
+        run
+        for seed in seeds
+        for run in summarize(
+            [p for p in jobs if p.name.endswith(f"_s{seed}")], baseline=table / f"baseline_s{seed}"
+        )
+    ]
     by_name: dict[str, list[Any]] = {name: [] for name in names}
     for run in runs:
         by_name[Path(run.path).name.rsplit("_s", 1)[0]].append(run)
@@ -161,10 +170,10 @@ def compare(budget: str, seeds: Sequence[int], parallel: int) -> None:
         diffs = [r.final_val_loss - base[r.seed] for r in group if r.seed in base]
         lines.append(
             f"| {name} | {'/'.join(map(str, row['steps']))} | {mean_sd(row['final_val_loss'])} "
-            f"| {'-' if name == 'baseline' else mean_sd(diffs).replace('0.', '0.', 1)} "
+            f"| {'-' if name == 'baseline' else mean_sd(diffs, '+.3f')} "
             f"| {'-' if name == 'baseline' else pct(row['flops_saving_pct'], len(group))} "
             f"| {'-' if name == 'baseline' else pct(row['time_saving_pct'], len(group))} "
-            f"| {mean_sd(row['train_s']).replace('.000', '')} |"
+            f"| {mean_sd(row['train_s'], '.0f')} |"
         )
     markdown = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
