@@ -261,3 +261,26 @@ def test_wandb_offline_run_writes_files(
     assert list(runs[0].glob("*.wandb"))
     assert (tmp_path / "wandb-run-id").is_file()
     assert (Path(result["log_dirs"][0]) / "metrics.csv").is_file()  # CSV alongside W&B
+
+
+@pytest.mark.parametrize("growth", ["none", "all_six"])
+def test_compute_budget_gives_equal_flops(cache: Path, tmp_path: Path, growth: str) -> None:
+    # budget.steps=12 of model=small: the baseline takes 12 steps, a run growing from
+    # model=tiny more (cheaper early steps), and both spend the same FLOPs.
+    model = "small" if growth == "none" else "tiny"
+    cfg = compose_run(
+        tmp_path / growth, cache, f"model={model}", f"growth={growth}", "budget.steps=12",
+        "budget.model={d_model: 64, d_mlp: 256, n_heads: 4, d_qk: 16, d_v: 16, n_layers: 2}",
+    )  # fmt: skip
+    summary = train(cfg)
+    if growth == "none":
+        assert summary["global_step"] == 12
+    else:
+        assert summary["global_step"] > 12 and len(summary["events"]) == 3
+    assert summary["flops"] == pytest.approx(summary["budget_flops"], rel=0.05)
+
+
+def test_compute_budget_needs_fractional_stages(cache: Path, tmp_path: Path) -> None:
+    cfg = compose_run(tmp_path, cache, "budget.steps=12", "growth.stages=[{step: 5, d_mlp: 128}]")
+    with pytest.raises(ConfigError, match=r"budget.steps=12: growth stage 0: step=5 must be"):
+        train(cfg)
