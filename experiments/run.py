@@ -3,6 +3,7 @@
     python experiments/run.py compare --budget short   # growth vs baseline, equal FLOPs
     python experiments/run.py compare --budget long    # the same, 3x the compute
     python experiments/run.py moment                   # what to do with Adam at growth
+    python experiments/run.py diag                     # growth at step 0 vs a fresh model
 
 Each job is one ``python -m progrow.train experiment=compare ...`` process (one torch
 thread each, ``--jobs`` at a time) writing to ``experiments/runs/<table>/<run>/`` (not
@@ -40,6 +41,7 @@ COMPARE = {
     "depth_first": ["model=tiny", "growth=depth_first"],
     "all_six": ["model=tiny", "growth=all_six"],
     "late": ["model=tiny", "growth=late"],
+    "early": ["model=tiny", "growth=early"],
 }
 
 #: The growth-moment variants, all on growth=all_six with the short budget.
@@ -47,6 +49,11 @@ MOMENT = {
     "zero_step_kept": [],
     "rewarmup_50": ["growth.rewarmup_steps=50"],
     "bias_corrected": ["growth.new_moments=bias_corrected"],
+    # The same three with Adam's b2 = 0.999, where zero new moments with a kept step make
+    # the first updates of new entries ~3.2x too large instead of ~0.45x (b2 = 0.95).
+    "zero_step_kept_b2_0.999": ["optim.betas=[0.9,0.999]"],
+    "rewarmup_50_b2_0.999": ["optim.betas=[0.9,0.999]", "growth.rewarmup_steps=50"],
+    "bias_corrected_b2_0.999": ["optim.betas=[0.9,0.999]", "growth.new_moments=bias_corrected"],
 }
 
 
@@ -281,17 +288,63 @@ def plot_moment(table: Path, seed: int) -> None:
     plt.close(fig)
 
 
+# -- diag: growth at step 0 -----------------------------------------------------------------
+
+AT_STEP0 = (
+    "growth.stages=[{step: 0, d_model: 64, d_mlp: 256, n_heads: 4, d_qk: 16, d_v: 16, n_layers: 2}]"
+)
+
+
+def diag(seeds: Sequence[int], parallel: int) -> None:
+    """A model grown at step 0 from a fresh ``tiny`` one against a fresh ``small`` one, same
+    steps and data: what the zero blocks of function preservation cost by themselves (no
+    warm start involved)."""
+    steps, val_every = BUDGETS["short"]
+    common = [f"budget.steps={steps}", f"trainer.val_check_interval={val_every}"]
+    grown = {
+        RUNS / "diag" / f"at_step0_s{seed}": [
+            "model=tiny", "growth.name=at_step0", AT_STEP0, f"seed={seed}", *common
+        ]
+        for seed in seeds
+    }  # fmt: skip
+    fresh = {
+        RUNS / "compare_short" / f"baseline_s{seed}": [
+            *COMPARE["baseline"], f"seed={seed}", *common
+        ]
+        for seed in seeds
+    }  # fmt: skip
+    run_all({**grown, **fresh}, parallel)
+    losses = {
+        name: [json.loads((p / "summary.json").read_text())["val_loss"] for p in jobs]
+        for name, jobs in (("grown at step 0", grown), ("fresh (baseline)", fresh))
+    }
+    lines = [
+        f"model=small trained {steps} steps from a fresh init, or from a fresh model=tiny "
+        f"grown to model=small at step 0 (all six expansions); seeds {list(seeds)}.",
+        "",
+        "| start | final val loss |",
+        "|---|---|",
+        *(f"| {name} | {mean_sd(values)} |" for name, values in losses.items()),
+    ]
+    markdown = "\n".join(lines) + "\n"
+    (RESULTS / "diag.md").write_text(markdown)
+    (RESULTS / "diag.json").write_text(json.dumps(losses, indent=2) + "\n")
+    print(markdown)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("table", choices=["compare", "moment"])
+    parser.add_argument("table", choices=["compare", "moment", "diag"])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="short")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--jobs", type=int, default=2, help="processes at a time")
     args = parser.parse_args()
     if args.table == "compare":
         compare(args.budget, args.seeds, args.jobs)
-    else:
+    elif args.table == "moment":
         moment(args.seeds, args.jobs)
+    else:
+        diag(args.seeds, args.jobs)
 
 
 if __name__ == "__main__":
