@@ -97,3 +97,22 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     for key in a:
         assert a[key].shape == b[key].shape, key
         assert torch.equal(a[key], b[key]), f"{key} differs: {(a[key] - b[key]).abs().max()}"
+
+
+def app_overrides(cache: Path, *, max_steps: int | None = None, val_every: int = 10) -> list[str]:
+    """Hydra overrides for an app run of a few seconds (tiny data, no progress bar)."""
+    steps = [] if max_steps is None else [f"trainer.max_steps={max_steps}"]
+    return [
+        *steps,
+        f"trainer.val_check_interval={val_every}",
+        "data.seq_len=16",
+        "data.batch_size=4",
+        "data.val_batches=2",
+        "data.max_bytes=200000",
+        f"data.cache_dir={cache}",
+        "callbacks.model_checkpoint.every_n_train_steps=10",
+        "~callbacks.progress_bar",
+        "+trainer.enable_progress_bar=false",
+        "optim.warmup_steps=3",
+        "logger=csv",
+    ]

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from lit_utils import app_overrides
 from omegaconf import DictConfig
 
 from progrow.app import ConfigError
@@ -32,21 +33,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny(cache: Path, max_steps: int = MAX_STEPS) -> list[str]:
     """Overrides for a run of a few seconds (shared by in-process and CLI runs)."""
-    return [
-        f"trainer.max_steps={max_steps}",
-        "trainer.val_check_interval=10",
-        "trainer.log_every_n_steps=2",
-        "data.seq_len=16",
-        "data.batch_size=4",
-        "data.val_batches=2",
-        "data.max_bytes=200000",
-        f"data.cache_dir={cache}",
-        "callbacks.model_checkpoint.every_n_train_steps=10",
-        "~callbacks.progress_bar",
-        "+trainer.enable_progress_bar=false",
-        "optim.warmup_steps=3",
-        "logger=csv",
-    ]
+    return [*app_overrides(cache, max_steps=max_steps), "trainer.log_every_n_steps=2"]
 
 
 def compose_run(out: Path, cache: Path, *overrides: str, max_steps: int = MAX_STEPS) -> DictConfig:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
+from lit_utils import app_overrides
 
 from progrow.report import (
     RunSummary,
@@ -24,19 +25,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 
 def _run(out: Path, cache: Path, *overrides: str) -> dict[str, Any]:
-    tiny = [
-        "trainer.val_check_interval=5",
-        "data.seq_len=16",
-        "data.batch_size=4",
-        "data.val_batches=2",
-        "data.max_bytes=200000",
-        f"data.cache_dir={cache}",
-        "callbacks.model_checkpoint.every_n_train_steps=10",
-        "~callbacks.progress_bar",
-        "+trainer.enable_progress_bar=false",
-        "optim.warmup_steps=3",
-        "logger=csv",
-    ]
+    tiny = app_overrides(cache, val_every=5)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*tiny, *overrides])
     cfg.paths.output_dir = str(out)
