@@ -290,37 +290,67 @@ def plot_moment(table: Path, seed: int) -> None:
 
 # -- diag: growth at step 0 -----------------------------------------------------------------
 
-AT_STEP0 = (
-    "growth.stages=[{step: 0, d_model: 64, d_mlp: 256, n_heads: 4, d_qk: 16, d_v: 16, n_layers: 2}]"
-)
+WIDTHS = "d_model: 64, d_mlp: 256, n_heads: 4, d_qk: 16, d_v: 16"
+
+#: Models grown to model=small at step 0 (no warm start), by which expansions.
+AT_STEP0 = {
+    "all six": ["model=tiny", f"growth.stages=[{{step: 0, {WIDTHS}, n_layers: 2}}]"],
+    "widths only": ["model=tiny", "model.n_layers=2", f"growth.stages=[{{step: 0, {WIDTHS}}}]"],
+    "depth only": ["model=small", "model.n_layers=1", "growth.stages=[{step: 0, n_layers: 2}]"],
+    **{
+        f"{dim} only": [
+            "model=small",
+            f"model.{dim}={start}",
+            f"growth.stages=[{{step: 0, {dim}: {end}}}]",
+        ]
+        for dim, start, end in (
+            ("d_model", 32, 64),
+            ("d_mlp", 64, 256),
+            ("n_heads", 2, 4),
+            ("d_qk", 8, 16),
+            ("d_v", 8, 16),
+        )
+    },
+}
 
 
 def diag(seeds: Sequence[int], parallel: int) -> None:
-    """A model grown at step 0 from a fresh ``tiny`` one against a fresh ``small`` one, same
-    steps and data: what the zero blocks of function preservation cost by themselves (no
-    warm start involved)."""
+    """Models grown at step 0 against a fresh ``small`` one, same steps and data: what the
+    zero blocks of function preservation cost by themselves (no warm start involved)."""
     steps, val_every = BUDGETS["short"]
     common = [f"budget.steps={steps}", f"trainer.val_check_interval={val_every}"]
-    grown = {
-        RUNS / "diag" / f"at_step0_s{seed}": [
-            "model=tiny", "growth.name=at_step0", AT_STEP0, f"seed={seed}", *common
-        ]
-        for seed in seeds
+    folders = {
+        "all six": "at_step0",
+        "widths only": "widths_at_step0",
+        "depth only": "depth_at_step0",
+        **{
+            f"{dim} only": f"{dim}_at_step0"
+            for dim in ("d_model", "d_mlp", "n_heads", "d_qk", "d_v")
+        },
+    }
+    groups: dict[str, dict[Path, list[str]]] = {
+        f"grown at step 0: {name}": {
+            RUNS / "diag" / f"{folders[name]}_s{seed}": [
+                *overrides, f"growth.name={folders[name]}", f"seed={seed}", *common
+            ]
+            for seed in seeds
+        }
+        for name, overrides in AT_STEP0.items()
     }  # fmt: skip
-    fresh = {
+    groups["fresh model=small (the baseline)"] = {
         RUNS / "compare_short" / f"baseline_s{seed}": [
             *COMPARE["baseline"], f"seed={seed}", *common
         ]
         for seed in seeds
     }  # fmt: skip
-    run_all({**grown, **fresh}, parallel)
+    run_all({k: v for jobs in groups.values() for k, v in jobs.items()}, parallel)
     losses = {
         name: [json.loads((p / "summary.json").read_text())["val_loss"] for p in jobs]
-        for name, jobs in (("grown at step 0", grown), ("fresh (baseline)", fresh))
+        for name, jobs in groups.items()
     }
     lines = [
-        f"model=small trained {steps} steps from a fresh init, or from a fresh model=tiny "
-        f"grown to model=small at step 0 (all six expansions); seeds {list(seeds)}.",
+        f"model=small trained {steps} steps (same data and LR schedule) from a fresh init, or "
+        f"grown to model=small at step 0 from a fresh smaller model; seeds {list(seeds)}.",
         "",
         "| start | final val loss |",
         "|---|---|",
