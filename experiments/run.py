@@ -42,6 +42,15 @@ COMPARE = {
     "all_six": ["model=tiny", "growth=all_six"],
     "late": ["model=tiny", "growth=late"],
     "early": ["model=tiny", "growth=early"],
+    # all_six without the hidden expansion (the one that slows training, see `diag`):
+    # starts at the final d_model, grows the other five dimensions at the same fractions.
+    "no_hidden": [
+        "model=tiny",
+        "model.d_model=64",
+        "growth.name=no_hidden",
+        "growth.stages=[{step: 0.2, d_mlp: 128, n_heads: 4}, {step: 0.4, d_qk: 16, d_v: 16},"
+        " {step: 0.6, d_mlp: 256, n_layers: 2, layer_positions: interleave}]",
+    ],
 }
 
 #: The growth-moment variants, all on growth=all_six with the short budget.
