@@ -80,15 +80,8 @@ def run(settings: RunSettings) -> dict[str, Any]:
     model_cfg = model_config(settings, vocab_size, datamodule.seq_len)
     budget_flops = None
     if settings.budget_steps is not None:
-        trainer_cfg = settings.trainer
-        tokens_per_step = (
-            datamodule.batch_size
-            * datamodule.seq_len
-            * _processes(trainer_cfg)
-            * int(trainer_cfg.get("accumulate_grad_batches", 1))
-        )
         settings, budget_flops = with_compute_budget(
-            settings, model_cfg, tokens_per_step, datamodule.seq_len
+            settings, model_cfg, datamodule.batch_size, datamodule.seq_len
         )
     validate_schedule(settings.growth, model_cfg, settings.max_steps)
     try:
@@ -167,14 +160,6 @@ def run(settings: RunSettings) -> dict[str, Any]:
         write_summary(settings.output_dir, summary)
         print_summary(summary)
     return summary
-
-
-def _processes(trainer: dict[str, Any]) -> int:
-    """Training processes (world size) a Trainer config asks for."""
-    devices = trainer.get("devices", 1)
-    per_node = len(devices) if isinstance(devices, list) else devices
-    per_node = per_node if isinstance(per_node, int) and per_node > 0 else 1
-    return per_node * int(trainer.get("num_nodes", 1) or 1)
 
 
 def _logger_extras(config: dict[str, Any], settings: RunSettings) -> dict[str, Any]:

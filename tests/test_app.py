@@ -271,3 +271,9 @@ def test_compute_budget_needs_fractional_stages(cache: Path, tmp_path: Path) -> 
     cfg = compose_run(tmp_path, cache, "budget.steps=12", "growth.stages=[{step: 5, d_mlp: 128}]")
     with pytest.raises(ConfigError, match=r"budget.steps=12: growth stage 0: step=5 must be"):
         train(cfg)
+
+
+def test_compute_budget_needs_a_device_count(cache: Path, tmp_path: Path) -> None:
+    cfg = compose_run(tmp_path, cache, "budget.steps=12", "trainer.devices=auto")
+    with pytest.raises(ConfigError, match=r"budget.steps=12 with trainer.devices='auto'"):
+        train(cfg)

@@ -36,6 +36,12 @@ def count_devices(devices: Any) -> int | None:
     raise ConfigError(f"trainer.devices={devices!r}: must be an int, a list or 'auto'")
 
 
+def world_size(trainer: dict[str, Any]) -> int | None:
+    """Training processes ``trainer`` asks for (devices x nodes); ``None`` for "all"."""
+    per_node = count_devices(trainer.get("devices", "auto"))
+    return None if per_node is None else per_node * int(trainer.get("num_nodes", 1) or 1)
+
+
 def check_devices(trainer: dict[str, Any]) -> None:
     """Fail unless the machine has the accelerator and devices ``trainer`` asks for.
 

@@ -255,18 +255,29 @@ def validate_schedule(growth: GrowthSettings, config: TransformerConfig, max_ste
 
 
 def with_compute_budget(
-    settings: RunSettings, model: TransformerConfig, tokens_per_step: int, seq_len: int
+    settings: RunSettings, model: TransformerConfig, batch_size: int, seq_len: int
 ) -> tuple[RunSettings, float]:
     """``settings`` with ``trainer.max_steps`` set so that the run spends the budget.
 
     The budget is ``budget.steps`` optimizer steps of a model with ``budget.model``'s sizes
-    (default: the growth schedule's final size) at the same batch; a growing run, whose
-    early steps are cheaper, gets more steps. Its stages must be fractions of the run.
-    Returns the new settings and the budget in FLOPs.
+    (default: the growth schedule's final size) at the same global batch (``batch_size``
+    per process x processes x accumulation); a growing run, whose early steps are cheaper,
+    gets more steps. Its stages must be fractions of the run. Returns the new settings and
+    the budget in FLOPs.
     """
+    from progrow.app.checks import world_size
     from progrow.training.flops import steps_for_budget, train_flops_per_token
 
     assert settings.budget_steps is not None
+    processes = world_size(settings.trainer)
+    if processes is None:
+        raise ConfigError(
+            f"budget.steps={settings.budget_steps} with "
+            f"trainer.devices={settings.trainer.get('devices')!r}: set trainer.devices to a "
+            "number, so that the tokens per step (and with them the budget) are known"
+        )
+    accumulate = int(settings.trainer.get("accumulate_grad_batches", 1) or 1)
+    tokens_per_step = batch_size * seq_len * processes * accumulate
     sizes = settings.budget_model or settings.growth.schedule.final_sizes(model)
     reference = model.replace(**sizes)
     budget = settings.budget_steps * train_flops_per_token(reference, seq_len) * tokens_per_step

@@ -71,7 +71,7 @@ class LMModule(L.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         loss = lm_loss(self.model, batch)
-        tokens = batch[:, :-1].numel() * self.trainer.world_size
+        tokens = self._global_tokens(batch)
         self.tokens += tokens
         self.flops += tokens * train_flops_per_token(self.model.config, batch.shape[1] - 1)
         self.log("train/loss", loss, prog_bar=True)
@@ -108,8 +108,11 @@ class LMModule(L.LightningModule):
         if self._step_started is None:
             return
         elapsed = time.perf_counter() - self._step_started
-        tokens = batch[:, :-1].numel() * self.trainer.world_size
-        self.log("throughput/tokens_per_s", tokens / max(elapsed, 1e-9))
+        self.log("throughput/tokens_per_s", self._global_tokens(batch) / max(elapsed, 1e-9))
+
+    def _global_tokens(self, batch: Tensor) -> int:
+        """Input tokens of this micro-batch on all ranks together."""
+        return batch[:, :-1].numel() * self.trainer.world_size
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         self.val_loss.update(lm_loss(self.model, batch), weight=batch[:, 1:].numel())
