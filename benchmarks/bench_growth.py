@@ -28,11 +28,11 @@ import torch
 
 import progrow.training.callback as callback_module
 from progrow import GrowthCallback, LMModule, Transformer, TransformerConfig
-from progrow.data import LMDataModule
 from progrow.expand import grow
+from progrow.optim import OptimConfig, build_adamw
 from progrow.surgery import param_names, update_optimizer
+from progrow.training import LMDataModule
 from progrow.training.module import lm_loss
-from progrow.training.optim import OptimConfig, build_adamw
 
 KINDS = ("d_mlp", "n_heads", "d_v", "d_qk", "d_model", "n_layers", "all six")
 

@@ -122,7 +122,7 @@ def pct(values: Sequence[float | None], n: int) -> str:
 
 
 def compare(budget: str, seeds: Sequence[int], parallel: int) -> None:
-    from progrow.report import plot, summarize
+    from progrow.app.report import plot, summarize
 
     steps, val_every = BUDGETS[budget]
     table = RUNS / f"compare_{budget}"
@@ -205,7 +205,7 @@ def compare(budget: str, seeds: Sequence[int], parallel: int) -> None:
 
 
 def read_train_loss(folder: Path) -> dict[int, float]:
-    from progrow.report import read_metrics
+    from progrow.app.report import read_metrics
 
     return {int(r["step"]): r["train/loss"] for r in read_metrics(folder) if "train/loss" in r}
 

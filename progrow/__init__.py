@@ -1,5 +1,7 @@
 """progrow: grow a transformer while it trains, keeping what it has learned."""
 
+from typing import TYPE_CHECKING, Any
+
 from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.expand import (
     add_heads,
@@ -11,19 +13,25 @@ from progrow.expand import (
     grow,
 )
 from progrow.model import Transformer
+from progrow.optim import OptimConfig
 from progrow.record import ExpansionRecord, ParamChange
 from progrow.schedule import GrowthSchedule, GrowthStage
 
-# Lightning-dependent names load on first use, so that the model and the expansions work
-# (and import fast) without Lightning.
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers
+    from progrow.training.callback import GrowthCallback
+    from progrow.training.datamodule import LMDataModule
+    from progrow.training.module import LMModule
+
+# The Lightning integration loads on first use, so that the pure core (model, expansions,
+# surgery, schedules, FLOPs, data) imports without Lightning.
 _LAZY = {
     "GrowthCallback": "progrow.training.callback",
+    "LMDataModule": "progrow.training.datamodule",
     "LMModule": "progrow.training.module",
-    "OptimConfig": "progrow.training.optim",
 }
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
@@ -37,6 +45,7 @@ __all__ = [
     "GrowthCallback",
     "GrowthSchedule",
     "GrowthStage",
+    "LMDataModule",
     "LMModule",
     "OptimConfig",
     "ParamChange",

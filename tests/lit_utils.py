@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from progrow import GrowthCallback, LMModule
-from progrow.data import LMDataModule
+from progrow.training import LMDataModule
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")

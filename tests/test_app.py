@@ -20,7 +20,7 @@ from lit_utils import app_overrides
 from omegaconf import DictConfig
 
 from progrow.app import ConfigError
-from progrow.train import CONF_DIR, train
+from progrow.app.train import CONF_DIR, train
 
 REPO = CONF_DIR.parent
 MAX_STEPS = 20  # all_six grows at steps 4, 8 and 12

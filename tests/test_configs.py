@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from progrow import TransformerConfig
 from progrow.app import ConfigError, RunSettings
 from progrow.app.settings import model_config, validate_schedule
-from progrow.train import CONF_DIR
+from progrow.app.train import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 

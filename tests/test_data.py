@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from progrow.data import (
     CACHE_ENV,
     SEPARATOR,
-    LMDataModule,
     ResumableLoader,
     TrainStream,
     ValBatches,
@@ -34,6 +33,7 @@ from progrow.data import (
     val_window_starts,
 )
 from progrow.data.hf import _require
+from progrow.training import LMDataModule
 
 SMALL = 60_000  # bytes of stdlib source: enough for both splits, fast to fingerprint
 

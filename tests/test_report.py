@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from lit_utils import app_overrides
 
-from progrow.report import (
+from progrow.app.report import (
     RunSummary,
     flops_to_reach,
     main,
@@ -19,7 +19,7 @@ from progrow.report import (
     read_metrics,
     summarize,
 )
-from progrow.train import CONF_DIR, train
+from progrow.app.train import CONF_DIR, train
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 

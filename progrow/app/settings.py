@@ -146,12 +146,12 @@ class RunSettings:
                 f"optim.max_steps={optim['max_steps']!r}: set trainer.max_steps instead "
                 "(the learning-rate schedule always spans the whole run)"
             )
-        from progrow.training.optim import OptimConfig
+        from progrow.optim import OptimConfig
 
         _check_keys("optim", optim, {f.name for f in dataclasses.fields(OptimConfig)})
 
         data = _section(raw, "data")
-        from progrow.data import LMDataModule
+        from progrow.training import LMDataModule
 
         data_params = set(inspect.signature(LMDataModule.__init__).parameters) - {"self"}
         _check_keys("data", data, data_params)
@@ -266,7 +266,7 @@ def with_compute_budget(
     the budget in FLOPs.
     """
     from progrow.app.checks import world_size
-    from progrow.training.flops import steps_for_budget, train_flops_per_token
+    from progrow.flops import steps_for_budget, train_flops_per_token
 
     assert settings.budget_steps is not None
     processes = world_size(settings.trainer)

@@ -6,7 +6,8 @@ Without Lightning::
     batch = corpus.batch_at(0, seq_len=128, batch_size=8, seed=0)
     inputs, targets = batch[:, :-1], batch[:, 1:]
 
-With Lightning, :class:`LMDataModule` wraps the same pieces.
+Nothing here imports Lightning; :class:`progrow.training.LMDataModule` wraps the same
+pieces for ``Trainer.fit``.
 """
 
 from progrow.data.batches import (
@@ -28,16 +29,13 @@ from progrow.data.files import (
     stdlib_root,
 )
 from progrow.data.hf import Tokenizer, load_hf
-from progrow.data.module import SOURCES, LMDataModule, trainer_position
 
 __all__ = [
     "BYTE_VOCAB",
     "CACHE_ENV",
     "DEFAULT_VAL_FRACTION",
     "SEPARATOR",
-    "SOURCES",
     "Corpus",
-    "LMDataModule",
     "ResumableLoader",
     "TokenFile",
     "Tokenizer",
@@ -54,6 +52,5 @@ __all__ = [
     "split_paths",
     "stdlib_root",
     "token_dtype",
-    "trainer_position",
     "val_window_starts",
 ]

@@ -1,16 +1,20 @@
-"""Training with Lightning: the LM module, the growth callback, compute accounting."""
+"""Lightning integration: the LM module, its data module and the growth callback.
+
+Everything that imports Lightning lives here; the model, the expansions, optimizer
+surgery, schedules, FLOPs and data (``progrow``, ``progrow.expand``, ``progrow.data``)
+do not.
+"""
 
 from progrow.training.callback import GrowthCallback, stage_seed
-from progrow.training.flops import forward_flops_per_token, train_flops_per_token
+from progrow.training.datamodule import SOURCES, LMDataModule, trainer_position
 from progrow.training.module import LMModule, lm_loss
-from progrow.training.optim import OptimConfig
 
 __all__ = [
+    "SOURCES",
     "GrowthCallback",
+    "LMDataModule",
     "LMModule",
-    "OptimConfig",
-    "forward_flops_per_token",
     "lm_loss",
     "stage_seed",
-    "train_flops_per_token",
+    "trainer_position",
 ]

@@ -14,14 +14,14 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from progrow.config import TransformerConfig
+from progrow.flops import train_flops_per_token
 from progrow.model import Transformer
+from progrow.optim import OptimConfig, build_adamw, warmup_cosine
 from progrow.training.architecture import (
     CHECKPOINT_KEY,
     restore_architecture,
     save_architecture,
 )
-from progrow.training.flops import train_flops_per_token
-from progrow.training.optim import OptimConfig, build_adamw, warmup_cosine
 
 
 def lm_loss(model: torch.nn.Module, batch: Tensor) -> Tensor:

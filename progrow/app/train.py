@@ -1,0 +1,220 @@
+"""``python -m progrow.train`` (or ``progrow-train``): the Hydra training application.
+
+With no arguments it trains a tiny transformer on the Python standard library's source on
+CPU, grows it through all six expansions (``conf/growth/all_six.yaml``) and prints the
+final validation loss, the growth events with their loss deltas, the compute used and
+where the logs and checkpoints are. Configs live in the repository's top-level ``conf/``
+folder (so progrow is used from a clone or an editable install); see the README.
+
+Only this module sees a ``DictConfig``: :func:`train` turns it into
+:class:`progrow.app.RunSettings` at once and :func:`run` works on typed values.
+
+Example:
+    python -m progrow.train growth=width_first trainer.max_steps=1000
+    python -m progrow.train -m growth=none,all_six seed=0,1
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from progrow.app.settings import RunSettings
+
+#: The configs: top-level ``conf/`` of the repository this package sits in.
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train as configured by a composed config; returns the summary (see :func:`run`)."""
+    return run(RunSettings.from_config(cfg))
+
+
+def run(settings: RunSettings) -> dict[str, Any]:
+    """Train one job described by a :class:`progrow.app.RunSettings`.
+
+    Order: cheap checks (devices, resume target) -> seed -> data (its vocabulary sizes the
+    model) -> model -> schedule checked against the model and ``max_steps`` -> callbacks,
+    loggers, trainer -> fit. Anything wrong in the config raises
+    :class:`progrow.app.ConfigError` before the Trainer exists.
+
+    Returns:
+        ``val_loss`` (final validation loss), ``events`` (growth events), ``flops``,
+        ``tokens``, ``params``/``params_start``, ``sizes``/``sizes_start``,
+        ``global_step``, ``wall_s`` (this launch, data loading included), ``fit_s``
+        (``trainer.fit`` alone), ``output_dir``, ``ckpt_dir``, ``last_ckpt``,
+        ``log_dirs``, ``resumed_from``, ``growth`` (schedule name), ``seed`` and
+        ``fingerprint`` (of the data).
+    """
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from progrow.app import wandb_extras
+    from progrow.app.checks import check_devices, resolve_ckpt_path
+    from progrow.app.settings import (
+        ConfigError,
+        model_config,
+        validate_schedule,
+        with_compute_budget,
+    )
+    from progrow.app.summary import print_summary, write_summary
+    from progrow.optim import OptimConfig
+    from progrow.training import GrowthCallback, LMDataModule, LMModule
+
+    started = time.perf_counter()
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    check_devices(settings.trainer)
+    resume = resolve_ckpt_path(settings.ckpt_path, settings.ckpt_dir)
+    L.seed_everything(settings.seed, workers=True)
+
+    try:
+        datamodule = LMDataModule(**settings.data)
+        vocab_size = datamodule.vocab_size  # loads (or builds the cache of) the corpus
+    except TypeError as err:
+        raise ConfigError(f"data: {err}") from None
+    model_cfg = model_config(settings, vocab_size, datamodule.seq_len)
+    budget_flops = None
+    if settings.budget_steps is not None:
+        settings, budget_flops = with_compute_budget(
+            settings, model_cfg, datamodule.batch_size, datamodule.seq_len
+        )
+    validate_schedule(settings.growth, model_cfg, settings.max_steps)
+    try:
+        optim = OptimConfig(**settings.optim, max_steps=settings.max_steps)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"optim: {err}") from None
+    try:
+        growth = GrowthCallback(
+            settings.growth.schedule, seed=settings.seed, **settings.growth.options
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"growth: {err}") from None
+    module = LMModule(model_cfg, optim)
+
+    callbacks = [instantiate(c) for c in settings.callbacks.values()] + [growth]
+    loggers = [instantiate(c, **_logger_extras(c, settings)) for c in settings.loggers.values()]
+    wandb_extras.define_compute_axis(loggers)
+    trainer = instantiate(
+        settings.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all"
+    )
+    hparams = {
+        "task_name": settings.task_name,
+        "tags": settings.tags,
+        "seed": settings.seed,
+        "max_steps": settings.max_steps,
+        "budget_flops": budget_flops,
+        "growth": {
+            "name": settings.growth.name,
+            "stages": settings.growth.schedule.to_list(),
+            "final_sizes": settings.growth.schedule.final_sizes(model_cfg),
+            **settings.growth.options,
+        },
+        "data": datamodule.describe(),
+        "trainer": {k: v for k, v in settings.trainer.items() if k != "_target_"},
+    }
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)
+
+    fit_started = time.perf_counter()
+    failed = True
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        fit_s = time.perf_counter() - fit_started
+        val_loss = _final_val_loss(trainer, module, datamodule)
+        last_ckpt = _save_final_checkpoint(trainer)
+        failed = False
+    finally:
+        if trainer.is_global_zero:
+            wandb_extras.log_events_table(loggers, growth.events)
+        wandb_extras.finish(loggers, failed)
+    summary: dict[str, Any] = {
+        "growth": settings.growth.name,
+        "seed": settings.seed,
+        "val_loss": val_loss,
+        "events": growth.events,
+        "flops": module.flops,
+        "budget_flops": budget_flops,
+        "tokens": module.tokens,
+        "train_s": module.train_seconds,
+        "max_steps": settings.max_steps,
+        "params_start": model_cfg.num_params(),
+        "sizes_start": model_cfg.sizes(),
+        "params": module.model.num_params(),
+        "sizes": module.model.config.sizes(),
+        "global_step": trainer.global_step,
+        "wall_s": time.perf_counter() - started,
+        "fit_s": fit_s,
+        "output_dir": str(settings.output_dir),
+        "ckpt_dir": str(settings.ckpt_dir),
+        "last_ckpt": last_ckpt,
+        "log_dirs": [str(d) for d in (_log_dir(lg) for lg in trainer.loggers) if d],
+        "resumed_from": resume,
+        "fingerprint": datamodule.fingerprint,
+    }
+    if trainer.is_global_zero:
+        write_summary(settings.output_dir, summary)
+        print_summary(summary)
+    return summary
+
+
+def _logger_extras(config: dict[str, Any], settings: RunSettings) -> dict[str, Any]:
+    """W&B: a run id stored in the run folder, so a resumed job continues the same run."""
+    if not str(config.get("_target_", "")).endswith("WandbLogger") or config.get("id"):
+        return {}
+    from progrow.app.wandb_extras import stable_run_id
+
+    return {"id": stable_run_id(settings.output_dir), "resume": "allow"}
+
+
+def _final_val_loss(trainer: Any, module: Any, datamodule: Any) -> float | None:
+    """The validation loss at the last step; validates once more if the run did not end
+    on a validation."""
+    if not _validated_at_end(trainer) or "val/loss" not in trainer.callback_metrics:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    value = trainer.callback_metrics.get("val/loss")
+    return None if value is None else float(value)
+
+
+def _validated_at_end(trainer: Any) -> bool:
+    """Whether the fit's last validation ran after its last training batch."""
+    interval = trainer.val_check_batch
+    batches = trainer.global_step * trainer.accumulate_grad_batches
+    return isinstance(interval, int) and interval > 0 and batches % interval == 0
+
+
+def _save_final_checkpoint(trainer: Any) -> str | None:
+    """Make ``last.ckpt`` hold the final state, also when ``max_steps`` is not a multiple
+    of the checkpoint interval."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoint = trainer.checkpoint_callback
+    if not isinstance(checkpoint, ModelCheckpoint) or checkpoint.dirpath is None:
+        return None
+    if getattr(checkpoint, "_last_global_step_saved", -1) != trainer.global_step:
+        last = checkpoint.last_model_path or str(Path(checkpoint.dirpath) / "last.ckpt")
+        trainer.save_checkpoint(last)
+        return last
+    return checkpoint.last_model_path or None
+
+
+def _log_dir(logger: Any) -> str | None:
+    for attr in ("log_dir", "save_dir"):
+        value = getattr(logger, attr, None)
+        if value:
+            return str(value)
+    return None
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the final validation loss (for sweepers)."""
+    return train(cfg)["val_loss"]
+
+
+if __name__ == "__main__":
+    main()
