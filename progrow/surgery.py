@@ -8,7 +8,7 @@ module is the only place that does. :func:`update_optimizer` edits the optimizer
 parameters by name because the old objects are gone after growth.
 
 What the optimizer holds afterwards is what it would hold had it trained in the grown
-parametrization (six-expansions notes, "Rescaled parameters and optimizer state"): a
+parametrization (see ``docs/expansions.md``): a
 parameter multiplied by ``a`` has gradients divided by ``a``, so averages of gradients
 (``exp_avg``, ``momentum_buffer``) are divided by ``a`` and averages of squared gradients
 (``exp_avg_sq``, ``max_exp_avg_sq``) by ``a**2``; new entries are zero; ``step`` is kept.

@@ -2,8 +2,8 @@
 
 The expansions do the work (:mod:`progrow.expand`), optimizer surgery moves the state
 (:mod:`progrow.surgery`); this callback only decides when, re-wraps DDP, checks loss
-continuity and logs. See ``shared/notes/lightning-growth.md`` for why each step is where
-it is.
+continuity and logs. ``docs/lightning-growth.md`` in the repository explains why each
+step is where it is.
 """
 
 from __future__ import annotations
