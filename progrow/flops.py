@@ -9,10 +9,14 @@ from progrow.config import GROWABLE_DIMS, TransformerConfig
 
 
 def matmul_params(config: TransformerConfig) -> int:
-    """Weights used in matrix multiplies (embedding lookups, norms and biases excluded)."""
-    h, e = config.d_model, config.n_heads
-    attn = h * e * config.d_qk * 2 + h * e * config.d_v * 2  # WQ, WK, WV, W_O
-    mlp = 2 * h * config.d_mlp
+    """Weights used in matrix multiplies (embedding lookups, norms and biases excluded).
+
+    Grouped-query attention has ``kv_heads`` blocks in WK and WV; a gated MLP has a third
+    matrix (the gate).
+    """
+    h, e, kv = config.d_model, config.n_heads, config.kv_heads
+    attn = h * (e * config.d_qk + kv * config.d_qk + kv * config.d_v + e * config.d_v)
+    mlp = (3 if config.mlp_gated else 2) * h * config.d_mlp  # W1 (, W_gate), W2
     return config.n_layers * (attn + mlp) + h * config.vocab_size  # + output projection
 
 

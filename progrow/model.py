@@ -1,8 +1,10 @@
 """The transformer of Gesmundo & Maile (2023): pre-norm blocks, per-head key/query size
-``d_qk`` independent of the value size ``d_v``, learned positions, MLP with biases.
+``d_qk`` independent of the value size ``d_v``; by default GPT-2 style (learned positions,
+MLP with biases), and by config Llama style (rotary positions, gated SwiGLU MLP,
+grouped-query attention, no biases).
 
-Reads top to bottom: norms, attention, MLP, block, model. Parameter names are part of the
-growth record and of checkpoints, so they are kept short and stable.
+Reads top to bottom: norms, rotary embeddings, attention, MLP, block, model. Parameter
+names are part of the growth record and of checkpoints, so they are kept short and stable.
 """
 
 from __future__ import annotations
@@ -43,29 +45,73 @@ def make_norm(config: TransformerConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model, eps=config.norm_eps)
 
 
-class Attention(nn.Module):
-    """Causal multi-head attention without biases.
+def rope_inv_freq(config: TransformerConfig) -> Tensor:
+    """The rotation frequency of each of a head's ``d_qk / 2`` pairs, float32.
 
-    ``q``/``k`` hold ``n_heads`` blocks of ``d_qk`` rows each, ``v`` holds ``n_heads``
-    blocks of ``d_v`` rows, ``o`` maps the concatenated heads back to ``d_model``.
+    ``config.rope_inv_freq`` if set, else Hugging Face Llama's default
+    ``1 / theta**(arange(0, d_qk, 2) / d_qk)``, computed the same way (float32) so that an
+    imported model's rotations are bitwise those of the original. For ``d_qk' = m * d_qk``
+    the exponent ``2(m i) / d_qk'`` is the same rational as ``2i / d_qk``, so the default
+    table of the bigger size contains the old one at indices ``m * i``, bit for bit.
+    """
+    if config.rope_inv_freq is not None:
+        return torch.tensor(config.rope_inv_freq, dtype=torch.float32)
+    exponent = torch.arange(0, config.d_qk, 2, dtype=torch.int64).float() / config.d_qk
+    return 1.0 / (config.rope_theta**exponent)
+
+
+def rope_cos_sin(config: TransformerConfig, t: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(cos, sin)`` of shape ``(T, d_qk)`` for positions ``0..t-1``, float32.
+
+    Half-rotation layout: entry ``i`` and ``i + d_qk/2`` share frequency ``i``. Computed
+    in float32 whatever the model's dtype (as Hugging Face Llama does), and only cast
+    where applied.
+    """
+    pos = torch.arange(t, device=device, dtype=torch.float32)
+    freqs = torch.outer(pos, rope_inv_freq(config).to(device))  # (T, k/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, k)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs ``(i, i + d/2)`` of ``x`` ``(B, heads, T, d)`` by the given angles."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Causal attention with ``n_heads`` query heads and ``kv_heads`` key/value heads.
+
+    ``q`` holds ``n_heads`` blocks of ``d_qk`` rows each, ``k`` holds ``kv_heads`` blocks
+    of ``d_qk`` rows and ``v`` ``kv_heads`` blocks of ``d_v`` rows; ``o`` maps the
+    concatenated query heads back to ``d_model``. Query head ``e`` reads KV head
+    ``e // kv_group`` (Hugging Face's ``repeat_kv``). Biases on all four if ``attn_bias``.
     """
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        h, e = config.d_model, config.n_heads
-        self.n_heads, self.d_qk, self.d_v = e, config.d_qk, config.d_v
+        h, e, kv = config.d_model, config.n_heads, config.kv_heads
+        self.n_heads, self.n_kv_heads = e, kv
+        self.d_qk, self.d_v = config.d_qk, config.d_v
         self.dropout = config.dropout
-        self.q = nn.Linear(h, e * config.d_qk, bias=False)
-        self.k = nn.Linear(h, e * config.d_qk, bias=False)
-        self.v = nn.Linear(h, e * config.d_v, bias=False)
-        self.o = nn.Linear(e * config.d_v, h, bias=False)
+        bias = config.attn_bias
+        self.q = nn.Linear(h, e * config.d_qk, bias=bias)
+        self.k = nn.Linear(h, kv * config.d_qk, bias=bias)
+        self.v = nn.Linear(h, kv * config.d_v, bias=bias)
+        self.o = nn.Linear(e * config.d_v, h, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         b, t, _ = x.shape
-        e = self.n_heads
+        e, kv = self.n_heads, self.n_kv_heads
         q = self.q(x).view(b, t, e, self.d_qk).transpose(1, 2)  # (B, E, T, k)
-        k = self.k(x).view(b, t, e, self.d_qk).transpose(1, 2)  # (B, E, T, k)
-        v = self.v(x).view(b, t, e, self.d_v).transpose(1, 2)  # (B, E, T, v)
+        k = self.k(x).view(b, t, kv, self.d_qk).transpose(1, 2)  # (B, KV, T, k)
+        v = self.v(x).view(b, t, kv, self.d_v).transpose(1, 2)  # (B, KV, T, v)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv != e:  # each KV head serves e // kv consecutive query heads
+            k = k.repeat_interleave(e // kv, dim=1)  # (B, KV, T, k) -> (B, E, T, k)
+            v = v.repeat_interleave(e // kv, dim=1)  # (B, KV, T, v) -> (B, E, T, v)
         # The default scale is 1/sqrt(k), the paper's; expand_qk relies on it.
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
@@ -74,18 +120,36 @@ class Attention(nn.Module):
         return self.o(y)  # (B, T, E*v) -> (B, T, h)
 
 
+def activate(x: Tensor, activation: str) -> Tensor:
+    """The MLP nonlinearity named by ``TransformerConfig.activation``."""
+    if activation == "relu":
+        return F.relu(x)
+    if activation == "silu":
+        return F.silu(x)
+    return F.gelu(x, approximate="tanh" if activation == "gelu_tanh" else "none")
+
+
 class MLP(nn.Module):
-    """``act(x W1 + b1) W2 + b2``."""
+    """``act(x W1 + b1) W2 + b2``, or gated: ``(act(x W_gate + b_g) * (x W1 + b1)) W2 + b2``.
+
+    ``fc`` is W1 (Llama's "up"), ``gate`` W_gate (only if ``mlp_gated``), ``proj`` W2
+    ("down"). Biases only if ``mlp_bias``.
+    """
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        self.fc = nn.Linear(config.d_model, config.d_mlp)
-        self.proj = nn.Linear(config.d_mlp, config.d_model)
+        h, p, bias = config.d_model, config.d_mlp, config.mlp_bias
+        self.fc = nn.Linear(h, p, bias=bias)
+        self.gate = nn.Linear(h, p, bias=bias) if config.mlp_gated else None
+        self.proj = nn.Linear(p, h, bias=bias)
         self.activation = config.activation
 
     def forward(self, x: Tensor) -> Tensor:
         hidden = self.fc(x)  # (B, T, h) -> (B, T, p)
-        hidden = F.relu(hidden) if self.activation == "relu" else F.gelu(hidden)
+        if self.gate is None:
+            hidden = activate(hidden, self.activation)
+        else:
+            hidden = activate(self.gate(x), self.activation) * hidden  # (B, T, p)
         return self.proj(hidden)  # (B, T, p) -> (B, T, h)
 
 
@@ -100,8 +164,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop(self.attn(self.norm_attn(x)))
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm_attn(x), rope))
         return x + self.drop(self.mlp(self.norm_mlp(x)))
 
 
@@ -118,7 +182,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model)
+        self.pos_emb: nn.Embedding | None = None
+        if config.positions == "learned":
+            self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm_f = make_norm(config) if config.final_norm else nn.Identity()
@@ -137,10 +203,15 @@ class Transformer(nn.Module):
         t = tokens.shape[1]
         if t > self.config.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds max_seq_len={self.config.max_seq_len}")
-        pos = torch.arange(t, device=tokens.device)
-        x = self.drop(self.tok_emb(tokens) + self.pos_emb(pos))  # (B, T, h)
+        x = self.tok_emb(tokens)  # (B, T, h)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(t, device=tokens.device))
+        else:
+            rope = rope_cos_sin(self.config, t, tokens.device)  # two (T, k)
+        x = self.drop(x)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, rope)
         return self.lm_head(self.norm_f(x))  # (B, T, h) -> (B, T, V)
 
     def num_params(self) -> int:

@@ -24,6 +24,7 @@ def check_target(model: Transformer, dim: str, value: object) -> bool:
     if not isinstance(model, Transformer):
         raise TypeError(f"expected a progrow.Transformer, got {type(model).__name__}")
     check_positive_int(dim, value)
+    _check_supported(model.config, dim)
     current = getattr(model.config, dim)
     assert isinstance(value, int)
     if value < current:
@@ -31,6 +32,20 @@ def check_target(model: Transformer, dim: str, value: object) -> bool:
             f"{dim}={value} is below the current size {current}: expansions only grow a model"
         )
     return value != current
+
+
+def _check_supported(config: TransformerConfig, dim: str) -> None:
+    # Temporary: the expansions do not yet know the Llama-style blocks.
+    new_blocks = {
+        "n_kv_heads": config.n_kv_heads is not None,
+        "mlp_gated": config.mlp_gated,
+        "mlp_bias": not config.mlp_bias,
+        "attn_bias": config.attn_bias,
+        "positions": config.positions != "learned",
+    }
+    used = [name for name, on in new_blocks.items() if on]
+    if used:
+        raise NotImplementedError(f"{dim}: expansions of models with {used} are not supported yet")
 
 
 def blocked_index(n_blocks: int, old_block: int, new_block: int) -> Tensor:
@@ -126,4 +141,5 @@ def sync_modules(model: Transformer) -> None:
             module.normalized_shape = tuple(module.weight.shape)
             module.eps = config.norm_eps
         elif isinstance(module, Attention):
-            module.n_heads, module.d_qk, module.d_v = config.n_heads, config.d_qk, config.d_v
+            module.n_heads, module.n_kv_heads = config.n_heads, config.kv_heads
+            module.d_qk, module.d_v = config.d_qk, config.d_v
