@@ -13,8 +13,8 @@ from torch import nn
 from torch.testing import assert_close
 
 from progrow import Transformer, TransformerConfig
+from progrow.flops import matmul_params
 from progrow.model import apply_rope, rope_cos_sin, rope_inv_freq
-from progrow.training.flops import matmul_params
 
 BAD_FIELDS = [
     ("vocab_size", 0),
