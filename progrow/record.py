@@ -11,7 +11,7 @@ Parameters not mentioned are unchanged (same name, shape and values).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -116,6 +116,17 @@ class ExpansionRecord:
     @property
     def is_noop(self) -> bool:
         return not self.changes and not self.new and self.old_config == self.new_config
+
+    def prefixed(self, prefix: str) -> ExpansionRecord:
+        """The record with every parameter name prefixed (names relative to an outer
+        module, e.g. ``"model."`` for a LightningModule holding the Transformer)."""
+        if not prefix:
+            return self
+        changes = {
+            prefix + name: replace(c, name=prefix + c.name, old_name=prefix + c.old_name)
+            for name, c in self.changes.items()
+        }
+        return replace(self, changes=changes, new=tuple(prefix + n for n in self.new))
 
     def change_for_old(self, old_name: str) -> ParamChange | None:
         """The change applied to the parameter that was called ``old_name``."""

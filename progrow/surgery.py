@@ -285,8 +285,9 @@ def _fresh(param: Tensor, template: State, siblings: list[State], fill_typical: 
         if key == "step" or not isinstance(value, Tensor):
             out[key] = value.clone() if isinstance(value, Tensor) else value
             continue
-        # The group's state dtype and device, which may differ from the parameter's.
-        out[key] = value.new_zeros(param.shape)
+        # The parameter's dtype and device, as torch's lazy init would choose: the
+        # template may belong to a parameter of another dtype or device in the same group.
+        out[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
         typical = [s[key] for s in siblings if isinstance(s.get(key), Tensor)]
         if fill_typical and key in _SECOND_MOMENTS and typical:
             out[key].fill_(torch.stack([t.mean() for t in typical]).mean())

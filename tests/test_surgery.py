@@ -343,3 +343,25 @@ def test_named_param_groups_are_renamed() -> None:
     train_step(fresh, fresh_opt)
     for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_new_parameter_state_takes_dtype_and_device_from_the_parameter() -> None:
+    # The group's first state belongs to a float64 parameter outside the Transformer: the
+    # new layer's state must still be float32 like the new parameters themselves.
+    torch.manual_seed(0)
+    outer = torch.nn.Module()
+    outer.scale = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    outer.net = Transformer(CFG)
+    opt = torch.optim.AdamW([outer.scale, *outer.net.parameters()], lr=1e-2)
+    loss = outer.net(torch.randint(0, CFG.vocab_size, (2, 5))).float().pow(2).mean()
+    (loss + outer.scale.pow(2).sum()).backward()
+    opt.step()
+    names = param_names(outer)
+    record = add_layers(outer.net, CFG.n_layers + 1).prefixed("net.")
+    update_optimizer(opt, record, names, outer)
+    for name in record.new:
+        param = outer.get_parameter(name)
+        for key, value in opt.state[param].items():
+            if key != "step":
+                assert value.dtype == param.dtype == torch.float32, (name, key, value.dtype)
+                assert value.device == param.device

@@ -12,12 +12,13 @@ import hashlib
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 
 from progrow.expand import grow
@@ -44,13 +45,7 @@ def stage_seed(seed: int, stage_index: int) -> int:
 
 def prefix_record(record: ExpansionRecord, prefix: str) -> ExpansionRecord:
     """The record with every parameter name prefixed (names relative to an outer module)."""
-    if not prefix:
-        return record
-    changes = {
-        prefix + name: replace(c, name=prefix + c.name, old_name=prefix + c.old_name)
-        for name, c in record.changes.items()
-    }
-    return replace(record, changes=changes, new=tuple(prefix + n for n in record.new))
+    return record.prefixed(prefix)
 
 
 def _check_strategy(strategy: Strategy) -> None:
@@ -63,6 +58,45 @@ def _check_strategy(strategy: Strategy) -> None:
             "shard parameters and restore checkpoints after setup, which in-place growth "
             "does not handle."
         )
+    start_method = getattr(strategy, "_start_method", "popen")
+    if start_method != "popen":
+        # ddp_spawn/ddp_fork/ddp_notebook train in child processes and hand only rank 0's
+        # weights back to the parent: its module, optimizer and this callback's events
+        # never see the growth.
+        raise RuntimeError(
+            f"GrowthCallback does not support DDP with start_method={start_method!r} "
+            "(strategy='ddp_spawn', 'ddp_fork' or 'ddp_notebook'): the grown model, its "
+            "optimizer and the growth events stay in the worker processes. Use "
+            "strategy='ddp', which runs the script once per process."
+        )
+
+
+def probe_tokens(batch: Any) -> Tensor | None:
+    """The token ids of a batch of a common shape, for the default probe loss.
+
+    A ``(B, T + 1)`` integer tensor itself, the first element of a tuple or list (a
+    ``TensorDataset`` loader), or a mapping's ``"input_ids"``; ``None`` for anything else.
+    """
+    if isinstance(batch, Mapping):
+        batch = batch.get("input_ids")
+    elif isinstance(batch, (tuple, list)):
+        batch = batch[0] if batch else None
+    is_tokens = (
+        isinstance(batch, Tensor)
+        and batch.ndim == 2
+        and batch.shape[1] >= 2
+        and not batch.is_floating_point()
+        and not batch.is_complex()
+    )
+    return batch if is_tokens else None
+
+
+def _describe(batch: Any) -> str:
+    if isinstance(batch, Tensor):
+        return f"a {tuple(batch.shape)} {batch.dtype} tensor"
+    if isinstance(batch, Mapping):
+        return f"a {type(batch).__name__} with keys {sorted(map(str, batch))}"
+    return f"a {type(batch).__name__}"
 
 
 class GrowthCallback(L.Callback):
@@ -96,8 +130,12 @@ class GrowthCallback(L.Callback):
         model_attr: where the Transformer lives on the LightningModule (dotted path).
         probe_batch: the fixed batch for loss continuity; default: the datamodule's
             ``probe_batch()`` if it has one, else the first training batch of the run.
+            Under DDP every rank uses rank 0's probe batch.
         loss_fn: ``loss_fn(pl_module, batch) -> loss``; default: next-token cross-entropy
-            of the Transformer on a ``(B, T + 1)`` batch.
+            of the Transformer on the batch's token ids (see :func:`probe_tokens`: a
+            ``(B, T + 1)`` integer tensor, the first element of a tuple or list, or a
+            dict's ``"input_ids"``). Other batch shapes need a ``loss_fn``; without one
+            the fit stops at its first batch with a ``ValueError``.
         loss_tolerance: largest accepted ``|loss_after - loss_before|``.
         on_loss_jump: "raise", "warn" or "ignore" when the tolerance is exceeded.
         new_moments: how optimizer surgery fills new Adam entries ("zero" or
@@ -118,7 +156,7 @@ class GrowthCallback(L.Callback):
         *,
         seed: int = 0,
         model_attr: str = "model",
-        probe_batch: Tensor | None = None,
+        probe_batch: Any = None,
         loss_fn: LossFn | None = None,
         loss_tolerance: float = 1e-4,
         on_loss_jump: OnLossJump = "raise",
@@ -149,6 +187,7 @@ class GrowthCallback(L.Callback):
         self.new_moments = new_moments
         self.rewarmup_steps = rewarmup_steps
         self.events: list[dict[str, Any]] = []
+        self._probe: Any = None  # this fit's probe batch, on the CPU
         self._saved_lrs: list[tuple[dict[str, Any], float]] = []
         self._hooked_optimizers: set[int] = set()
 
@@ -160,6 +199,7 @@ class GrowthCallback(L.Callback):
         _check_strategy(trainer.strategy)
         model = find_transformer(pl_module, self.model_attr)
         self.schedule.validate_for(model.config, trainer.max_steps)
+        self._probe = None
         self._install_load_hook(pl_module)
 
     def _install_load_hook(self, pl_module: L.LightningModule) -> None:
@@ -197,8 +237,8 @@ class GrowthCallback(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.probe_batch is None:
-            self.probe_batch = self._default_probe(trainer, batch)
+        if self._probe is None:
+            self._probe = self._capture_probe(trainer, batch)
         ready = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         if (ready - 1) % trainer.accumulate_grad_batches != 0:
             return  # mid-accumulation: never grow between micro-batches of one step
@@ -211,18 +251,35 @@ class GrowthCallback(L.Callback):
     def _reached(model: Transformer, stage: GrowthStage) -> bool:
         return all(getattr(model.config, dim) >= size for dim, size in stage.sizes.items())
 
-    def _default_probe(self, trainer: L.Trainer, batch: Any) -> Tensor:
+    def _capture_probe(self, trainer: L.Trainer, batch: Any) -> Any:
+        """This fit's probe batch, checked now (not at the first growth), the same on
+        every rank (rank 0's), on the CPU."""
         datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "probe_batch"):
-            return datamodule.probe_batch()
-        return batch.detach().clone() if isinstance(batch, Tensor) else batch
+        if self.probe_batch is not None:
+            batch = self.probe_batch
+        elif datamodule is not None and hasattr(datamodule, "probe_batch"):
+            batch = datamodule.probe_batch()
+        if self.loss_fn is None:
+            tokens = probe_tokens(batch)
+            if tokens is None:
+                raise ValueError(
+                    f"GrowthCallback: the probe batch is {_describe(batch)}; the default "
+                    "probe loss needs token ids: a (B, T + 1) integer tensor, a tuple/list "
+                    "whose first element is one, or a dict with 'input_ids'. Pass "
+                    "loss_fn=(pl_module, batch) -> loss (or probe_batch=...) for this batch."
+                )
+            batch = tokens
+        batch = apply_to_collection(batch, Tensor, lambda t: t.detach().cpu().clone())
+        if trainer.world_size > 1:
+            # Each rank's first batch differs (distributed sampler): probe rank 0's on all,
+            # so every rank measures, logs and decides on the same numbers.
+            batch = trainer.strategy.broadcast(batch, src=0)
+        return batch
 
     def _probe_loss(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
         model = find_transformer(pl_module, self.model_attr)
-        batch = self.probe_batch
-        assert batch is not None, "the probe batch is set at the first training batch"
-        if isinstance(batch, Tensor):
-            batch = batch.to(pl_module.device)
+        assert self._probe is not None, "the probe batch is set at the first training batch"
+        batch = move_data_to_device(self._probe, pl_module.device)
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -340,4 +397,4 @@ def _prefix_of(pl_module: nn.Module, model: Transformer) -> str:
     raise RuntimeError("the Transformer's parameters are not registered in the LightningModule")
 
 
-__all__ = ["GrowthCallback", "prefix_record", "stage_seed"]
+__all__ = ["GrowthCallback", "prefix_record", "probe_tokens", "stage_seed"]
