@@ -96,7 +96,7 @@ def untime_pieces() -> None:
     callback_module.update_optimizer = update_optimizer
 
 
-def stage_sizes(kind: str, targets: dict[str, int]) -> dict[str, int]:
+def stage_sizes(kind: str, targets: dict[str, int]) -> dict[str, Any]:
     return dict(targets) if kind == "all six" else {kind: targets[kind]}
 
 

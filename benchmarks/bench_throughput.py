@@ -90,13 +90,13 @@ def structure_report(
         ]:
             bad.append("param group order differs")
     state_b = {n: opt_b.state[q] for n, q in pb.items()}
-    for p, st in opt_a.state.items():
-        name = names_a[id(p)]
+    for param, st in opt_a.state.items():
+        name = names_a[id(param)]
         for key, v in st.items():
             if not torch.is_tensor(v) or v.ndim == 0:
                 continue
             w = state_b[name][key]
-            if not v.is_contiguous() or v.stride() != w.stride() or v.shape != p.shape:
+            if not v.is_contiguous() or v.stride() != w.stride() or v.shape != param.shape:
                 bad.append(f"state {name}.{key}: stride {v.stride()} vs fresh {w.stride()}")
             if v.untyped_storage().nbytes() != v.numel() * v.element_size():
                 bad.append(f"state {name}.{key}: storage larger than tensor")

@@ -155,7 +155,7 @@ def compare(budget: str, seeds: Sequence[int], parallel: int) -> None:
     for run in runs:
         by_name[Path(run.path).name.rsplit("_s", 1)[0]].append(run)
     summaries = {p: json.loads((p / "summary.json").read_text()) for p in jobs}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, group in by_name.items():
         n = len(group)
         steps_taken = [summaries[Path(r.path)]["global_step"] for r in group]

@@ -26,7 +26,7 @@ class Recorder(L.Callback):
     """Records, per optimizer step, the LR used and the model size at the update."""
 
     def __init__(self) -> None:
-        self.lrs: list[float] = []
+        self.lrs: list[list[float]] = []  # per step, one LR per param group
         self.sizes: list[dict[str, int]] = []
         self.micro_sizes: list[tuple[int, int]] = []  # (global_step, d_mlp) per micro-batch
 
@@ -220,7 +220,7 @@ def test_stage_at_step_zero_and_noop_stage(cache: Path) -> None:
 class CompiledModule(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
-        self.model = torch.compile(Transformer(TransformerConfig(**TINY_MODEL)))
+        self.model: Any = torch.compile(Transformer(TransformerConfig(**TINY_MODEL)))
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         return lm_loss(self.model, batch)

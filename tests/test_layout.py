@@ -78,3 +78,15 @@ def test_lazy_names_and_entry_points_resolve() -> None:
     )
     result = run_python(code)
     assert result.returncode == 0, result.stderr
+
+
+def test_lazy_names_are_typed_for_users() -> None:
+    # mypy checks this file (``make lint``, ``.ci/run``): with an untyped lazy
+    # ``progrow.__getattr__`` these names would be ``object`` and the annotations below
+    # would not type-check.
+    from progrow import GrowthCallback, LMModule, OptimConfig, TransformerConfig
+
+    callback: GrowthCallback = GrowthCallback([{"step": 1, "d_mlp": 8}])
+    module: LMModule = LMModule(TransformerConfig(vocab_size=16, d_model=8), OptimConfig())
+    steps: list[int] = [stage.step for stage in callback.schedule]
+    assert steps == [1] and module.model.config.d_model == 8

@@ -250,7 +250,7 @@ def _assert_untouched(opt: torch.optim.Optimizer, groups: list[list[int]], state
 
 
 @pytest.mark.parametrize("make", [torch.optim.RMSprop, torch.optim.Adagrad])
-def test_unsupported_optimizer_raises_naming_it(make: type[torch.optim.Optimizer]) -> None:
+def test_unsupported_optimizer_raises_naming_it(make: Callable[..., torch.optim.Optimizer]) -> None:
     torch.manual_seed(0)
     model = Transformer(CFG)
     opt = make(model.parameters(), lr=1e-2)
