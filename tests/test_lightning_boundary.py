@@ -79,7 +79,7 @@ def test_unusable_batch_without_loss_fn_fails_at_the_first_batch(batch: Any) -> 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             return self.model.tok_emb.weight.sum()
 
-    rows = [batch] * 8
+    rows: Any = [batch] * 8  # a list is a fine map-style dataset
     with pytest.raises(ValueError, match=r"probe batch is .*Pass loss_fn="):
         trainer(6, [growth(STAGES), FailIfStepped()]).fit(
             Module(), DataLoader(rows, batch_size=None)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_model, make_tokens, tiny_config
-from torch import nn
+from torch import Tensor, nn
 from torch.testing import assert_close
 
 from progrow import Transformer, TransformerConfig
@@ -232,7 +233,8 @@ def _reference_logits(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
         return out
 
     mask = torch.ones(t, t, dtype=torch.bool).tril()
-    for block in model.blocks:
+    blocks: list[Any] = list(model.blocks)  # typed as plain Modules otherwise
+    for block in blocks:
         a_in = block.norm_attn(x)
         attn = block.attn
         q, kk, vv = attn.q(a_in), attn.k(a_in), attn.v(a_in)
@@ -246,8 +248,9 @@ def _reference_logits(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
         m_in = block.norm_mlp(x)
         mlp = block.mlp
         up = mlp.fc(m_in)
-        act = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu}.get(cfg.activation)
-        act = act or (lambda z: F.gelu(z, approximate="tanh"))
+        acts: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "silu": F.silu}
+        acts["gelu"] = F.gelu
+        act = acts.get(cfg.activation) or (lambda z: F.gelu(z, approximate="tanh"))
         hidden = act(mlp.gate(m_in)) * up if mlp.gate is not None else act(up)
         x = x + mlp.proj(hidden)
     return model.lm_head(model.norm_f(x))
@@ -269,7 +272,7 @@ def test_rope_attention_depends_on_relative_positions_only() -> None:
     model = make_model(config)
     tokens = make_tokens(config, length=6)
     with torch.no_grad():
-        attn = model.blocks[0].attn
+        attn: Any = model.blocks[0].attn
         x = model.norm_f(model.tok_emb(tokens))  # any input: only positions differ
         cos, sin = rope_cos_sin(config, 9, x.device)
         q = attn.q(x).view(4, 6, 3, 6).transpose(1, 2)
