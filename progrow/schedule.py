@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -9,6 +10,18 @@ from typing import Any, Literal, cast
 from progrow.config import GROWABLE_DIMS, TransformerConfig, check_positive_int
 
 _STAGE_KEYS = ("step", *GROWABLE_DIMS, "layer_positions")
+
+
+def stage_seed(seed: int, stage_index: int) -> int:
+    """Seed of the values drawn at stage ``stage_index``: the same on every rank, on resume
+    and in offline growth, so all of them draw the same new values.
+
+    Example:
+        >>> stage_seed(0, 1) == stage_seed(0, 1) != stage_seed(0, 2)
+        True
+    """
+    digest = hashlib.sha256(f"progrow-growth/{seed}/{stage_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 @dataclass(frozen=True)

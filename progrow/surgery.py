@@ -16,12 +16,15 @@ parameter multiplied by ``a`` has gradients divided by ``a``, so averages of gra
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from progrow.expand import grow
+from progrow.expand.layers import Positions
+from progrow.model import Transformer
 from progrow.record import ExpansionRecord, ParamChange
 
 NewMoments = Literal["zero", "bias_corrected"]
@@ -50,6 +53,56 @@ def param_names(module: nn.Module) -> dict[int, str]:
         ['blocks.0.attn.k.weight', 'blocks.0.attn.o.weight']
     """
     return {id(p): name for name, p in module.named_parameters()}
+
+
+def prefix_of(module: nn.Module, model: Transformer) -> str:
+    """Name prefix of ``model``'s parameters inside ``module`` (e.g. ``"model."``).
+
+    Example:
+        >>> from progrow import TransformerConfig
+        >>> outer = nn.Module(); outer.net = Transformer(TransformerConfig(n_layers=1))
+        >>> prefix_of(outer, outer.net)
+        'net.'
+    """
+    target = model.tok_emb.weight
+    for name, param in module.named_parameters():
+        if param is target:
+            return name[: -len("tok_emb.weight")]
+    raise ValueError(f"the Transformer's parameters are not registered in {type(module).__name__}")
+
+
+def grow_with_optimizers(
+    module: nn.Module,
+    model: Transformer,
+    optimizers: Sequence[torch.optim.Optimizer],
+    sizes: Mapping[str, int],
+    *,
+    layer_positions: Positions = "append",
+    generator: torch.Generator | None = None,
+    new_moments: NewMoments = "zero",
+) -> ExpansionRecord:
+    """Grow ``model`` (held by ``module``) to ``sizes`` and carry every optimizer across.
+
+    The one sequence every growth path runs (in the training loop, on gathered shards, on
+    a checkpoint): names taken before growth, :func:`progrow.grow`, then
+    :func:`update_optimizer` per optimizer with the record's names made relative to
+    ``module``. Returns the record (names relative to ``model``).
+
+    Example:
+        >>> from progrow import TransformerConfig
+        >>> model = Transformer(TransformerConfig(vocab_size=16, d_model=8, d_mlp=8, n_layers=1))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        >>> record = grow_with_optimizers(model, model, [opt], {"d_mlp": 12})
+        >>> record.expansions, model.config.d_mlp
+        (('d_mlp',), 12)
+    """
+    old_names = param_names(module)
+    prefix = prefix_of(module, model)
+    record = grow(model, **sizes, layer_positions=layer_positions, generator=generator)
+    outer = record.prefixed(prefix)
+    for optimizer in optimizers:
+        update_optimizer(optimizer, outer, old_names, module, new_moments=new_moments)
+    return record
 
 
 def optimizer_state_by_name(

@@ -25,6 +25,7 @@ CORE = [
     "progrow.expand",
     "progrow.record",
     "progrow.surgery",
+    "progrow.offline",
     "progrow.schedule",
     "progrow.flops",
     "progrow.optim",
@@ -66,7 +67,7 @@ def test_lazy_names_and_entry_points_resolve() -> None:
     pyproject = (REPO / "pyproject.toml").read_text()
     scripts = pyproject.split("[project.scripts]")[1].split("\n[")[0]
     targets = [*re.findall(r'^\S+ = "(\S+)"', scripts, re.MULTILINE), "progrow.train:main"]
-    assert len(targets) == 3, scripts
+    assert len(targets) == 4, scripts
     code = (
         "import importlib, lightning\n"
         "from progrow import GrowthCallback, LMDataModule, LMModule\n"

@@ -9,6 +9,7 @@ module during ``setup``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,8 +17,8 @@ from torch import nn
 
 from progrow.config import TransformerConfig
 from progrow.model import Transformer
-
-CHECKPOINT_KEY = "progrow"
+from progrow.offline import CHECKPOINT_KEY
+from progrow.surgery import param_names
 
 
 def _get(module: nn.Module, attr: str) -> Any:
@@ -67,12 +68,34 @@ def build_like(config: TransformerConfig, like: Transformer) -> Transformer:
     return model.train(like.training)
 
 
+def optimizer_param_names(
+    module: nn.Module, optimizers: Sequence[torch.optim.Optimizer]
+) -> list[list[list[str]]]:
+    """Per optimizer, per param group, the names of its parameters in ``module``.
+
+    A saved optimizer state refers to parameters by position only; these names are what
+    lets offline growth (:mod:`progrow.offline`) tell which state belongs to which tensor.
+    """
+    names = param_names(module)
+    return [
+        [[names.get(id(p), "") for p in group["params"]] for group in optimizer.param_groups]
+        for optimizer in optimizers
+    ]
+
+
 def save_architecture(
-    module: nn.Module, checkpoint: dict[str, Any], attr: str = "model", **extra: Any
+    module: nn.Module,
+    checkpoint: dict[str, Any],
+    attr: str = "model",
+    optimizers: Sequence[torch.optim.Optimizer] | None = None,
+    **extra: Any,
 ) -> None:
-    """Write the current architecture (and ``extra`` values) into ``checkpoint``."""
+    """Write the current architecture, the optimizers' parameter names (when given) and
+    ``extra`` values into ``checkpoint``."""
     entry = checkpoint.setdefault(CHECKPOINT_KEY, {})
     entry["model_config"] = find_transformer(module, attr).config.to_dict()
+    if optimizers is not None:
+        entry["optimizer_params"] = optimizer_param_names(module, optimizers)
     entry.update(extra)
 
 

@@ -8,7 +8,6 @@ step is where it is.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -19,13 +18,11 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
 from lightning_utilities.core.apply_func import apply_to_collection
-from torch import Tensor, nn
+from torch import Tensor
 
-from progrow.expand import grow
 from progrow.model import Transformer
-from progrow.record import ExpansionRecord
-from progrow.schedule import GrowthSchedule, GrowthStage
-from progrow.surgery import NewMoments, param_names, update_optimizer
+from progrow.schedule import GrowthSchedule, GrowthStage, stage_seed
+from progrow.surgery import NewMoments, grow_with_optimizers
 from progrow.training.architecture import (
     find_transformer,
     restore_architecture,
@@ -35,17 +32,6 @@ from progrow.training.module import lm_loss
 
 LossFn = Callable[[L.LightningModule, Tensor], Tensor]
 OnLossJump = Literal["raise", "warn", "ignore"]
-
-
-def stage_seed(seed: int, stage_index: int) -> int:
-    """Seed of the values drawn at stage ``stage_index``: same on every rank and resume."""
-    digest = hashlib.sha256(f"progrow-growth/{seed}/{stage_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def prefix_record(record: ExpansionRecord, prefix: str) -> ExpansionRecord:
-    """The record with every parameter name prefixed (names relative to an outer module)."""
-    return record.prefixed(prefix)
 
 
 def _check_strategy(strategy: Strategy) -> None:
@@ -218,7 +204,7 @@ class GrowthCallback(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        save_architecture(pl_module, checkpoint, self.model_attr)
+        save_architecture(pl_module, checkpoint, self.model_attr, optimizers=trainer.optimizers)
 
     def state_dict(self) -> dict[str, Any]:
         return {"events": list(self.events), "schedule": self.schedule.to_list()}
@@ -303,18 +289,15 @@ class GrowthCallback(L.Callback):
         loss_before = self._probe_loss(trainer, pl_module)
         started = time.perf_counter()  # growth proper: expansion, surgery, DDP re-wrap
         params_before = model.num_params()
-        old_names = param_names(pl_module)
-        prefix = _prefix_of(pl_module, model)
-        generator = torch.Generator().manual_seed(stage_seed(self.seed, index))
-        record = grow(
+        grow_with_optimizers(
+            pl_module,
             model,
-            **stage.sizes,
+            trainer.optimizers,
+            stage.sizes,
             layer_positions=stage.layer_positions,
-            generator=generator,
+            generator=torch.Generator().manual_seed(stage_seed(self.seed, index)),
+            new_moments=self.new_moments,
         )
-        outer = prefix_record(record, prefix)
-        for optimizer in trainer.optimizers:
-            update_optimizer(optimizer, outer, old_names, pl_module, new_moments=self.new_moments)
         if isinstance(trainer.strategy, DDPStrategy):
             # The old wrapper fixed its parameter set when built: without a new one the
             # grown parameters are never all-reduced (or the step fails).
@@ -388,13 +371,4 @@ class GrowthCallback(L.Callback):
         self._saved_lrs.clear()
 
 
-def _prefix_of(pl_module: nn.Module, model: Transformer) -> str:
-    """Name prefix of ``model``'s parameters inside ``pl_module`` (e.g. ``"model."``)."""
-    target = model.tok_emb.weight
-    for name, param in pl_module.named_parameters():
-        if param is target:
-            return name[: -len("tok_emb.weight")]
-    raise RuntimeError("the Transformer's parameters are not registered in the LightningModule")
-
-
-__all__ = ["GrowthCallback", "prefix_record", "probe_tokens", "stage_seed"]
+__all__ = ["GrowthCallback", "probe_tokens", "stage_seed"]

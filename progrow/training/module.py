@@ -138,7 +138,12 @@ class LMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         save_architecture(
-            self, checkpoint, flops=self.flops, tokens=self.tokens, train_seconds=self.train_seconds
+            self,
+            checkpoint,
+            optimizers=self.trainer.optimizers if self._trainer is not None else None,
+            flops=self.flops,
+            tokens=self.tokens,
+            train_seconds=self.train_seconds,
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

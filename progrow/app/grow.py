@@ -1,0 +1,122 @@
+"""``progrow-grow``: grow a training checkpoint offline, then resume it with any strategy.
+
+Examples:
+    progrow-grow RUN/checkpoints/step_1000.ckpt --d_mlp 512 --n_layers 4 -o grown.ckpt
+    progrow-grow last.ckpt --branch wide:d_mlp=512,n_heads=8 --branch deep:n_layers=8 -o family/
+    progrow-grow last.ckpt --d_model 96 --probe RUN/.hydra/config.yaml --seed 0 -o grown.ckpt
+
+Each output is a new file (an existing one is refused, as is any bad size, before
+anything is written); the input is only read. Resume with
+``python -m progrow.train ckpt_path=grown.ckpt ...`` or ``trainer.fit(..., ckpt_path=...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from progrow.config import GROWABLE_DIMS
+from progrow.offline import grow_family
+
+
+def _positions(value: str) -> str | list[int]:
+    if value in ("append", "interleave"):
+        return value
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--layer_positions={value!r}: use append, interleave or indices like 0,2,4"
+        ) from None
+
+
+def _branch(value: str) -> tuple[str, dict[str, int]]:
+    """``NAME:dim=N,dim=N`` -> (NAME, sizes)."""
+    name, sep, spec = value.partition(":")
+    try:
+        if not (sep and name and spec):
+            raise ValueError
+        sizes = {dim.strip(): int(size) for dim, size in (p.split("=") for p in spec.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--branch={value!r}: expected NAME:dim=N[,dim=N...], e.g. wide:d_mlp=512"
+        ) from None
+    return name, sizes
+
+
+def _probe(path: str) -> torch.Tensor:
+    """A probe batch from a ``.pt`` tensor of token ids or from a run's Hydra config."""
+    if path.endswith((".yaml", ".yml")):
+        from omegaconf import OmegaConf
+
+        from progrow.training.datamodule import LMDataModule
+
+        data: Any = OmegaConf.to_container(OmegaConf.load(path).data, resolve=True)
+        data.pop("_target_", None)
+        return LMDataModule(**data).probe_batch()
+    batch = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(batch, torch.Tensor) or batch.ndim != 2 or batch.dtype != torch.long:
+        raise ValueError(f"--probe {path}: expected a (B, T + 1) LongTensor of token ids")
+    return batch
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="progrow-grow",
+        description="Grow a progrow training checkpoint (weights and optimizer state).",
+    )
+    p.add_argument("checkpoint", help="the checkpoint to grow (only read)")
+    for dim in GROWABLE_DIMS:
+        p.add_argument(f"--{dim}", type=int, metavar="N", help=f"target {dim}")
+    p.add_argument("--layer_positions", type=_positions, default="append")
+    p.add_argument("--branch", type=_branch, action="append", default=[], metavar="NAME:SIZES")
+    p.add_argument("-o", "--out", required=True, help="output file (a folder with --branch)")
+    p.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
+    p.add_argument("--stage", type=int, help="stage index for the seed (default: next)")
+    p.add_argument("--new_moments", choices=("zero", "bias_corrected"), default="zero")
+    p.add_argument("--model_attr", default="model")
+    p.add_argument("--probe", help="probe batch: a .pt LongTensor or a run's .hydra/config.yaml")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``progrow-grow``; prints each growth event as JSON."""
+    p = parser()
+    args = p.parse_args(argv)
+    sizes = {dim: getattr(args, dim) for dim in GROWABLE_DIMS if getattr(args, dim) is not None}
+    if args.branch and sizes:
+        p.error("give sizes either as --DIM flags (one output) or with --branch, not both")
+    if not args.branch and not sizes:
+        p.error(f"nothing to grow: give at least one of --{' --'.join(GROWABLE_DIMS)}")
+    out = Path(args.out)
+    branches: dict[str | Path, dict[str, int]] = (
+        {out / f"{name}.ckpt": s for name, s in args.branch} if args.branch else {out: sizes}
+    )
+    try:
+        probe = None if args.probe is None else _probe(args.probe)
+        events = grow_family(
+            args.checkpoint,
+            branches,
+            layer_positions=args.layer_positions,
+            seed=args.seed,
+            stage=args.stage,
+            probe_batch=probe,
+            new_moments=args.new_moments,
+            model_attr=args.model_attr,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        print(f"progrow-grow: {err}", file=sys.stderr)
+        return 2
+    for path, event in events.items():
+        print(json.dumps({"out": str(path), **event}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

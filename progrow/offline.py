@@ -1,0 +1,327 @@
+"""Offline growth: grow a training checkpoint between jobs, then resume it with any strategy.
+
+:func:`grow_checkpoint` takes a Lightning checkpoint written while training with progrow
+(``LMModule`` or a module with a :class:`~progrow.GrowthCallback`) and returns a new one in
+which the Transformer and every optimizer state entry are grown exactly as an in-loop
+growth at that step would grow them: the same expansions, the same record, the same
+optimizer surgery (:func:`progrow.surgery.grow_with_optimizers`), and new values from the
+same per-stage seed. The LR scheduler, the loop state (step, data position) and the
+training totals are kept, and a growth event with the in-loop schema is appended to the
+growth callback's state. ``fit(ckpt_path=grown)`` then continues as the in-loop growth
+would have. :func:`grow_checkpoint_file` and :func:`grow_family` work on files and never
+write over anything; ``progrow-grow`` (:mod:`progrow.app.grow`) is the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from progrow.config import GROWABLE_DIMS, TransformerConfig
+from progrow.expand.layers import Positions
+from progrow.model import Transformer
+from progrow.schedule import stage_seed
+from progrow.surgery import NewMoments, grow_with_optimizers, param_names
+
+#: Where progrow keeps its entry in a checkpoint (architecture, optimizer names, totals).
+CHECKPOINT_KEY = "progrow"
+#: The growth callback's entry in ``checkpoint["callbacks"]`` (its default state key).
+CALLBACK_KEY = "GrowthCallback"
+
+
+def check_sizes(config: TransformerConfig, sizes: Mapping[str, Any]) -> dict[str, int]:
+    """The targets of ``sizes`` that differ from ``config``; refuses bad ones.
+
+    Raises:
+        ValueError: an unknown dimension, a size that is not a positive integer or that is
+            below the current one, or nothing to grow; the message names the dimension.
+    """
+    unknown = sorted(set(sizes) - set(GROWABLE_DIMS))
+    if unknown:
+        raise ValueError(
+            f"unknown dimension(s) {unknown}; the growable dimensions are {list(GROWABLE_DIMS)}"
+        )
+    current = config.sizes()
+    for dim, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(f"{dim}={size!r}: must be a positive integer")
+        if size < current[dim]:
+            raise ValueError(f"{dim}={size} is below the checkpoint's {dim}={current[dim]}")
+    todo = {dim: int(size) for dim, size in sizes.items() if size != current[dim]}
+    if not todo:
+        raise ValueError(f"nothing to grow: the checkpoint already has the sizes {dict(sizes)}")
+    return todo
+
+
+def checkpoint_config(checkpoint: Mapping[str, Any]) -> TransformerConfig:
+    """The Transformer architecture stored in a progrow checkpoint.
+
+    Raises:
+        ValueError: the checkpoint has no ``progrow.model_config`` entry (it was not
+            written by a progrow module or callback) or an unreadable one.
+    """
+    entry = checkpoint.get(CHECKPOINT_KEY)
+    if not isinstance(entry, Mapping) or "model_config" not in entry:
+        raise ValueError(
+            f"checkpoint has no '{CHECKPOINT_KEY}.model_config' entry: offline growth needs a "
+            "checkpoint written while training with progrow (LMModule or GrowthCallback)"
+        )
+    return TransformerConfig.from_dict(dict(entry["model_config"]))
+
+
+def _load_model(state: Mapping[str, Tensor], config: TransformerConfig, prefix: str) -> nn.Module:
+    """A module whose parameter names are the checkpoint's (``prefix`` + Transformer names)."""
+    sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:
+        raise ValueError(f"state_dict has no parameters under {prefix!r} (model_attr)")
+    dtype = next(iter(sub.values())).dtype
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.to_empty(device="cpu").to(dtype=dtype)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.tok_emb.weight
+    model.load_state_dict(sub)  # strict: a wrong architecture fails here, naming the keys
+    holder: nn.Module = model
+    for part in reversed(prefix.rstrip(".").split(".") if prefix else []):
+        outer = nn.Module()
+        outer.add_module(part, holder)
+        holder = outer
+    return holder
+
+
+def _optimizer(
+    saved: Mapping[str, Any], names: list[list[str]], params: Mapping[str, Tensor]
+) -> torch.optim.Optimizer:
+    """A live optimizer over ``params`` holding ``saved`` (so surgery can edit it)."""
+    groups = saved["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(n) for n in names]:
+        raise ValueError("optimizer_params do not match the saved optimizer's param groups")
+    missing = sorted({n for group in names for n in group} - set(params))
+    if missing:
+        raise ValueError(
+            f"optimizer holds parameter(s) {missing[:3]} outside the Transformer: offline "
+            "growth only carries the Transformer's parameters"
+        )
+    cls: type[torch.optim.Optimizer]
+    if all("betas" in g for g in groups):
+        cls = (
+            torch.optim.AdamW if groups[0].get("decoupled_weight_decay", True) else torch.optim.Adam
+        )
+    elif all("momentum" in g and "dampening" in g for g in groups):
+        cls = torch.optim.SGD
+    else:
+        raise ValueError(f"unsupported optimizer state (group keys {sorted(groups[0])})")
+    optimizer = cls([{"params": [params[n] for n in group]} for group in names], lr=0.0)
+    optimizer.load_state_dict(dict(saved))
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if key != "step" and isinstance(value, Tensor) and value.shape != p.shape:
+                    raise ValueError(
+                        f"optimizer state {key!r} has shape {tuple(value.shape)} but its "
+                        f"parameter {tuple(p.shape)}: optimizer_params do not fit the state"
+                    )
+    return optimizer
+
+
+def _load_optimizers(
+    checkpoint: Mapping[str, Any], names: Any, holder: nn.Module
+) -> list[torch.optim.Optimizer]:
+    """One live optimizer per saved state, over ``holder``'s parameters."""
+    saved = list(checkpoint.get("optimizer_states", []))
+    if saved and (not isinstance(names, list) or len(names) != len(saved)):
+        raise ValueError(
+            f"checkpoint has no '{CHECKPOINT_KEY}.optimizer_params' for its {len(saved)} "
+            "optimizer(s): it predates offline growth; save it again with this progrow"
+        )
+    params = dict(holder.named_parameters())
+    return [_optimizer(s, n, params) for s, n in zip(saved, names or [], strict=True)]
+
+
+def _probe_loss(model: Transformer, batch: Tensor) -> float:
+    from progrow.training.module import lm_loss
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return float(lm_loss(model, batch))
+    finally:
+        model.train(was_training)
+
+
+def grow_checkpoint(
+    checkpoint: Mapping[str, Any],
+    sizes: Mapping[str, int],
+    *,
+    layer_positions: Positions = "append",
+    seed: int = 0,
+    stage: int | None = None,
+    probe_batch: Tensor | None = None,
+    new_moments: NewMoments = "zero",
+    model_attr: str = "model",
+) -> dict[str, Any]:
+    """A grown copy of a progrow training checkpoint; ``checkpoint`` is left unchanged.
+
+    Args:
+        checkpoint: a loaded Lightning checkpoint with progrow's ``progrow`` entry.
+        sizes: target sizes, e.g. ``{"d_mlp": 512, "n_layers": 4}``; never smaller.
+        layer_positions: where new layers go ("append", "interleave" or indices).
+        seed: the run's seed (``GrowthCallback(seed=...)``, the app's ``seed``).
+        stage: stage index for the seed of the new values; default: the number of growth
+            events already in the checkpoint (the next stage of the run).
+        probe_batch: ``(B, T + 1)`` token ids; when given, the event records the next-token
+            loss before and after (else those fields are ``None``).
+        new_moments: how new Adam entries are filled, as in ``GrowthCallback``.
+        model_attr: where the module keeps the Transformer (its state_dict prefix).
+
+    Returns:
+        The grown checkpoint: the Transformer's weights and every optimizer's state grown,
+        ``progrow`` updated, the growth event appended to ``callbacks["GrowthCallback"]``;
+        LR schedulers, loop state and everything else as in ``checkpoint``.
+
+    Raises:
+        ValueError: no progrow architecture in the checkpoint, an unknown, non-integer or
+            shrinking size, nothing to grow, or optimizer state that cannot be matched to
+            the parameters. Nothing is changed when it raises.
+
+    Example:
+        >>> grown = grow_checkpoint(torch.load("step=400.ckpt"), {"d_mlp": 512})  # doctest: +SKIP
+    """
+    config = checkpoint_config(checkpoint)
+    todo = check_sizes(config, sizes)
+    entry = dict(checkpoint[CHECKPOINT_KEY])
+    prefix = f"{model_attr}." if model_attr else ""
+    holder = _load_model(checkpoint["state_dict"], config, prefix)
+    model = holder.get_submodule(model_attr) if model_attr else holder
+    assert isinstance(model, Transformer)
+    optimizers = _load_optimizers(checkpoint, entry.get("optimizer_params"), holder)
+    callbacks = dict(checkpoint.get("callbacks", {}))
+    growth_state = dict(callbacks.get(CALLBACK_KEY, {"events": [], "schedule": []}))
+    events = list(growth_state.get("events", []))
+    index = len(events) if stage is None else stage
+
+    loss_before = None if probe_batch is None else _probe_loss(model, probe_batch)
+    started = time.perf_counter()
+    params_before = model.num_params()
+    grow_with_optimizers(
+        holder,
+        model,
+        optimizers,
+        todo,
+        layer_positions=layer_positions,
+        generator=torch.Generator().manual_seed(stage_seed(seed, index)),
+        new_moments=new_moments,
+    )
+    seconds = time.perf_counter() - started
+    loss_after = None if probe_batch is None else _probe_loss(model, probe_batch)
+
+    # The in-loop event's fields (GrowthCallback), so reports read both alike.
+    events.append(
+        {
+            "stage": index,
+            "step": int(checkpoint.get("global_step", 0)),
+            "loss_before": loss_before,
+            "loss_after": loss_after,
+            "loss_delta": None
+            if loss_before is None or loss_after is None
+            else loss_after - loss_before,
+            "params_before": params_before,
+            "params": model.num_params(),
+            "sizes": model.config.sizes(),
+            "seconds": seconds,
+            "flops": float(entry.get("flops", 0.0)),
+        }
+    )
+    callbacks[CALLBACK_KEY] = {**growth_state, "events": events}
+    state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefix)}
+    state.update({prefix + k: v for k, v in model.state_dict().items()})
+    names = param_names(holder)
+    entry["model_config"] = model.config.to_dict()
+    entry["optimizer_params"] = [
+        [[names[id(p)] for p in group["params"]] for group in opt.param_groups]
+        for opt in optimizers
+    ]
+    grown = {**checkpoint, "state_dict": state, CHECKPOINT_KEY: entry, "callbacks": callbacks}
+    if "optimizer_states" in checkpoint:
+        grown["optimizer_states"] = [opt.state_dict() for opt in optimizers]
+    return grown
+
+
+def _refuse_existing(paths: list[Path]) -> None:
+    for path in paths:
+        if path.exists():
+            raise ValueError(
+                f"output {str(path)!r} already exists: offline growth never overwrites"
+            )
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"outputs {[str(p) for p in paths]} name the same file twice")
+
+
+def _write(checkpoint: dict[str, Any], path: Path) -> None:
+    """Write atomically: a failed write leaves no partial file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint on CPU (a full pickle: only load files you trust)."""
+    return torch.load(Path(path), map_location="cpu", weights_only=False)
+
+
+def grow_family(
+    src: str | Path, branches: Mapping[str | Path, Mapping[str, int]], **options: Any
+) -> dict[Path, dict[str, Any]]:
+    """Grow one checkpoint into several sized branches, one file each.
+
+    Every output is checked to be new and every branch's sizes valid before anything is
+    written; ``src`` is only read. ``options`` are those of :func:`grow_checkpoint`.
+
+    Args:
+        src: the checkpoint to branch from.
+        branches: output path -> target sizes, e.g.
+            ``{"wide.ckpt": {"d_mlp": 512}, "deep.ckpt": {"n_layers": 8}}``.
+
+    Returns:
+        Output path -> the growth event written into it.
+
+    Example:
+        >>> grow_family("step=400.ckpt", {"a.ckpt": {"d_mlp": 512}})  # doctest: +SKIP
+    """
+    outputs = [Path(p) for p in branches]
+    if not outputs:
+        raise ValueError("branches is empty: give at least one output and its sizes")
+    _refuse_existing(outputs)
+    checkpoint = load_checkpoint(src)
+    config = checkpoint_config(checkpoint)
+    for sizes in branches.values():
+        check_sizes(config, sizes)
+    grown = {Path(p): grow_checkpoint(checkpoint, s, **options) for p, s in branches.items()}
+    for path, ckpt in grown.items():
+        _write(ckpt, path)
+    return {path: ckpt["callbacks"][CALLBACK_KEY]["events"][-1] for path, ckpt in grown.items()}
+
+
+def grow_checkpoint_file(
+    src: str | Path, dst: str | Path, sizes: Mapping[str, int], **options: Any
+) -> dict[str, Any]:
+    """Grow the checkpoint file ``src`` into the new file ``dst``; returns the event.
+
+    ``dst`` must not exist (checked before anything is read); ``src`` is only read.
+    ``options`` are those of :func:`grow_checkpoint`.
+
+    Example:
+        >>> grow_checkpoint_file("step=400.ckpt", "grown.ckpt", {"n_layers": 4})  # doctest: +SKIP
+    """
+    return grow_family(src, {dst: sizes}, **options)[Path(dst)]

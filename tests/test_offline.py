@@ -1,0 +1,204 @@
+"""Offline growth of a checkpoint: resuming the grown file continues bitwise as the
+in-loop growth at that step does; bad requests are refused before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lit_utils import (
+    TWO_STAGES,
+    assert_bitwise_equal,
+    datamodule,
+    growth,
+    lm_module,
+    params,
+    trainer,
+)
+
+from progrow import LMModule
+from progrow.app.grow import main as grow_main
+from progrow.offline import (
+    grow_checkpoint,
+    grow_checkpoint_file,
+    grow_family,
+    load_checkpoint,
+)
+
+MAX_STEPS = 12
+STAGE0 = {k: v for k, v in TWO_STAGES[0].items() if k != "step"}
+STAGE1 = {k: v for k, v in TWO_STAGES[1].items() if k not in ("step", "layer_positions")}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def in_loop(
+    cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """The reference: both stages grown in the loop; checkpoints every 4 steps (the one
+    at step 4 is written before that step's growth)."""
+    ckpt_dir = tmp_path_factory.mktemp("ckpt")
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1, filename="{step}"
+    )
+    module = lm_module(MAX_STEPS)
+    cb = growth()
+    trainer(MAX_STEPS, [cb, ckpt], enable_checkpointing=True).fit(
+        module, datamodule=datamodule(cache)
+    )
+    return ckpt_dir, params(module), cb.events
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_offline_growth_resumes_like_in_loop_growth(
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]],
+    cache: Path,
+    tmp_path: Path,
+) -> None:
+    ckpt_dir, expected, events = in_loop
+    src = ckpt_dir / "step=4.ckpt"
+    before = _digest(src)
+    out = tmp_path / "grown.ckpt"
+    event = grow_checkpoint_file(
+        src, out, STAGE0, seed=0, probe_batch=datamodule(cache).probe_batch()
+    )
+    assert _digest(src) == before  # the input is only read
+    assert event.keys() == events[0].keys()
+    for key in ("stage", "step", "params_before", "params", "sizes", "loss_before", "loss_after"):
+        assert event[key] == events[0][key], key
+    assert abs(event["loss_delta"]) <= 1e-5
+
+    # Resumed with the same schedule: stage 0 is already reached, stage 1 grows at step 8.
+    cb = growth()
+    module = lm_module(MAX_STEPS, seed=123)
+    trainer(MAX_STEPS, [cb]).fit(module, datamodule=datamodule(cache), ckpt_path=str(out))
+    assert_bitwise_equal(params(module), expected)
+    assert [e["step"] for e in cb.events] == [4, 8]
+
+
+def test_offline_growth_resumes_without_the_callback(
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]],
+    cache: Path,
+    tmp_path: Path,
+) -> None:
+    """The second stage grown offline, resumed by a plain LMModule with no callback; the
+    stage index (hence the seed of the new values) defaults to the next one (1)."""
+    ckpt_dir, expected, _ = in_loop
+    out = tmp_path / "grown.ckpt"
+    grow_checkpoint_file(ckpt_dir / "step=8.ckpt", out, STAGE1, layer_positions="interleave")
+    module = lm_module(MAX_STEPS, seed=123)
+    trainer(MAX_STEPS, []).fit(module, datamodule=datamodule(cache), ckpt_path=str(out))
+    assert_bitwise_equal(params(module), expected)
+
+
+def test_offline_growth_carries_every_optimizer_entry(
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]],
+) -> None:
+    ckpt_dir, _, _ = in_loop
+    ckpt = load_checkpoint(ckpt_dir / "step=4.ckpt")
+    grown = grow_checkpoint(ckpt, STAGE0)
+    opt = grown["optimizer_states"][0]
+    names = [n for group in grown["progrow"]["optimizer_params"][0] for n in group]
+    shapes = {k: tuple(v.shape) for k, v in grown["state_dict"].items() if k.startswith("model.")}
+    assert len(opt["state"]) == len(names) == len(shapes)
+    step = ckpt["optimizer_states"][0]["state"][0]["step"]
+    for index, name in enumerate(names):
+        state = opt["state"][index]
+        assert state["exp_avg"].shape == state["exp_avg_sq"].shape == shapes[name], name
+        assert torch.equal(state["step"], step), name  # step kept
+    assert grown["lr_schedulers"] == ckpt["lr_schedulers"]
+    assert grown["loops"] == ckpt["loops"] and grown["global_step"] == ckpt["global_step"]
+    assert grown["progrow"]["model_config"]["d_model"] == 12
+    assert "GrowthCallback" in grown["callbacks"]
+    assert grown["callbacks"]["GrowthCallback"]["events"][-1]["loss_delta"] is None
+
+
+def test_family_writes_one_branch_per_size(
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    ckpt_dir, _, _ = in_loop
+    branches = {tmp_path / "wide.ckpt": {"d_mlp": 24}, tmp_path / "deep.ckpt": {"n_layers": 4}}
+    events = grow_family(ckpt_dir / "step=12.ckpt", branches)
+    assert events[tmp_path / "wide.ckpt"]["sizes"]["d_mlp"] == 24
+    assert events[tmp_path / "deep.ckpt"]["sizes"]["n_layers"] == 4
+    deep = LMModule.load_from_checkpoint(tmp_path / "deep.ckpt")
+    assert deep.model.config.n_layers == 4 and deep.model.config.d_mlp == 20
+
+
+@pytest.mark.parametrize(
+    ("sizes", "match"),
+    [
+        ({"d_ff": 64}, "unknown dimension.*d_ff"),
+        ({"d_mlp": 8}, "d_mlp=8 is below the checkpoint's d_mlp=12"),
+        ({"n_layers": 2.5}, "n_layers=2.5: must be a positive integer"),
+        ({"d_mlp": 12}, "nothing to grow"),
+    ],
+)
+def test_bad_sizes_are_refused_before_writing(
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]],
+    tmp_path: Path,
+    sizes: dict[str, Any],
+    match: str,
+) -> None:
+    ckpt_dir, _, _ = in_loop
+    branches = {tmp_path / "ok.ckpt": {"d_mlp": 24}, tmp_path / "bad.ckpt": sizes}
+    with pytest.raises(ValueError, match=match):
+        grow_family(ckpt_dir / "step=4.ckpt", branches)
+    assert list(tmp_path.iterdir()) == []  # not even the valid branch was written
+
+
+def test_existing_output_and_foreign_checkpoint_are_refused(
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    ckpt_dir, _, _ = in_loop
+    src = ckpt_dir / "step=4.ckpt"
+    out = tmp_path / "out.ckpt"
+    out.write_bytes(b"keep me")
+    with pytest.raises(ValueError, match="already exists"):
+        grow_checkpoint_file(src, out, {"d_mlp": 24})
+    assert out.read_bytes() == b"keep me"
+    with pytest.raises(ValueError, match="already exists"):
+        grow_checkpoint_file(src, src, {"d_mlp": 24})
+
+    foreign = load_checkpoint(src)
+    del foreign["progrow"]
+    with pytest.raises(ValueError, match=r"progrow\.model_config"):
+        grow_checkpoint(foreign, {"d_mlp": 24})
+    stale = load_checkpoint(src)
+    del stale["progrow"]["optimizer_params"]
+    with pytest.raises(ValueError, match=r"progrow\.optimizer_params"):
+        grow_checkpoint(stale, {"d_mlp": 24})
+
+
+def test_command_line(
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ckpt_dir, _, _ = in_loop
+    src = str(ckpt_dir / "step=4.ckpt")
+    out = tmp_path / "cli.ckpt"
+    assert grow_main([src, "--d_mlp", "24", "--n_layers", "2", "-o", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["sizes"]["n_layers"] == 2
+    assert load_checkpoint(out)["progrow"]["model_config"]["n_layers"] == 2
+
+    assert grow_main([src, "--d_mlp", "4", "-o", str(tmp_path / "x.ckpt")]) == 2
+    assert "d_mlp=4 is below" in capsys.readouterr().err
+    assert not (tmp_path / "x.ckpt").exists()
+
+    family = tmp_path / "family"
+    argv = [src, "--branch", "wide:d_mlp=24", "--branch", "deep:n_layers=3", "-o", str(family)]
+    assert grow_main(argv) == 0
+    assert sorted(p.name for p in family.iterdir()) == ["deep.ckpt", "wide.ckpt"]
