@@ -20,6 +20,7 @@ from lit_utils import (
     params,
     trainer,
 )
+from omegaconf import OmegaConf
 
 from progrow import LMModule
 from progrow.app.grow import main as grow_main
@@ -184,14 +185,24 @@ def test_existing_output_and_foreign_checkpoint_are_refused(
 
 def test_command_line(
     in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]],
+    cache: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    ckpt_dir, _, _ = in_loop
+    ckpt_dir, _, events = in_loop
     src = str(ckpt_dir / "step=4.ckpt")
     out = tmp_path / "cli.ckpt"
-    assert grow_main([src, "--d_mlp", "24", "--n_layers", "2", "-o", str(out)]) == 0
-    assert json.loads(capsys.readouterr().out)["sizes"]["n_layers"] == 2
+    # The probe batch from a run's config, as the app saves it (interpolations included).
+    config = tmp_path / "config.yaml"
+    data = {"source": "stdlib", "seq_len": 16, "batch_size": 4, "val_batches": 2}
+    data.update(max_bytes=200_000, cache_dir=str(cache), seed="${seed}")
+    OmegaConf.save(OmegaConf.create({"seed": 0, "data": data}), config)
+    argv = [src, "--d_mlp", "24", "--n_layers", "2", "--probe", str(config), "-o", str(out)]
+    assert grow_main(argv) == 0
+    event = json.loads(capsys.readouterr().out)
+    assert event["sizes"]["n_layers"] == 2
+    assert event["loss_before"] == events[0]["loss_before"]  # the same probe batch
+    assert abs(event["loss_delta"]) <= 1e-5
     assert load_checkpoint(out)["progrow"]["model_config"]["n_layers"] == 2
 
     assert grow_main([src, "--d_mlp", "4", "-o", str(tmp_path / "x.ckpt")]) == 2
