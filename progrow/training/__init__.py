@@ -1,4 +1,5 @@
-"""Lightning integration: the LM module, its data module and the growth callback.
+"""Lightning integration: the LM module, its data module, the growth callback and the
+preemption callback.
 
 Everything that imports Lightning lives here; the model, the expansions, optimizer
 surgery, schedules, FLOPs and data (``progrow``, ``progrow.expand``, ``progrow.data``)
@@ -8,12 +9,15 @@ do not.
 from progrow.training.callback import GrowthCallback, stage_seed
 from progrow.training.datamodule import SOURCES, LMDataModule, trainer_position
 from progrow.training.module import LMModule, lm_loss
+from progrow.training.preemption import FitInterrupted, PreemptionCallback
 
 __all__ = [
     "SOURCES",
+    "FitInterrupted",
     "GrowthCallback",
     "LMDataModule",
     "LMModule",
+    "PreemptionCallback",
     "lm_loss",
     "stage_seed",
     "trainer_position",

@@ -1,0 +1,339 @@
+"""Stop cleanly on a signal: checkpoint at the next optimizer step, requeue SLURM jobs.
+
+A signal handler runs between two Python bytecodes of the main thread: possibly in the
+middle of a backward pass whose gradient all-reduce the other ranks are waiting in.
+Saving a checkpoint there (a collective under DDP) can deadlock, and a save interrupted
+by the job's end leaves a torn file. So here the handler only records the signal; at the
+next optimizer-step boundary every rank takes part in one small all-reduce of the flags,
+so all ranks decide together, in the same step; all save the same checkpoint (written to
+a temporary file and renamed, so it is complete or absent), rank 0 requeues a SLURM job,
+and ``trainer.fit`` ends by raising :class:`FitInterrupted` on every rank.
+
+Signals:
+
+* ``SIGUSR1``: SLURM's warning before the time limit (``--signal=SIGUSR1@90``);
+* ``SIGTERM``: preemption, ``scancel``, the time limit itself, a container stop;
+* ``SIGINT``: Ctrl-C. Saves but never requeues; a second Ctrl-C quits at once.
+
+The first two requeue the job when it is a SLURM job (``SLURM_JOB_ID`` is set). The
+requeued job keeps its id, so a run folder named after it and ``ckpt_path=auto`` (or
+``trainer.fit(ckpt_path=<the saved file>)``) continue the run exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+#: Signals that end in a requeue when the process is part of a SLURM job.
+REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+#: Signals handled by default: the requeue signals and Ctrl-C.
+DEFAULT_SIGNALS = (*REQUEUE_SIGNALS, signal.SIGINT)
+
+_REASONS = {
+    signal.SIGUSR1: "SIGUSR1 (time limit ahead)",
+    signal.SIGTERM: "SIGTERM (preemption or cancel)",
+    signal.SIGINT: "SIGINT (Ctrl-C)",
+}
+
+
+class FitInterrupted(SystemExit):
+    """``trainer.fit`` stopped on a signal after saving a checkpoint.
+
+    A :class:`SystemExit`, like Lightning's own ``SIGTERMException``: a script that does
+    not catch it exits quietly with ``128 + signal number``, the usual status of a process
+    ended by that signal.
+
+    Attributes:
+        signum: the signal that stopped the run, the same on every rank (whichever rank
+            received it); a requeue signal wins over SIGINT.
+        step: the optimizer step of the saved checkpoint (``trainer.global_step``).
+        ckpt_path: the checkpoint written.
+        requeued: whether this process requeued the SLURM job (rank 0 only).
+    """
+
+    def __init__(self, signum: int, step: int, ckpt_path: str, requeued: bool) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.step = step
+        self.ckpt_path = ckpt_path
+        self.requeued = requeued
+
+    def __str__(self) -> str:
+        return (
+            f"stopped by {signal_name(self.signum)} at step {self.step}; "
+            f"checkpoint: {self.ckpt_path}" + ("; SLURM job requeued" if self.requeued else "")
+        )
+
+
+def signal_name(signum: int) -> str:
+    """``"SIGUSR1"`` for 10, and so on."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class SignalLatch:
+    """Records which of ``signals`` arrived, and does nothing else.
+
+    The handlers replace whatever was installed (Lightning's included) until
+    :meth:`restore`. A second SIGINT restores the previous handlers and raises
+    ``KeyboardInterrupt`` at once: the user asked twice.
+
+    Example:
+        >>> latch = SignalLatch([signal.SIGUSR1])
+        >>> latch.install()
+        >>> os.kill(os.getpid(), signal.SIGUSR1)
+        >>> latch.received
+        [<Signals.SIGUSR1: 10>]
+        >>> latch.restore()
+    """
+
+    def __init__(self, signals: Iterable[int]) -> None:
+        self.signals = tuple(signal.Signals(s) for s in dict.fromkeys(signals))
+        self.received: list[signal.Signals] = []
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def install(self) -> None:
+        """Install the handlers (only the main thread can; elsewhere this does nothing)."""
+        if threading.current_thread() is not threading.main_thread() or self._previous:
+            return
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        """Put back the handlers that were installed before :meth:`install`."""
+        previous, self._previous = self._previous, {}
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        sig = signal.Signals(signum)
+        if sig == signal.SIGINT and sig in self.received:
+            self.restore()
+            raise KeyboardInterrupt
+        if sig not in self.received:
+            self.received.append(sig)
+
+
+def slurm_job_id() -> str | None:
+    """This process's SLURM job id (``<array job>_<task>`` for array jobs), else ``None``."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    array_task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and array_task:
+        return f"{array_job}_{array_task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def requeue_slurm_job(job_id: str, timeout_s: float = 60.0) -> bool:
+    """``scontrol requeue <job_id>``; returns whether it succeeded (failures are logged).
+
+    SLURM then ends the running job and queues it again under the same id (it starts once
+    its begin time, about two minutes later on most sites, has passed).
+    """
+    if not re.fullmatch(r"[0-9]+(_[0-9]+)?", job_id):
+        raise ValueError(f"job_id={job_id!r}: not a SLURM job id")
+    try:
+        result = subprocess.run(
+            ["scontrol", "requeue", job_id],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.error("could not requeue SLURM job %s: %s", job_id, err)
+        return False
+    if result.returncode != 0:
+        log.error(
+            "scontrol requeue %s failed (exit %d): %s",
+            job_id,
+            result.returncode,
+            (result.stderr or result.stdout).strip(),
+        )
+        return False
+    return True
+
+
+def save_checkpoint_atomically(trainer: L.Trainer, path: Path) -> None:
+    """``trainer.save_checkpoint(path)`` (collective: call on every rank) such that ``path``
+    is either the complete new checkpoint or what it was before, never a torn file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if trainer.is_global_zero:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(tmp)  # every rank; rank 0 writes; ends with a barrier
+    if trainer.is_global_zero:
+        os.replace(tmp, path)
+    trainer.strategy.barrier("progrow.save_checkpoint_atomically")  # all see the new file
+
+
+class PreemptionCallback(L.Callback):
+    """On SIGUSR1, SIGTERM or Ctrl-C: checkpoint at the next optimizer step, requeue, stop.
+
+    Works with one process and under DDP (the ranks agree through one all-reduce of two
+    flags per optimizer step, so they stop in the same step, even if only one of them got
+    the signal). What happens, in order:
+
+    1. the signal handler records the signal (nothing else: see the module docstring);
+    2. at the end of the next training batch that stepped the optimizer (never between
+       micro-batches of gradient accumulation), the ranks agree to stop;
+    3. every rank takes part in saving a normal checkpoint of that step to ``ckpt_path``,
+       atomically (default: the :class:`~lightning.pytorch.callbacks.ModelCheckpoint`'s
+       ``last.ckpt``, so ``ckpt_path=auto`` and "resume from last" find it);
+    4. for SIGUSR1/SIGTERM in a SLURM job, rank 0 runs ``scontrol requeue $SLURM_JOB_ID``
+       (``requeue=False`` turns this off); never for Ctrl-C;
+    5. ``trainer.fit`` raises :class:`FitInterrupted` on every rank.
+
+    The handlers are installed when training starts, replacing Lightning's own (its SIGTERM
+    handler broadcasts inside the handler; its SLURM auto-requeue saves inside it), and
+    restored when training ends. Lightning's SLURM auto-requeue is also switched off in
+    ``setup`` where the strategy exposes its cluster environment; pass
+    ``plugins=[SLURMEnvironment(auto_requeue=False)]`` to the Trainer to make that explicit.
+
+    A resumed fit logs where it resumed from and at which step.
+
+    Args:
+        ckpt_path: where to save; default: the ModelCheckpoint's last checkpoint path
+            (``<dirpath>/last.ckpt``), else ``<default_root_dir>/checkpoints/last.ckpt``.
+        requeue: requeue the SLURM job after SIGUSR1/SIGTERM; ``None``: when
+            ``SLURM_JOB_ID`` is set.
+        signals: the signals to handle (default SIGUSR1, SIGTERM, SIGINT). Only SIGUSR1 and
+            SIGTERM requeue.
+
+    Example:
+        >>> cb = PreemptionCallback(requeue=False)
+        >>> [signal_name(s) for s in cb.signals]
+        ['SIGUSR1', 'SIGTERM', 'SIGINT']
+    """
+
+    def __init__(
+        self,
+        ckpt_path: str | Path | None = None,
+        *,
+        requeue: bool | None = None,
+        signals: Iterable[int] = DEFAULT_SIGNALS,
+    ) -> None:
+        self.ckpt_path = None if ckpt_path is None else Path(ckpt_path)
+        self.requeue = requeue
+        self.signals = tuple(signal.Signals(s) for s in signals)
+        if not self.signals:
+            raise ValueError("signals is empty: give at least one signal to handle")
+        self._latch = SignalLatch(self.signals)
+        self._last_step = -1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+        if isinstance(environment, SLURMEnvironment):
+            # This callback requeues, after a checkpoint at a step boundary.
+            environment.auto_requeue = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning installs its handlers just before the training loop starts; this hook
+        # runs after that, so these replace them.
+        self._latch = SignalLatch(self.signals)
+        self._latch.install()
+        self._last_step = trainer.global_step
+        if trainer.ckpt_path and trainer.is_global_zero:
+            log.info("resumed from %s at step %d", trainer.ckpt_path, trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._latch.restore()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._latch.restore()
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if trainer.global_step == self._last_step:
+            return  # no optimizer step in this batch (gradient accumulation)
+        self._last_step = trainer.global_step
+        signum = self._agree(trainer)
+        if signum:
+            self._stop(trainer, signum)
+
+    def _agree(self, trainer: L.Trainer) -> int:
+        """The signal to act on (0: none), the same on every rank: a requeue signal that any
+        rank received, else SIGINT if any rank received it."""
+        received = self._latch.received
+        flags = [max((int(s) for s in received if s in REQUEUE_SIGNALS), default=0)]
+        flags.append(int(signal.SIGINT) if signal.SIGINT in received else 0)
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            tensor = torch.tensor(flags, dtype=torch.int32, device=trainer.strategy.root_device)
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+            flags = tensor.tolist()
+        return flags[0] or flags[1]
+
+    def _stop(self, trainer: L.Trainer, signum: int) -> None:
+        path = self._target(trainer)
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(checkpoint, ModelCheckpoint) and path.parent == _dirpath(checkpoint):
+            # So that the checkpoint callback of the resumed run keeps writing this file.
+            checkpoint.last_model_path = str(path)
+        save_checkpoint_atomically(trainer, path)
+        requeued = False
+        job_id = slurm_job_id()
+        want_requeue = self.requeue if self.requeue is not None else job_id is not None
+        if signum in REQUEUE_SIGNALS and want_requeue and trainer.is_global_zero:
+            requeued = job_id is not None and requeue_slurm_job(job_id)
+        if trainer.is_global_zero:
+            log.warning(
+                "%s: saved a checkpoint at step %d to %s%s",
+                _REASONS.get(signal.Signals(signum), signal_name(signum)),
+                trainer.global_step,
+                path,
+                f"; requeued SLURM job {job_id}" if requeued else "",
+            )
+        raise FitInterrupted(signum, trainer.global_step, str(path), requeued)
+
+    def _target(self, trainer: L.Trainer) -> Path:
+        if self.ckpt_path is not None:
+            return self.ckpt_path
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(checkpoint, ModelCheckpoint) and _dirpath(checkpoint) is not None:
+            if checkpoint.last_model_path:
+                return Path(checkpoint.last_model_path)
+            name = checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION
+            return Path(str(_dirpath(checkpoint))) / name
+        return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+def _dirpath(checkpoint: ModelCheckpoint) -> Path | None:
+    return None if checkpoint.dirpath is None else Path(checkpoint.dirpath)
+
+
+__all__ = [
+    "DEFAULT_SIGNALS",
+    "REQUEUE_SIGNALS",
+    "FitInterrupted",
+    "PreemptionCallback",
+    "SignalLatch",
+    "requeue_slurm_job",
+    "save_checkpoint_atomically",
+    "signal_name",
+    "slurm_job_id",
+]

@@ -1,0 +1,75 @@
+"""Run by tests/test_preemption.py as one of two ranks started from outside (as srun or
+torchrun would; Lightning sees ``LOCAL_RANK`` and does not launch processes itself).
+
+In one process group, three fits: an uninterrupted reference; a run in which only rank 1
+receives SIGUSR1 in the step of the first growth (step 4), so the ranks must agree to stop;
+and its resume from the checkpoint written at the signal. Each rank saves what it saw to
+``OUT/rank{r}.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lit_utils import datamodule, growth, lm_module, params
+
+from progrow.training import FitInterrupted, PreemptionCallback
+
+MAX_STEPS = 10
+SIGNAL_STEP = 4  # the first growth stage (lit_utils.TWO_STAGES)
+
+
+class SignalRankOne(L.Callback):
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == SIGNAL_STEP and trainer.global_rank == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def fit(out: Path, callbacks: list[L.Callback], ckpt_path: str | None = None) -> L.LightningModule:
+    module = lm_module(MAX_STEPS, seed=0 if ckpt_path is None else 123)
+    trainer = L.Trainer(
+        max_steps=MAX_STEPS,
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=60)),
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    trainer.fit(module, datamodule=datamodule(out / "cache"), ckpt_path=ckpt_path)
+    return module
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    rank = int(os.environ["RANK"])
+    reference = params(fit(out, [growth()]))
+    ckpt = out / "ckpt" / "last.ckpt"
+    stopped: dict[str, Any] = {}
+    try:
+        fit(out, [SignalRankOne(), growth(), PreemptionCallback(ckpt, requeue=False)])
+    except FitInterrupted as err:
+        stopped = {"signum": err.signum, "step": err.step, "ckpt_path": err.ckpt_path}
+    resumed = params(fit(out, [growth(), PreemptionCallback()], ckpt_path=str(ckpt)))
+    torch.save(
+        {"reference": reference, "stopped": stopped, "resumed": resumed}, out / f"rank{rank}.pt"
+    )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

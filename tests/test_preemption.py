@@ -1,0 +1,241 @@
+"""Stopping on a signal (``PreemptionCallback``): the checkpoint is taken at the optimizer
+step after the signal, resuming from it is bitwise exact (also when the signal arrives
+in the step of a growth), SLURM jobs are requeued by progrow and not by Lightning, and
+Ctrl-C never requeues."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lit_utils import assert_bitwise_equal, datamodule, growth, lm_module, params, trainer
+
+from progrow.training import FitInterrupted, PreemptionCallback
+from progrow.training.preemption import SignalLatch
+
+MAX_STEPS = 12  # growth stages at steps 4 and 8 (lit_utils.TWO_STAGES)
+
+
+class SendSignal(L.Callback):
+    """Sends ``signum`` to this process at the start of optimizer step ``step`` (before the
+    growth callback, which comes after it in the list, grows at that step)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum, self.sent = step, signum, False
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cache: Path) -> dict[int, dict[str, torch.Tensor]]:
+    """Final parameters of uninterrupted runs, per gradient-accumulation setting."""
+    finals = {}
+    for accumulate in (1, 2):
+        module = lm_module(MAX_STEPS)
+        trainer(MAX_STEPS, [growth()], accumulate_grad_batches=accumulate).fit(
+            module, datamodule=datamodule(cache)
+        )
+        finals[accumulate] = params(module)
+    return finals
+
+
+def fake_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An ``scontrol`` on PATH that records its arguments, one call per line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls"
+    script = bin_dir / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return calls
+
+
+def fake_slurm_job(monkeypatch: pytest.MonkeyPatch, job_id: str = "4242") -> None:
+    """The environment of task 0 of a one-task SLURM batch job: Lightning detects SLURM
+    (and would install its own auto-requeue handler)."""
+    for key, value in {
+        "SLURM_JOB_ID": job_id,
+        "SLURM_JOB_NAME": "progrow-test",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+    }.items():
+        monkeypatch.setenv(key, value)
+
+
+# A signal in the step of the first growth (step 4), one between micro-batches of an
+# accumulating step (Ctrl-C during step 6, whose first micro-batch it interrupts), and a
+# SIGTERM in the step of the second growth.
+CASES = [
+    pytest.param(signal.SIGUSR1, 4, 1, id="SIGUSR1-growth-step"),
+    pytest.param(signal.SIGINT, 6, 2, id="SIGINT-accumulate2"),
+    pytest.param(signal.SIGTERM, 8, 1, id="SIGTERM-growth-step"),
+]
+
+
+@pytest.mark.parametrize(("signum", "step", "accumulate"), CASES)
+def test_signal_saves_at_next_step_and_resume_is_bitwise(
+    uninterrupted: dict[int, dict[str, torch.Tensor]],
+    cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    signum: int,
+    step: int,
+    accumulate: int,
+) -> None:
+    calls = fake_scontrol(tmp_path, monkeypatch)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    previous = signal.getsignal(signum)
+    with pytest.raises(FitInterrupted) as stopped:
+        trainer(
+            MAX_STEPS,
+            [SendSignal(step, signum), growth(), PreemptionCallback(ckpt)],
+            accumulate_grad_batches=accumulate,
+        ).fit(lm_module(MAX_STEPS), datamodule=datamodule(cache))
+    assert signal.getsignal(signum) == previous  # handlers restored
+    assert stopped.value.signum == signum and stopped.value.code == 128 + signum
+    # The signal arrived during optimizer step `step`; that step completes, then we stop.
+    assert stopped.value.step == step + 1
+    assert stopped.value.ckpt_path == str(ckpt) and not stopped.value.requeued
+    assert not calls.exists()  # not a SLURM job: nothing requeued
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == step + 1
+    assert not list(ckpt.parent.glob(".*tmp"))
+
+    cb = growth()
+    module = lm_module(MAX_STEPS, seed=123)  # start size, other init: all from the ckpt
+    trainer(MAX_STEPS, [cb, PreemptionCallback()], accumulate_grad_batches=accumulate).fit(
+        module, datamodule=datamodule(cache), ckpt_path=str(ckpt)
+    )
+    assert [e["step"] for e in cb.events] == [4, 8]
+    assert_bitwise_equal(params(module), uninterrupted[accumulate])
+
+
+@pytest.mark.parametrize(
+    ("signum", "requeued"), [(signal.SIGUSR1, True), (signal.SIGINT, False)], ids=["USR1", "INT"]
+)
+def test_slurm_job_is_requeued_by_progrow_not_lightning(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int, requeued: bool
+) -> None:
+    calls = fake_scontrol(tmp_path, monkeypatch)
+    fake_slurm_job(monkeypatch)
+    ckpt_dir = tmp_path / "checkpoints"
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=ckpt_dir, every_n_train_steps=2, save_top_k=-1, save_last=True
+    )
+    fit = trainer(
+        8,
+        [SendSignal(3, signum), PreemptionCallback(), checkpoint],
+        root=tmp_path,
+        enable_checkpointing=True,
+    )
+    assert SLURMEnvironment.detect()  # so Lightning installs its auto-requeue handler
+    with pytest.raises(FitInterrupted) as stopped:
+        fit.fit(lm_module(8), datamodule=datamodule(cache))
+    assert stopped.value.requeued is requeued and stopped.value.step == 4
+    assert (calls.read_text().splitlines() if calls.exists() else []) == (
+        ["requeue 4242"] if requeued else []
+    )
+    # Lightning's handler would have written hpc_ckpt_1.ckpt and requeued a second time.
+    assert not list(tmp_path.rglob("hpc_ckpt_*.ckpt"))
+    # The ModelCheckpoint's last.ckpt holds step 4 (periodic saves: step 2 only).
+    assert stopped.value.ckpt_path == str(ckpt_dir / "last.ckpt")
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_second_ctrl_c_quits_at_once() -> None:
+    latch = SignalLatch([signal.SIGINT])
+    previous = signal.getsignal(signal.SIGINT)
+    latch.install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert latch.received == [signal.SIGINT]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == previous
+    finally:
+        latch.restore()
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="signals is empty"):
+        PreemptionCallback(signals=[])
+    with pytest.raises(ValueError, match="9999"):
+        PreemptionCallback(signals=[9999])
+
+
+DDP_SCRIPT = Path(__file__).parent / "ddp_preemption_script.py"
+DDP_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_ddp_ranks_agree_and_resume_is_bitwise(tmp_path: Path) -> None:
+    """Two gloo ranks started from outside (like srun); only rank 1 gets SIGUSR1, in the
+    step of a growth. Both stop after that step with one checkpoint, and resuming from it
+    ends bitwise where the uninterrupted run did, on both ranks."""
+    base = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": "2",
+        "NODE_RANK": "0",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(DDP_SCRIPT), str(tmp_path)],
+            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a hang is ended by killing each rank's process group
+        )
+        for rank in (0, 1)
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=DDP_TIMEOUT_S)[0].decode())
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        pytest.fail(f"DDP ranks did not finish in {DDP_TIMEOUT_S} s (killed)")
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for rank in ranks:
+        assert rank["stopped"] == {
+            "signum": signal.SIGUSR1,
+            "step": 5,
+            "ckpt_path": str(tmp_path / "ckpt" / "last.ckpt"),
+        }
+        assert_bitwise_equal(rank["resumed"], rank["reference"])
+    assert_bitwise_equal(ranks[0]["resumed"], ranks[1]["resumed"])
