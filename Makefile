@@ -2,6 +2,8 @@
 # The venv gets CPU torch 2.13.0 only when no torch is importable in it, so a GPU user
 # who installs their own torch first (e.g. `make venv TORCH=skip`) keeps it.
 PYTHON ?= python3
+# Optional extras installed with progrow (CI adds `hf`: make venv EXTRAS=dev,hf).
+EXTRAS ?= dev
 VENV ?= .venv
 BIN := $(VENV)/bin
 
@@ -12,7 +14,7 @@ $(BIN)/activate:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "torch==2.13.0"
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[$(EXTRAS)]"
 	touch $@
 
 venv: $(VENV)/.installed

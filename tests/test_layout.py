@@ -32,6 +32,7 @@ CORE = [
     "progrow.data",
     "progrow.data.cache",
     "progrow.data.hf",
+    "progrow.hf",
 ]
 
 
@@ -54,7 +55,8 @@ def test_pure_core_imports_without_lightning() -> None:
         "import progrow\n"
         "print(progrow.__file__)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('lightning', 'pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'hydra')))\n"
+        "('lightning', 'pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'hydra', "
+        "'transformers', 'datasets')))\n"
     )
     result = run_python(code)
     assert result.returncode == 0, result.stderr

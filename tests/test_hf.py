@@ -1,0 +1,234 @@
+"""Hugging Face interop: import, growth, export, save/load, refusals (progrow.hf).
+
+HF models are built from tiny local configs (no Hub access). Skipped only when
+``transformers`` is not installed; CI installs it (the ``hf`` extra).
+
+Hugging Face's ``LlamaRMSNorm`` normalizes in float32 whatever the weights' dtype, so a
+float64 Llama is only float32-accurate. The float64 tests compare against HF with that
+one line computed in the input's dtype (``exact_llama_norm``), which is what makes a
+1e-10 comparison meaningful; the float32 tests use HF as shipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+from hf_utils import (  # noqa: E402
+    CASES,
+    DTYPES,
+    TOL,
+    build,
+    exact_llama_norm,
+    hf_logits,
+    max_diff,
+    our_logits,
+    tiny_gpt2,
+    tiny_llama,
+    tokens_for,
+)
+
+from progrow import Transformer, TransformerConfig  # noqa: E402
+from progrow.hf import export_problems, from_hf, hf_family, save_hf, to_hf  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _exact_norm_in_float64(request: pytest.FixtureRequest) -> Any:
+    with exact_llama_norm():
+        yield
+
+
+# --- import parity ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
+@pytest.mark.parametrize(("family", "variant"), CASES)
+def test_from_hf_same_logits(family: str, variant: str, dtype: torch.dtype) -> None:
+    hf = build(family, variant, dtype)
+    model = from_hf(hf)
+    assert next(model.parameters()).dtype == dtype and not model.training
+    assert hf_family(model.config) == family
+    tokens = tokens_for(hf)
+    assert max_diff(our_logits(model, tokens), hf_logits(hf, tokens)) <= TOL[dtype]
+
+
+def test_llama_float32_norm_as_shipped_is_float32_accurate() -> None:
+    """Without the exact norm, HF's float64 Llama differs at float32 rounding, not more."""
+    hf = build("llama", "gqa_untied", torch.float64)
+    model = from_hf(hf)
+    tokens = tokens_for(hf)
+    ours = our_logits(model, tokens)
+    with exact_llama_norm(enabled=False):
+        stock = hf_logits(hf, tokens)
+    assert 1e-12 < max_diff(ours, stock) < 1e-5
+
+
+def test_imported_config_fields() -> None:
+    hf = build("llama", "mqa_headdim_bias_tied")
+    config = from_hf(hf).config
+    assert (config.d_model, config.n_heads, config.n_kv_heads, config.d_qk, config.d_v) == (
+        20,
+        2,
+        1,
+        14,
+        14,
+    )
+    assert (config.d_mlp, config.rope_theta, config.activation) == (33, 500.0, "gelu_tanh")
+    assert config.tie_embeddings and config.attn_bias and config.mlp_bias and config.mlp_gated
+    mha = from_hf(build("llama", "mha_tied")).config
+    assert mha.n_kv_heads is None  # plain multi-head attention keeps growing KV with Q heads
+    gpt = from_hf(build("gpt2", "untied_odd")).config
+    assert (gpt.norm, gpt.positions, gpt.d_mlp, gpt.d_qk, gpt.activation) == (
+        "layernorm",
+        "learned",
+        29,
+        5,
+        "gelu",
+    )
+    assert not gpt.tie_embeddings and gpt.attn_bias and gpt.mlp_bias
+
+
+def test_imported_model_shares_no_memory() -> None:
+    hf = build("gpt2", "tied")
+    model = from_hf(hf)
+    with torch.no_grad():
+        model.tok_emb.weight.add_(1.0)
+    assert not torch.equal(model.tok_emb.weight, hf.transformer.wte.weight)
+    assert model.lm_head.weight is model.tok_emb.weight  # tying kept inside progrow
+
+
+# --- round trip --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("family", "variant"), CASES)
+def test_round_trip_is_exact(family: str, variant: str) -> None:
+    hf = build(family, variant, torch.float32)
+    back = to_hf(from_hf(hf), base_config=hf.config)
+    assert type(back) is type(hf)
+    original, restored = hf.state_dict(), back.state_dict()
+    assert original.keys() == restored.keys()
+    for name, value in original.items():
+        assert torch.equal(value, restored[name]), name
+    for field in ("hidden_size", "num_attention_heads", "vocab_size", "tie_word_embeddings"):
+        assert getattr(back.config, field) == getattr(hf.config, field), field
+    assert back.config.to_dict()["architectures"] == [type(hf).__name__]
+    again = from_hf(back)
+    assert again.config == from_hf(hf).config
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
+@pytest.mark.parametrize(("family", "variant"), CASES)
+def test_to_hf_same_logits(family: str, variant: str, dtype: torch.dtype) -> None:
+    hf = build(family, variant, dtype)
+    model = from_hf(hf)
+    exported = to_hf(model)
+    assert next(exported.parameters()).dtype == dtype and not exported.training
+    tokens = tokens_for(hf)
+    assert max_diff(hf_logits(exported, tokens), our_logits(model, tokens)) <= TOL[dtype]
+
+
+# --- refusals on progrow layouts and on HF models -------------------------------------------
+
+_LLAMA_LIKE = dict(
+    vocab_size=11, d_model=8, d_mlp=6, n_heads=2, d_qk=4, d_v=4, n_layers=1, positions="rope"
+)
+_GPT2_LIKE = dict(
+    vocab_size=11, d_model=8, d_mlp=6, n_heads=2, d_qk=4, d_v=4, n_layers=1, norm="layernorm"
+)
+#: (family, config fields, what the refusal names).
+LAYOUT_REFUSALS = [
+    ("llama", {**_LLAMA_LIKE, "positions": "learned", "mlp_gated": True}, "positions='learned'"),
+    ("llama", {**_LLAMA_LIKE, "mlp_gated": False}, "mlp_gated=False"),
+    ("llama", {**_LLAMA_LIKE, "mlp_gated": True, "norm": "layernorm"}, "norm='layernorm'"),
+    ("llama", {**_LLAMA_LIKE, "mlp_gated": True, "final_norm": False}, "final_norm=False"),
+    ("gpt2", {**_GPT2_LIKE, "norm": "rmsnorm"}, "norm='rmsnorm'"),
+    ("gpt2", {**_GPT2_LIKE, "mlp_gated": True}, "mlp_gated=True"),
+    ("gpt2", {**_GPT2_LIKE, "positions": "rope"}, "positions='rope'"),
+    ("gpt2", {**_GPT2_LIKE, "n_kv_heads": 1}, "n_kv_heads=1 != n_heads=2"),
+    ("gpt2", {**_GPT2_LIKE, "d_qk": 6, "d_v": 6}, "n_heads=2 x d_qk=6 != d_model=8"),
+    ("gpt2", {**_GPT2_LIKE, "final_norm": False}, "final_norm=False"),
+]
+
+
+@pytest.mark.parametrize(
+    ("family", "fields", "message"), LAYOUT_REFUSALS, ids=[m for _, _, m in LAYOUT_REFUSALS]
+)
+def test_to_hf_refuses_layouts_the_family_cannot_hold(
+    family: str, fields: dict[str, Any], message: str
+) -> None:
+    model = Transformer(TransformerConfig(**fields))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        to_hf(model, family=family)
+
+
+def test_default_progrow_model_lists_every_reason() -> None:
+    problems = export_problems(TransformerConfig())  # learned positions: GPT-2 family
+    assert [p.split(":")[0] for p in problems] == ["norm='rmsnorm'"]
+    problems = export_problems(TransformerConfig(), family="llama")
+    assert {p.split(":")[0] for p in problems} == {"positions='learned'", "mlp_gated=False"}
+    with pytest.raises(ValueError, match="family='bert'"):
+        to_hf(Transformer(TransformerConfig(n_layers=1)), family="bert")
+
+
+def _hf_refusals() -> list[tuple[str, Any, str]]:
+    from transformers import LlamaConfig, LlamaModel
+
+    linear = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
+    return [
+        ("base_model", lambda: LlamaModel(LlamaConfig(**_SMALL_LLAMA)), "LlamaModel"),
+        ("rope_scaling", lambda: tiny_llama(rope_parameters=linear), "rope_type='linear'"),
+        ("activation", lambda: tiny_llama(hidden_act="gelu_fast"), "hidden_act='gelu_fast'"),
+        (
+            "gpt2_layer_scale",
+            lambda: tiny_gpt2(scale_attn_by_inverse_layer_idx=True),
+            "scale_attn_by_inverse_layer_idx=True",
+        ),
+        ("gpt2_unscaled", lambda: tiny_gpt2(scale_attn_weights=False), "scale_attn_weights=False"),
+        ("gpt2_cross", lambda: tiny_gpt2(add_cross_attention=True), "add_cross_attention=True"),
+    ]
+
+
+_SMALL_LLAMA: dict[str, Any] = dict(
+    vocab_size=11, hidden_size=8, intermediate_size=6, num_hidden_layers=1, num_attention_heads=2
+)
+
+
+@pytest.mark.parametrize("case", _hf_refusals(), ids=lambda c: c[0])
+def test_from_hf_refuses_unsupported_models_naming_the_field(case: tuple[str, Any, str]) -> None:
+    _, make, message = case
+    with pytest.raises(ValueError, match=re.escape(message)):
+        from_hf(make())
+
+
+def test_save_hf_refuses_a_non_empty_folder(tmp_path: Any) -> None:
+    model = from_hf(build("gpt2", "tied"))
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        save_hf(model, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize(("family", "variant"), [CASES[1], CASES[4]])
+def test_save_hf_loads_with_auto_class_and_generates(
+    family: str, variant: str, tmp_path: Any
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    hf = build(family, variant, torch.float32)
+    model = from_hf(hf)
+    tokens = tokens_for(hf)
+    assert save_hf(model, tmp_path / "out", base_config=hf.config) == tmp_path / "out"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert type(loaded) is type(hf)
+    assert max_diff(hf_logits(loaded, tokens), our_logits(model, tokens)) <= TOL[torch.float32]
+    out = loaded.generate(tokens[:, :4], max_new_tokens=5, do_sample=False)
+    assert out.shape == (3, 9)
+    with torch.no_grad():  # the first greedy token is progrow's own argmax
+        assert torch.equal(out[:, 4], model(tokens[:, :4])[:, -1].argmax(-1))
