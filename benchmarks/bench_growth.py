@@ -26,7 +26,7 @@ import _common as C
 import lightning as L
 import torch
 
-import progrow.training.callback as callback_module
+import progrow.surgery as surgery_module
 from progrow import GrowthCallback, LMModule, Transformer, TransformerConfig
 from progrow.expand import grow
 from progrow.optim import OptimConfig, build_adamw
@@ -65,7 +65,8 @@ class StepTimer(L.Callback):
 def timed_growth(cb: GrowthCallback) -> tuple[list[tuple[float, float]], dict[str, list[float]]]:
     """Wrap ``cb._grow`` to record (start, end) of each whole growth call, and time its
     pieces: the probe forwards, ``grow`` and ``update_optimizer`` as the callback calls them
-    (the callback module's globals are patched; restore with :func:`untime_pieces`)."""
+    (progrow.surgery's globals, which the callback's growth calls, are patched; restore with
+    :func:`untime_pieces`)."""
     spans: list[tuple[float, float]] = []
     pieces: dict[str, list[float]] = {"probe": [], "grow": [], "update_optimizer": []}
     original = cb._grow
@@ -86,14 +87,14 @@ def timed_growth(cb: GrowthCallback) -> tuple[list[tuple[float, float]], dict[st
 
     cb._grow = wrapped  # type: ignore[method-assign]
     cb._probe_loss = timed("probe", cb._probe_loss)  # type: ignore[method-assign]
-    callback_module.grow = timed("grow", grow)
-    callback_module.update_optimizer = timed("update_optimizer", update_optimizer)
+    surgery_module.grow = timed("grow", grow)
+    surgery_module.update_optimizer = timed("update_optimizer", update_optimizer)
     return spans, pieces
 
 
 def untime_pieces() -> None:
-    callback_module.grow = grow
-    callback_module.update_optimizer = update_optimizer
+    surgery_module.grow = grow
+    surgery_module.update_optimizer = update_optimizer
 
 
 def stage_sizes(kind: str, targets: dict[str, int]) -> dict[str, Any]:

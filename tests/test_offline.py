@@ -130,7 +130,10 @@ def test_family_writes_one_branch_per_size(
     in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     ckpt_dir, _, _ = in_loop
-    branches = {tmp_path / "wide.ckpt": {"d_mlp": 24}, tmp_path / "deep.ckpt": {"n_layers": 4}}
+    branches: dict[str | Path, dict[str, Any]] = {
+        tmp_path / "wide.ckpt": {"d_mlp": 24},
+        tmp_path / "deep.ckpt": {"n_layers": 4},
+    }
     events = grow_family(ckpt_dir / "step=12.ckpt", branches)
     assert events[tmp_path / "wide.ckpt"]["sizes"]["d_mlp"] == 24
     assert events[tmp_path / "deep.ckpt"]["sizes"]["n_layers"] == 4
@@ -154,7 +157,8 @@ def test_bad_sizes_are_refused_before_writing(
     match: str,
 ) -> None:
     ckpt_dir, _, _ = in_loop
-    branches = {tmp_path / "ok.ckpt": {"d_mlp": 24}, tmp_path / "bad.ckpt": sizes}
+    branches: dict[str | Path, dict[str, Any]] = {tmp_path / "ok.ckpt": {"d_mlp": 24}}
+    branches[tmp_path / "bad.ckpt"] = sizes
     with pytest.raises(ValueError, match=match):
         grow_family(ckpt_dir / "step=4.ckpt", branches)
     assert list(tmp_path.iterdir()) == []  # not even the valid branch was written
