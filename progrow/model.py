@@ -9,11 +9,15 @@ names are part of the growth record and of checkpoints, so they are kept short a
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.module import _EXTRA_STATE_KEY_SUFFIX as _EXTRA_STATE_KEY
 
 from progrow.config import TransformerConfig
 
@@ -214,9 +218,79 @@ class Transformer(nn.Module):
             x = block(x, rope)
         return self.lm_head(self.norm_f(x))  # (B, T, h) -> (B, T, V)
 
+    # The architecture travels with the state dict (as its "_extra_state" entry), and
+    # loading a state dict first gives this model that architecture: a model built at the
+    # starting size loads a grown checkpoint (resume, load_from_checkpoint, validate,
+    # test, predict, plain load_state_dict) with no hook on any outer module, and pickling
+    # or deep-copying the model copies nothing but the model.
+
+    def get_extra_state(self) -> Tensor:
+        # A tensor, not a dict: code that clones, compares or moves every state-dict
+        # entry keeps working.
+        return config_to_tensor(self.config)
+
+    def set_extra_state(self, state: Any) -> None:
+        # _load_from_state_dict applied the config before the weights loaded.
+        if config_from_tensor(state) != self.config:
+            raise RuntimeError("the state dict's config was not applied before loading")
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Mapping[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        key = prefix + _EXTRA_STATE_KEY
+        if key in state_dict:
+            self.rebuild(config_from_tensor(state_dict[key]))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)  # a state dict from before configs travelled with it
+
+    def rebuild(self, config: TransformerConfig) -> None:
+        """Give this model the structure of ``config`` in place, values uninitialized.
+
+        Nothing happens if the model already has ``config``. The new submodules are built
+        on the meta device (so no random number is drawn) and then allocated on the
+        device and dtype of the current parameters; the caller loads their values.
+        """
+        if config == self.config:
+            return
+        ref = next(self.parameters())
+        with torch.device("meta"):
+            fresh = Transformer(config)
+        fresh.to_empty(device=ref.device)
+        fresh.to(dtype=ref.dtype)
+        if config.tie_embeddings:
+            fresh.lm_head.weight = fresh.tok_emb.weight
+        for name in list(self._modules):
+            delattr(self, name)
+        for name, child in fresh.named_children():
+            setattr(self, name, child)
+        self.config = config
+        self.train(self.training)
+
     def num_params(self) -> int:
         """Number of distinct parameters (tied weights counted once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def config_to_tensor(config: TransformerConfig) -> Tensor:
+    """``config`` as a ``uint8`` tensor (its JSON), the form it takes in a state dict."""
+    data = json.dumps(config.to_dict(), sort_keys=True).encode()
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
+
+
+def config_from_tensor(data: Tensor) -> TransformerConfig:
+    """Inverse of :func:`config_to_tensor`."""
+    raw = json.loads(bytes(data.cpu().tolist()).decode())
+    return TransformerConfig.from_dict(raw)
 
 
 def is_residual_projection(name: str) -> bool:

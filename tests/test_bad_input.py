@@ -19,7 +19,8 @@ Before = tuple[dict[str, nn.Parameter], dict[str, torch.Tensor], TransformerConf
 
 def capture(model: Transformer) -> Before:
     """The parameter objects, a copy of every tensor in the state dict, and the config."""
-    return dict(model.named_parameters()), snapshot(model), model.config
+    state = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    return dict(model.named_parameters()), state, model.config
 
 
 def assert_unchanged(model: Transformer, before: Before) -> None:

@@ -3,15 +3,18 @@ checkpoints without a prior fit, LR re-warmup."""
 
 from __future__ import annotations
 
+import copy
+import io
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
-from lit_utils import TINY_MODEL, growth, trainer
+from lit_utils import TINY_MODEL, growth, lm_module, trainer
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from progrow import Transformer, TransformerConfig
+from progrow import LMModule, Transformer, TransformerConfig
 from progrow.training import lm_loss
 
 STAGES = [{"step": 2, "d_mlp": 16, "d_model": 10}, {"step": 4, "n_layers": 2}]
@@ -100,3 +103,116 @@ def test_popen_ddp_passes_the_strategy_check() -> None:
                             logger=False, enable_checkpointing=False)  # fmt: skip
     torch.manual_seed(0)
     growth(STAGES).setup(cpu_trainer, BatchModule(), "fit")
+
+
+class UserLM(L.LightningModule):
+    """A user's module with every entry point: the Transformer at ``self.net``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Transformer(TransformerConfig(**TINY_MODEL))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return lm_loss(self.net, batch[0])
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = lm_loss(self.net, batch[0])
+        self.log("val_loss", loss)
+        return loss
+
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = lm_loss(self.net, batch[0])
+        self.log("test_loss", loss)
+        return loss
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.net(batch[0][:, :-1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def loader() -> DataLoader:
+    return DataLoader(TensorDataset(token_rows(16)), batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, UserLM]:
+    """A user's module grown twice (steps 2 and 4), checkpoints at steps 3 and 6."""
+    folder = tmp_path_factory.mktemp("grown")
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=folder, every_n_train_steps=3, save_top_k=-1, filename="{step}"
+    )
+    torch.manual_seed(0)
+    module = UserLM()
+    trainer(6, [growth(STAGES, model_attr="net"), ckpt], enable_checkpointing=True).fit(
+        module, DataLoader(TensorDataset(token_rows()), batch_size=4)
+    )
+    assert module.net.config.n_layers == 2 and module.net.config.d_model == 10
+    return folder, module.eval()
+
+
+def outputs(module: UserLM) -> torch.Tensor:
+    with torch.no_grad():
+        return module.net(token_rows(2, seed=1)[:, :-1])
+
+
+def test_torch_save_of_the_module_after_fit(grown: tuple[Path, UserLM]) -> None:
+    _, module = grown
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded.net.config == module.net.config
+    torch.testing.assert_close(outputs(loaded), outputs(module), rtol=0, atol=0)
+
+
+def test_deepcopy_loads_a_checkpoint_without_touching_the_original(
+    grown: tuple[Path, UserLM],
+) -> None:
+    # EMA/SWA callbacks deep-copy the module; loading into the copy must change the copy.
+    folder, module = grown
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    twin = copy.deepcopy(module)
+    between = torch.load(folder / "step=3.ckpt", weights_only=False)
+    trainer(6, [], limit_val_batches=2).validate(
+        twin, loader(), ckpt_path=str(folder / "step=3.ckpt"), verbose=False
+    )
+    assert twin.net.config.n_layers == 1 and twin.net.config.d_model == 10  # stage 0 only
+    assert torch.equal(twin.net.lm_head.weight, between["state_dict"]["net.lm_head.weight"])
+    assert module.net.config.n_layers == 2
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("entry", ["validate", "test", "predict", "load_from_checkpoint"])
+def test_grown_checkpoint_loads_without_a_prior_fit(grown: tuple[Path, UserLM], entry: str) -> None:
+    folder, module = grown
+    path = str(folder / "step=6.ckpt")
+    torch.manual_seed(1)
+    fresh = UserLM()  # the starting size, other values
+    if entry == "load_from_checkpoint":
+        fresh = UserLM.load_from_checkpoint(path)
+    else:
+        results = getattr(trainer(6, [], limit_val_batches=2), entry)(
+            fresh, loader(), ckpt_path=path
+        )
+        assert results
+    assert fresh.net.config == module.net.config
+    torch.testing.assert_close(outputs(fresh.eval()), outputs(module), rtol=0, atol=0)
+
+
+def test_checkpoint_from_before_the_state_dict_carried_the_config(tmp_path: Path) -> None:
+    # Older checkpoints kept the config only under checkpoint["progrow"]: LMModule still
+    # restores the grown shapes from there.
+    module = lm_module(6)
+    fit = trainer(6, [growth(STAGES)])
+    fit.fit(module, DataLoader(token_rows(), batch_size=4))
+    fit.save_checkpoint(tmp_path / "new.ckpt")
+    old = torch.load(tmp_path / "new.ckpt", weights_only=False)
+    del old["state_dict"]["model._extra_state"]
+    torch.save(old, tmp_path / "old.ckpt")
+    loaded = LMModule.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert loaded.model.config == module.model.config
+    for key, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

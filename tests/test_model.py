@@ -13,7 +13,7 @@ from conftest import make_model, make_tokens, tiny_config
 from torch import Tensor, nn
 from torch.testing import assert_close
 
-from progrow import Transformer, TransformerConfig
+from progrow import Transformer, TransformerConfig, grow
 from progrow.flops import matmul_params
 from progrow.model import apply_rope, rope_cos_sin, rope_inv_freq
 
@@ -309,3 +309,23 @@ def test_flops_count_every_matrix_of_the_blocks(variant: dict[str, Any]) -> None
     config = tiny_config(**variant)
     linears = [m for m in Transformer(config).modules() if isinstance(m, nn.Linear)]
     assert matmul_params(config) == sum(m.weight.numel() for m in linears)
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_state_dict_carries_the_architecture(tie: bool) -> None:
+    # A model of the starting size loading a grown state dict becomes the grown model
+    # (config, eps, tying, dtype), with no outer hook.
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=32, d_model=8, d_mlp=12, n_heads=2, d_qk=3, d_v=3,
+                               n_layers=1, norm_eps=1e-3, tie_embeddings=tie)  # fmt: skip
+    grown = Transformer(config).double()
+    grow(grown, d_model=12, d_mlp=20, n_layers=3, generator=torch.Generator().manual_seed(0))
+    small = Transformer(config).double()
+    rng = torch.get_rng_state()
+    small.load_state_dict(grown.state_dict())
+    assert torch.equal(torch.get_rng_state(), rng)  # rebuilt on meta: nothing drawn
+    assert small.config == grown.config and small.config.norm_eps != config.norm_eps
+    assert (small.lm_head.weight is small.tok_emb.weight) == tie
+    assert all(p.dtype == torch.float64 for p in small.parameters())
+    tokens = torch.randint(0, 32, (2, 7))
+    torch.testing.assert_close(small(tokens), grown(tokens), rtol=0, atol=0)

@@ -1,10 +1,11 @@
-"""The architecture travels with every checkpoint, and is rebuilt before weights load.
+"""The architecture in checkpoints.
 
-Lightning loads the state dict right after the LightningModule's ``on_load_checkpoint``
-(and before the strategy's setup), so that hook is the last moment to give the module the
-grown shapes. :func:`restore_architecture` does it; :class:`progrow.training.LMModule`
-calls it from its own hook, and :class:`progrow.GrowthCallback` installs it on a user's
-module during ``setup``.
+A :class:`progrow.Transformer` carries its config in its own state dict and rebuilds
+itself to that config when a state dict loads, so a model built at the starting size
+loads a grown checkpoint through any entry point. Lightning checkpoints also hold the
+config under ``checkpoint["progrow"]["model_config"]`` (:func:`save_architecture`), for
+readers of checkpoints and for :func:`upgrade_state_dict`, which makes a checkpoint
+written before the state dict carried the config load the same way.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _EXTRA_STATE_KEY_SUFFIX as _EXTRA_STATE_KEY
 
 from progrow.config import TransformerConfig
-from progrow.model import Transformer
+from progrow.model import Transformer, config_to_tensor
 from progrow.offline import CHECKPOINT_KEY
 from progrow.surgery import param_names
 
@@ -44,28 +46,6 @@ def find_transformer(module: nn.Module, attr: str = "model") -> Transformer:
             "expected a progrow.Transformer"
         )
     return target
-
-
-def set_transformer(module: nn.Module, attr: str, model: Transformer) -> None:
-    parent_path, _, leaf = attr.rpartition(".")
-    parent = module.get_submodule(parent_path) if parent_path else module
-    setattr(parent, leaf, model)
-
-
-def build_like(config: TransformerConfig, like: Transformer) -> Transformer:
-    """An uninitialized Transformer of ``config`` on ``like``'s device and dtype.
-
-    Built on the meta device, so it draws nothing from the global RNG (a resumed run's
-    random stream must not depend on whether the model was rebuilt).
-    """
-    ref = next(like.parameters())
-    with torch.device("meta"):
-        model = Transformer(config)
-    model.to_empty(device=ref.device)
-    model.to(dtype=ref.dtype)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.tok_emb.weight
-    return model.train(like.training)
 
 
 def optimizer_param_names(
@@ -99,25 +79,21 @@ def save_architecture(
     entry.update(extra)
 
 
-def restore_architecture(
-    module: nn.Module, checkpoint: dict[str, Any], attr: str = "model"
-) -> bool:
-    """Rebuild ``module.<attr>`` with the checkpoint's architecture if it differs.
+def upgrade_state_dict(module: nn.Module, checkpoint: dict[str, Any], attr: str = "model") -> bool:
+    """Put the checkpoint's saved config into its state dict if the state dict lacks it.
 
-    Returns whether it rebuilt. A checkpoint without progrow's entry leaves the module
-    as it is (a plain Lightning checkpoint of the same shapes still loads).
+    For checkpoints written before a :class:`Transformer`'s state dict carried its
+    config: afterwards loading the state dict rebuilds the grown shapes, as for new
+    checkpoints. Returns whether it changed the checkpoint.
     """
-    entry = checkpoint.get(CHECKPOINT_KEY)
-    if not entry or "model_config" not in entry:
+    entry = checkpoint.get(CHECKPOINT_KEY) or {}
+    state_dict = checkpoint.get("state_dict")
+    if "model_config" not in entry or not isinstance(state_dict, dict):
         return False
-    config = TransformerConfig.from_dict(entry["model_config"])
-    current = find_transformer(module, attr)
-    if config == current.config:
+    target = find_transformer(module, attr)
+    prefix = next(name for name, sub in module.named_modules() if sub is target)
+    key = f"{prefix}.{_EXTRA_STATE_KEY}" if prefix else _EXTRA_STATE_KEY
+    if key in state_dict:
         return False
-    if _get(module, attr) is not current:
-        raise RuntimeError(
-            f"{attr} is wrapped (e.g. by torch.compile); restoring a grown checkpoint "
-            "needs the plain Transformer: compile after loading"
-        )
-    set_transformer(module, attr, build_like(config, current))
+    state_dict[key] = config_to_tensor(TransformerConfig.from_dict(entry["model_config"]))
     return True

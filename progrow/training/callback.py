@@ -25,7 +25,6 @@ from progrow.schedule import GrowthSchedule, GrowthStage, stage_seed
 from progrow.surgery import NewMoments, grow_with_optimizers
 from progrow.training.architecture import (
     find_transformer,
-    restore_architecture,
     save_architecture,
 )
 from progrow.training.module import lm_loss
@@ -105,9 +104,9 @@ class GrowthCallback(L.Callback):
 
     Growth is idempotent: a stage whose sizes the model already has is skipped, so resuming
     from a checkpoint before, between or after stages does the right thing. The callback
-    also writes the architecture into every checkpoint and, during ``setup``, installs a
-    wrapper on the module's ``on_load_checkpoint`` that rebuilds the grown shapes before
-    Lightning loads the weights (the module's hook is the last moment before the load).
+    also writes the architecture into every checkpoint (``checkpoint["progrow"]``); the
+    Transformer's own state dict carries it too and rebuilds the grown shapes when it
+    loads, so nothing is attached to the user's module.
 
     Args:
         schedule: a :class:`GrowthSchedule` or a list of mappings such as
@@ -186,20 +185,6 @@ class GrowthCallback(L.Callback):
         model = find_transformer(pl_module, self.model_attr)
         self.schedule.validate_for(model.config, trainer.max_steps)
         self._probe = None
-        self._install_load_hook(pl_module)
-
-    def _install_load_hook(self, pl_module: L.LightningModule) -> None:
-        original = pl_module.on_load_checkpoint
-        if getattr(original, "_progrow_restores", False):
-            return
-        attr = self.model_attr
-
-        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
-            restore_architecture(pl_module, checkpoint, attr)
-            original(checkpoint)
-
-        on_load_checkpoint._progrow_restores = True  # type: ignore[attr-defined]
-        pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

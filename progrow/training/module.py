@@ -19,8 +19,8 @@ from progrow.model import Transformer
 from progrow.optim import OptimConfig, build_adamw, warmup_cosine
 from progrow.training.architecture import (
     CHECKPOINT_KEY,
-    restore_architecture,
     save_architecture,
+    upgrade_state_dict,
 )
 
 
@@ -147,7 +147,7 @@ class LMModule(L.LightningModule):
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        restore_architecture(self, checkpoint)
+        upgrade_state_dict(self, checkpoint)  # a checkpoint from before configs travelled
         entry = checkpoint.get(CHECKPOINT_KEY, {})
         self.flops = float(entry.get("flops", 0.0))
         self.tokens = int(entry.get("tokens", 0))
