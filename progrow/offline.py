@@ -80,7 +80,8 @@ def _load_model(state: Mapping[str, Tensor], config: TransformerConfig, prefix: 
     sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not sub:
         raise ValueError(f"state_dict has no parameters under {prefix!r} (model_attr)")
-    dtype = next(iter(sub.values())).dtype
+    # The parameters' dtype (the state dict also holds the config as a uint8 tensor).
+    dtype = next(v.dtype for v in sub.values() if v.is_floating_point())
     with torch.device("meta"):
         model = Transformer(config)
     model.to_empty(device="cpu").to(dtype=dtype)

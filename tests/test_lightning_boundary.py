@@ -25,6 +25,19 @@ def token_rows(n: int = 64, seed: int = 0) -> torch.Tensor:
                          generator=torch.Generator().manual_seed(seed))  # fmt: skip
 
 
+class Rows(Dataset):
+    """``(T + 1)`` token rows: batches are plain ``(B, T + 1)`` tensors."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.rows[i]
+
+
 class DictRows(Dataset):
     def __init__(self, rows: torch.Tensor) -> None:
         self.rows = rows
@@ -207,7 +220,7 @@ def test_checkpoint_from_before_the_state_dict_carried_the_config(tmp_path: Path
     # restores the grown shapes from there.
     module = lm_module(6)
     fit = trainer(6, [growth(STAGES)])
-    fit.fit(module, DataLoader(token_rows(), batch_size=4))
+    fit.fit(module, DataLoader(Rows(token_rows()), batch_size=4))
     fit.save_checkpoint(tmp_path / "new.ckpt")
     old = torch.load(tmp_path / "new.ckpt", weights_only=False)
     del old["state_dict"]["model._extra_state"]

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from progrow import LMModule
 from progrow.app.grow import main as grow_main
+from progrow.model import config_from_tensor
 from progrow.offline import (
     grow_checkpoint,
     grow_checkpoint_file,
@@ -112,7 +113,10 @@ def test_offline_growth_carries_every_optimizer_entry(
     grown = grow_checkpoint(ckpt, STAGE0)
     opt = grown["optimizer_states"][0]
     names = [n for group in grown["progrow"]["optimizer_params"][0] for n in group]
-    shapes = {k: tuple(v.shape) for k, v in grown["state_dict"].items() if k.startswith("model.")}
+    state_dict = grown["state_dict"]
+    # The state dict carries the grown config too (``_extra_state``), beside the parameters.
+    assert config_from_tensor(state_dict.pop("model._extra_state")).d_model == 12
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items() if k.startswith("model.")}
     assert len(opt["state"]) == len(names) == len(shapes)
     step = ckpt["optimizer_states"][0]["state"][0]["step"]
     for index, name in enumerate(names):
