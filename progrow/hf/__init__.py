@@ -140,7 +140,8 @@ def to_hf(model: Transformer, family: str | None = None, base_config: Any | None
     with _no_init(transformers):
         hf_model = getattr(transformers, chosen.hf_class)(hf_config)
     hf_model.to(device=first.device, dtype=first.dtype)
-    state = {k: v.detach() for k, v in model.state_dict().items()}
+    # Tensors only: the state dict's config entry (``_extra_state``) has no HF counterpart.
+    state = {k: v.detach() for k, v in model.state_dict().items() if k != "_extra_state"}
     _load_exactly(hf_model, chosen.params_to_hf(state, model.config), "Hugging Face")
     return hf_model.eval()
 
