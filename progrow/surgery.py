@@ -41,6 +41,17 @@ _FIRST_MOMENTS = frozenset({"exp_avg", "momentum_buffer"})  # averages of gradie
 _SECOND_MOMENTS = frozenset({"exp_avg_sq", "max_exp_avg_sq"})  # averages of squares
 
 State = dict[str, Any]
+#: ``group_for_new(name, param)``: the group index of a wholly new parameter, or ``None``.
+GroupForNew = Callable[[str, nn.Parameter], "int | None"]
+#: ``param_order(module)``: per group, its parameters' names in order.
+ParamOrder = Callable[[nn.Module], list[list[str]]]
+
+
+def check_new_moments(new_moments: Any) -> NewMoments:
+    """``new_moments`` if it is ``"zero"`` or ``"bias_corrected"``, else a ``ValueError``."""
+    if new_moments not in ("zero", "bias_corrected"):
+        raise ValueError(f"new_moments must be 'zero' or 'bias_corrected', got {new_moments!r}")
+    return new_moments
 
 
 def param_names(module: nn.Module) -> dict[int, str]:
@@ -80,6 +91,9 @@ def grow_with_optimizers(
     layer_positions: Positions = "append",
     generator: torch.Generator | None = None,
     new_moments: NewMoments = "zero",
+    group_for_new: GroupForNew | None = None,
+    param_order: ParamOrder | None = None,
+    layout: Callable[[nn.Module], Sequence[Sequence[Sequence[str]]]] | None = None,
 ) -> ExpansionRecord:
     """Grow ``model`` (held by ``module``) to ``sizes`` and carry every optimizer across.
 
@@ -87,6 +101,11 @@ def grow_with_optimizers(
     a checkpoint): names taken before growth, :func:`progrow.grow`, then
     :func:`update_optimizer` per optimizer with the record's names made relative to
     ``module``. Returns the record (names relative to ``model``).
+
+    ``group_for_new`` and ``param_order`` go to every :func:`update_optimizer` call.
+    Without them, ``layout(module)``, called once the module has grown, gives per
+    optimizer the groups it must end with (:func:`layout_options`), e.g. the names of the
+    optimizers ``configure_optimizers`` builds over the grown module.
 
     Example:
         >>> from progrow import TransformerConfig
@@ -100,8 +119,18 @@ def grow_with_optimizers(
     prefix = prefix_of(module, model)
     record = grow(model, **sizes, layer_positions=layer_positions, generator=generator)
     outer = record.prefixed(prefix)
-    for optimizer in optimizers:
-        update_optimizer(optimizer, outer, old_names, module, new_moments=new_moments)
+    options: list[dict[str, Any]] = [
+        {"group_for_new": group_for_new, "param_order": param_order} for _ in optimizers
+    ]
+    if layout is not None and group_for_new is None and param_order is None:
+        groups = layout(module)
+        if len(groups) != len(optimizers):
+            raise ValueError(
+                f"layout gave {len(groups)} optimizer(s) for {len(optimizers)} live one(s)"
+            )
+        options = [layout_options(g) for g in groups]
+    for optimizer, opts in zip(optimizers, options, strict=True):
+        update_optimizer(optimizer, outer, old_names, module, new_moments=new_moments, **opts)
     return record
 
 
@@ -133,8 +162,8 @@ def update_optimizer(
     old_names: dict[int, str],
     module: nn.Module,
     *,
-    group_for_new: Callable[[str, nn.Parameter], int] | None = None,
-    param_order: Callable[[nn.Module], list[list[str]]] | None = None,
+    group_for_new: GroupForNew | None = None,
+    param_order: ParamOrder | None = None,
     new_moments: NewMoments = "zero",
 ) -> None:
     """Move ``optimizer`` onto the grown parameters of ``module``, in place.
@@ -146,7 +175,9 @@ def update_optimizer(
       second moments times ``1/factor**2``, new entries zero; ``step`` is cloned as is.
     * Wholly new parameters (``record.new``) join the group of their siblings (the
       parameters of the other layers with the same name, ``blocks.#.mlp.fc.bias``), unless
-      ``group_for_new(name, param)`` gives a group index. Once that group has state, a new
+      ``group_for_new(name, param)`` gives a group index; ``None`` (from
+      ``group_for_new``, or no group holding a sibling) leaves it out of this optimizer,
+      as for its siblings. Once that group has state, a new
       parameter gets state too: the group's ``step`` (that of its first param with state)
       and zero moments, exactly as for new entries. (Left empty, torch would start it at
       ``step=0`` with full bias correction, unlike the new entries of a grown tensor,
@@ -154,7 +185,9 @@ def update_optimizer(
     * Order: each group's params are sorted by their position in ``module.named_parameters()``
       (or listed by ``param_order(module)``, one list of names per group), so that the
       groups equal what ``configure_optimizers`` builds on a fresh grown module, and
-      ``optimizer.state_dict()`` loads onto that fresh optimizer param by param.
+      ``optimizer.state_dict()`` loads onto that fresh optimizer param by param. When
+      ``configure_optimizers`` orders or groups parameters otherwise, pass both options
+      from an optimizer built over the grown module (:func:`layout_options`).
 
     ``new_moments="bias_corrected"``: with a large kept ``step`` Adam's bias correction is
     off, so a zero ``exp_avg_sq`` makes the first updates of new entries about
@@ -171,7 +204,8 @@ def update_optimizer(
         old_names: ``param_names(module)`` taken before the growth.
         module: the grown module; its parameter names must be the record's (for a
             LightningModule holding the model, prefix the record's names).
-        group_for_new: group index for each wholly new parameter (default: siblings').
+        group_for_new: group index (or ``None``: not in this optimizer) for each wholly
+            new parameter (default: its siblings' group).
         param_order: the names of each group's params, in order (default: module order).
         new_moments: ``"zero"`` (default) or ``"bias_corrected"``.
 
@@ -191,18 +225,40 @@ def update_optimizer(
         >>> opt.state[model.blocks[0].mlp.fc.weight]["exp_avg_sq"].shape
         torch.Size([12, 8])
     """
+    known = _supported_keys(optimizer)
+    check_new_moments(new_moments)
+    params = dict(module.named_parameters())
+    # 1. Where every parameter the optimizer holds now is after the growth (by name).
+    old_by_new, names_per_group = _existing_names(optimizer, record, old_names, params, known)
+    # 2. Which group each wholly new parameter joins.
+    _add_new_params(names_per_group, record.new, params, group_for_new)
+    # 3. The order of each group: what configure_optimizers would build now.
+    names_per_group = _ordered(names_per_group, module, params, param_order)
+    # 4. Stage the new state (nothing changed yet), 5. commit it (nothing can raise).
+    fill_typical = new_moments == "bias_corrected"
+    staged = _stage_state(optimizer, record, old_by_new, names_per_group, params, fill_typical)
+    _commit(optimizer, names_per_group, params, staged)
+
+
+def _supported_keys(optimizer: torch.optim.Optimizer) -> frozenset[str]:
     known = SUPPORTED.get(type(optimizer))
     if known is None:
         raise TypeError(
             f"optimizer surgery does not support {type(optimizer).__name__}: its state "
             f"semantics are unknown (supported: {sorted(c.__name__ for c in SUPPORTED)})"
         )
-    if new_moments not in ("zero", "bias_corrected"):
-        raise ValueError(f"new_moments must be 'zero' or 'bias_corrected', got {new_moments!r}")
-    params = dict(module.named_parameters())
-    renamed = {c.old_name: c.name for c in record.changes.values()}
+    return known
 
-    # Each existing optimizer param: its new name (and the old object, for its state).
+
+def _existing_names(
+    optimizer: torch.optim.Optimizer,
+    record: ExpansionRecord,
+    old_names: dict[int, str],
+    params: dict[str, nn.Parameter],
+    known: frozenset[str],
+) -> tuple[dict[str, Tensor], list[list[str]]]:
+    """Per group, the grown names of its parameters; and each one's old object."""
+    renamed = {c.old_name: c.name for c in record.changes.values()}
     old_by_new: dict[str, Tensor] = {}
     names_per_group: list[list[str]] = []
     for g, group in enumerate(optimizer.param_groups):
@@ -231,8 +287,16 @@ def update_optimizer(
             names.append(new)
             old_by_new[new] = p
         names_per_group.append(names)
+    return old_by_new, names_per_group
 
-    for name in record.new:
+
+def _add_new_params(
+    names_per_group: list[list[str]],
+    new: Sequence[str],
+    params: dict[str, nn.Parameter],
+    group_for_new: GroupForNew | None,
+) -> None:
+    for name in new:
         if name not in params:
             raise ValueError(f"new parameter {name!r} of the record is not in the module")
         g = (
@@ -240,28 +304,46 @@ def update_optimizer(
             if group_for_new is not None
             else _sibling_group(name, names_per_group)
         )
-        if not (isinstance(g, int) and 0 <= g < len(names_per_group)):
+        if g is None:
+            continue  # not this optimizer's parameter
+        if isinstance(g, bool) or not (isinstance(g, int) and 0 <= g < len(names_per_group)):
             raise ValueError(f"group_for_new({name!r}) gave {g!r}, not a param group index")
         names_per_group[g].append(name)
     flat = [n for names in names_per_group for n in names]
     if len(set(flat)) != len(flat):
         raise ValueError("the record maps two optimizer parameters to the same name")
 
-    if param_order is not None:
-        order = [list(names) for names in param_order(module)]
-        if len(order) != len(names_per_group) or any(
-            sorted(o) != sorted(n) for o, n in zip(order, names_per_group, strict=False)
-        ):
-            raise ValueError(
-                f"param_order must list each group's parameters exactly: got {order}, "
-                f"expected permutations of {names_per_group}"
-            )
-        names_per_group = order
-    else:
-        rank = {name: i for i, name in enumerate(params)}
-        names_per_group = [sorted(names, key=rank.__getitem__) for names in names_per_group]
 
-    # Stage the new state: existing params first, then new ones (which copy from them).
+def _ordered(
+    names_per_group: list[list[str]],
+    module: nn.Module,
+    params: dict[str, nn.Parameter],
+    param_order: ParamOrder | None,
+) -> list[list[str]]:
+    if param_order is None:
+        rank = {name: i for i, name in enumerate(params)}
+        return [sorted(names, key=rank.__getitem__) for names in names_per_group]
+    order = [list(names) for names in param_order(module)]
+    if len(order) != len(names_per_group) or any(
+        sorted(o) != sorted(n) for o, n in zip(order, names_per_group, strict=False)
+    ):
+        raise ValueError(
+            f"param_order must list each group's parameters exactly: got {order}, "
+            f"expected permutations of {names_per_group}"
+        )
+    return order
+
+
+def _stage_state(
+    optimizer: torch.optim.Optimizer,
+    record: ExpansionRecord,
+    old_by_new: dict[str, Tensor],
+    names_per_group: list[list[str]],
+    params: dict[str, nn.Parameter],
+    fill_typical: bool,
+) -> dict[str, State]:
+    """The state of every grown parameter: existing ones first, then new ones (whose
+    state copies the group's step and, with ``fill_typical``, their siblings' moments)."""
     staged: dict[str, State] = {}
     for name, old_p in old_by_new.items():
         state = optimizer.state.get(old_p)
@@ -272,7 +354,7 @@ def update_optimizer(
                     f"{name}: module shape {tuple(params[name].shape)} is not "
                     f"the record's {change.new_shape}"
                 )
-            staged[name] = _carry(state, change, new_moments == "bias_corrected")
+            staged[name] = _carry(state, change, fill_typical)
         elif state:
             staged[name] = state  # same values and shape: keep the very same state
     for names in names_per_group:
@@ -284,11 +366,16 @@ def update_optimizer(
             siblings = [
                 s for n, s in staged.items() if n in old_by_new and _layer_pattern(n) == key
             ]
-            staged[name] = _fresh(
-                params[name], group_states[0], siblings, new_moments == "bias_corrected"
-            )
+            staged[name] = _fresh(params[name], group_states[0], siblings, fill_typical)
+    return staged
 
-    # Commit: nothing below can raise.
+
+def _commit(
+    optimizer: torch.optim.Optimizer,
+    names_per_group: list[list[str]],
+    params: dict[str, nn.Parameter],
+    staged: dict[str, State],
+) -> None:
     for group, names in zip(optimizer.param_groups, names_per_group, strict=True):
         group["params"] = [params[n] for n in names]
         if "param_names" in group:
@@ -297,17 +384,41 @@ def update_optimizer(
     optimizer.state.update({params[n]: s for n, s in staged.items()})
 
 
+def layout_options(groups: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """``group_for_new`` and ``param_order`` that give an optimizer exactly ``groups``.
+
+    ``groups`` lists, per param group, the parameter names of an optimizer built over the
+    grown module (e.g. by ``configure_optimizers``): after :func:`update_optimizer` with
+    these options the live optimizer has the same groups in the same order, so its
+    ``state_dict()`` loads onto that fresh optimizer param by param. A new parameter the
+    layout leaves out stays out of the optimizer.
+
+    Example:
+        >>> options = layout_options([["b", "a"], ["c"]])
+        >>> options["group_for_new"]("c", None), options["param_order"](None)
+        (1, [['b', 'a'], ['c']])
+    """
+    where = {name: g for g, names in enumerate(groups) for name in names}
+    order = [list(names) for names in groups]
+    return {
+        "group_for_new": lambda name, param: where.get(name),
+        "param_order": lambda module: [list(names) for names in order],
+    }
+
+
 def _layer_pattern(name: str) -> str:
     """``blocks.3.mlp.fc.bias`` -> ``blocks.#.mlp.fc.bias``: the same parameter of any layer."""
     return ".".join("#" if part.isdigit() else part for part in name.split("."))
 
 
-def _sibling_group(name: str, names_per_group: list[list[str]]) -> int:
+def _sibling_group(name: str, names_per_group: list[list[str]]) -> int | None:
     key = _layer_pattern(name)
     groups = {
         g for g, names in enumerate(names_per_group) for n in names if _layer_pattern(n) == key
     }
-    if len(groups) != 1:
+    if not groups:
+        return None  # no sibling in this optimizer: neither is the new parameter
+    if len(groups) > 1:
         raise ValueError(
             f"new parameter {name!r}: its siblings ({key}) are in param groups "
             f"{sorted(groups)}; pass group_for_new to choose one"

@@ -11,11 +11,20 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lit_utils import TINY_MODEL, growth, lm_module, trainer
+from lit_utils import (
+    TINY_MODEL,
+    assert_bitwise_equal,
+    datamodule,
+    growth,
+    lm_module,
+    params,
+    trainer,
+)
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from progrow import LMModule, Transformer, TransformerConfig
 from progrow.training import lm_loss
+from progrow.training.architecture import optimizer_param_names
 
 STAGES = [{"step": 2, "d_mlp": 16, "d_model": 10}, {"step": 4, "n_layers": 2}]
 
@@ -229,3 +238,85 @@ def test_checkpoint_from_before_the_state_dict_carried_the_config(tmp_path: Path
     assert loaded.model.config == module.model.config
     for key, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+class SortedOrder(UserLM):
+    """configure_optimizers lists the parameters sorted by name, not in module order."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return lm_loss(self.net, batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW([p for _, p in sorted(self.named_parameters())], lr=1e-2)
+
+
+class ThreeGroups(SortedOrder):
+    """Three groups with their own hyperparameters, each in its own order."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        named = list(self.named_parameters())
+        embeddings = [p for n, p in reversed(named) if "emb" in n or "lm_head" in n]
+        matrices = [p for n, p in sorted(named, reverse=True) if "blocks" in n and p.ndim == 2]
+        vectors = [p for n, p in named if p.ndim == 1]
+        return torch.optim.AdamW(
+            [
+                {"params": vectors, "weight_decay": 0.0},
+                {"params": matrices, "weight_decay": 0.1},
+                {"params": embeddings, "lr": 3e-3},
+            ],
+            lr=1e-2,
+        )
+
+
+def group_names(module: L.LightningModule, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    return optimizer_param_names(module, [optimizer])[0]
+
+
+@pytest.mark.parametrize("module_class", [SortedOrder, ThreeGroups])
+def test_optimizer_follows_configure_optimizers_and_resumes_exactly(
+    module_class: type[SortedOrder], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1, filename="{step}"
+    )
+    torch.manual_seed(0)
+    full = module_class()
+    run = trainer(6, [growth(STAGES, model_attr="net"), ckpt], enable_checkpointing=True)
+    run.fit(full, datamodule=datamodule(cache))
+    # The live optimizer holds what configure_optimizers builds on a fresh grown module.
+    fresh = module_class()
+    fresh.net.rebuild(full.net.config)
+    assert group_names(full, run.optimizers[0]) == group_names(fresh, fresh.configure_optimizers())
+    # A run resumed between the stages ends bitwise where the uninterrupted one did.
+    torch.manual_seed(1)
+    resumed = module_class()
+    trainer(6, [growth(STAGES, model_attr="net")]).fit(
+        resumed, datamodule=datamodule(cache), ckpt_path=str(tmp_path / "step=3.ckpt")
+    )
+    assert resumed.net.config == full.net.config
+    assert_bitwise_equal(params(resumed), params(full))
+
+
+class PerBlockGroups(SortedOrder):
+    """One param group per block: adding a block changes the number of groups."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        blocks = [{"params": list(block.parameters())} for block in self.net.blocks]
+        rest = [p for n, p in self.named_parameters() if ".blocks." not in f".{n}"]
+        return torch.optim.AdamW([*blocks, {"params": rest}], lr=1e-2)
+
+
+def test_group_options_pass_through_the_callback(tmp_path_factory: pytest.TempPathFactory) -> None:
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    stages = [{"step": 1, "n_layers": 2}]
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="param_order must list each group"):
+        trainer(3, [growth(stages, model_attr="net")]).fit(
+            PerBlockGroups(), datamodule=datamodule(cache)
+        )
+    module = PerBlockGroups()
+    run = trainer(3, [growth(stages, model_attr="net", group_for_new=lambda name, p: 0)])
+    run.fit(module, datamodule=datamodule(cache))
+    groups = group_names(module, run.optimizers[0])
+    assert len(groups) == 2 and {n for n in groups[0] if n.startswith("net.blocks.1.")}

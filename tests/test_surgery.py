@@ -22,7 +22,12 @@ from progrow import (
     expand_value,
     grow,
 )
-from progrow.surgery import optimizer_state_by_name, param_names, update_optimizer
+from progrow.surgery import (
+    layout_options,
+    optimizer_state_by_name,
+    param_names,
+    update_optimizer,
+)
 
 # Odd sizes, so that a transposed or misplaced index cannot pass by accident.
 CFG = TransformerConfig(
@@ -365,3 +370,32 @@ def test_new_parameter_state_takes_dtype_and_device_from_the_parameter() -> None
             if key != "step":
                 assert value.dtype == param.dtype == torch.float32, (name, key, value.dtype)
                 assert value.device == param.device
+
+
+def test_layout_options_give_a_fresh_optimizers_groups_and_leave_others_out() -> None:
+    # Two optimizers: one over the blocks (sorted by name), one over the rest. After a new
+    # layer, each holds what it would hold built over the grown model, in its order.
+    torch.manual_seed(0)
+    model = Transformer(CFG)
+
+    def build(m: Transformer) -> list[torch.optim.Optimizer]:
+        named = sorted(m.named_parameters())
+        blocks = [p for n, p in named if n.startswith("blocks.")]
+        rest = [p for n, p in reversed(named) if not n.startswith("blocks.")]
+        return [torch.optim.AdamW(blocks, lr=1e-2), torch.optim.AdamW(rest, lr=1e-2)]
+
+    opts = build(model)
+    model(TOKENS[:, :-1]).float().pow(2).mean().backward()
+    for opt in opts:
+        opt.step()
+    names = param_names(model)
+    record = add_layers(model, CFG.n_layers + 1, positions=[0])
+    layout = [group_param_names(opt, model) for opt in build(model)]
+    for opt, groups in zip(opts, layout, strict=True):
+        update_optimizer(opt, record, names, model, **layout_options(groups))
+    assert [group_param_names(opt, model) for opt in opts] == layout
+    # Default options: the optimizer holding no sibling of the new layer leaves it out.
+    names = param_names(model)
+    record = add_layers(model, CFG.n_layers + 2)
+    update_optimizer(opts[1], record, names, model)
+    assert not set(group_param_names(opts[1], model)[0]) & set(record.new)

@@ -16,15 +16,23 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
 from progrow.model import Transformer
 from progrow.schedule import GrowthSchedule, GrowthStage, stage_seed
-from progrow.surgery import NewMoments, grow_with_optimizers
+from progrow.surgery import (
+    GroupForNew,
+    NewMoments,
+    ParamOrder,
+    check_new_moments,
+    grow_with_optimizers,
+)
 from progrow.training.architecture import (
     find_transformer,
+    optimizer_param_names,
     save_architecture,
 )
 from progrow.training.module import lm_loss
@@ -125,6 +133,11 @@ class GrowthCallback(L.Callback):
         on_loss_jump: "raise", "warn" or "ignore" when the tolerance is exceeded.
         new_moments: how optimizer surgery fills new Adam entries ("zero" or
             "bias_corrected"); see :func:`progrow.surgery.update_optimizer`.
+        group_for_new, param_order: passed to :func:`progrow.surgery.update_optimizer` for
+            every optimizer. By default both follow ``configure_optimizers`` called on the
+            grown module (it must build the same number of optimizers and groups), so the
+            optimizer holds what a run resumed from the next checkpoint builds, in the same
+            order, whatever order or grouping the module's ``configure_optimizers`` uses.
         rewarmup_steps: after each growth, ramp the learning rate linearly from
             ``1/rewarmup_steps`` of its scheduled value back to it over this many steps
             (0: off).
@@ -147,6 +160,8 @@ class GrowthCallback(L.Callback):
         on_loss_jump: OnLossJump = "raise",
         new_moments: NewMoments = "zero",
         rewarmup_steps: int = 0,
+        group_for_new: GroupForNew | None = None,
+        param_order: ParamOrder | None = None,
     ) -> None:
         self.schedule = (
             schedule if isinstance(schedule, GrowthSchedule) else GrowthSchedule(schedule)
@@ -155,8 +170,7 @@ class GrowthCallback(L.Callback):
             raise ValueError(f"on_loss_jump must be raise|warn|ignore, got {on_loss_jump!r}")
         if not loss_tolerance >= 0:
             raise ValueError(f"loss_tolerance must be >= 0, got {loss_tolerance!r}")
-        if new_moments not in ("zero", "bias_corrected"):
-            raise ValueError(f"new_moments must be 'zero' or 'bias_corrected', got {new_moments!r}")
+        check_new_moments(new_moments)
         if (
             isinstance(rewarmup_steps, bool)
             or not isinstance(rewarmup_steps, int)
@@ -171,6 +185,8 @@ class GrowthCallback(L.Callback):
         self.on_loss_jump = on_loss_jump
         self.new_moments = new_moments
         self.rewarmup_steps = rewarmup_steps
+        self.group_for_new = group_for_new
+        self.param_order = param_order
         self.events: list[dict[str, Any]] = []
         self._probe: Any = None  # this fit's probe batch, on the CPU
         self._saved_lrs: list[tuple[dict[str, Any], float]] = []
@@ -282,6 +298,9 @@ class GrowthCallback(L.Callback):
             layer_positions=stage.layer_positions,
             generator=torch.Generator().manual_seed(stage_seed(self.seed, index)),
             new_moments=self.new_moments,
+            group_for_new=self.group_for_new,
+            param_order=self.param_order,
+            layout=lambda module: self._fresh_layout(trainer, pl_module),
         )
         if isinstance(trainer.strategy, DDPStrategy):
             # The old wrapper fixed its parameter set when built: without a new one the
@@ -305,6 +324,18 @@ class GrowthCallback(L.Callback):
         self.events.append(event)
         self._log(trainer, event)
         self._check_delta(event)
+
+    @staticmethod
+    def _fresh_layout(trainer: L.Trainer, pl_module: L.LightningModule) -> list[list[list[str]]]:
+        """Per optimizer and group, the parameter names ``configure_optimizers`` gives on
+        the grown module: what a resumed run builds and loads the saved state onto."""
+        optimizers, _ = _init_optimizers_and_lr_schedulers(pl_module)
+        if len(optimizers) != len(trainer.optimizers):
+            raise ValueError(
+                f"configure_optimizers built {len(optimizers)} optimizer(s) on the grown "
+                f"module, the run has {len(trainer.optimizers)}"
+            )
+        return optimizer_param_names(pl_module, optimizers)
 
     def _log(self, trainer: L.Trainer, event: dict[str, Any]) -> None:
         metrics = {
