@@ -163,7 +163,12 @@ def _build_stage(
     if "step" not in raw:
         raise ValueError(f"growth stage {i}: missing field 'step'")
     step = _resolve_step(i, raw.pop("step"), max_steps)
-    positions = raw.pop("layer_positions", "append")
+    positions = raw.pop("layer_positions", None)
+    if positions is not None and raw.get("n_layers") is None:
+        raise ValueError(
+            f"growth stage {i}: layer_positions={positions!r} given without n_layers (it "
+            "places new layers, and this stage adds none); add n_layers or drop it"
+        )
     if positions is None:
         positions = "append"
     if not isinstance(positions, str):

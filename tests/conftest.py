@@ -5,6 +5,8 @@ Kept generic on purpose: the table of expansions lives in ``expansion_table.py``
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,16 @@ import torch
 import torch.nn.functional as F
 
 from progrow import Transformer, TransformerConfig
+
+#: The checkout under test (the folder holding ``progrow/``).
+REPO = Path(__file__).resolve().parents[1]
+
+
+def checkout_env() -> dict[str, str]:
+    """Environment entries that make a subprocess import this checkout's ``progrow``
+    rather than an installed copy (whatever its working directory)."""
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -5,8 +5,10 @@ that fail before training without touching earlier runs."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,14 +17,19 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
+from conftest import REPO, checkout_env
 from hydra import compose, initialize_config_dir
 from lit_utils import app_overrides
 from omegaconf import DictConfig
 
-from progrow.app import ConfigError
+from progrow.app import ConfigError, RunSettings
+from progrow.app.report import main as report_main
+from progrow.app.report import summarize
+from progrow.app.settings import model_config
 from progrow.app.train import CONF_DIR, train
+from progrow.flops import train_flops_per_token
 
-REPO = CONF_DIR.parent
 MAX_STEPS = 20  # all_six grows at steps 4, 8 and 12
 
 
@@ -46,7 +53,14 @@ def compose_run(out: Path, cache: Path, *overrides: str, max_steps: int = MAX_ST
 def run_cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1", **(env or {})}
+    """``python -m progrow.train ARGS`` in ``cwd``, importing this checkout's progrow."""
+    full_env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "HYDRA_FULL_ERROR": "1",
+        **checkout_env(),
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, "-m", "progrow.train", *args],
         cwd=cwd,
@@ -104,7 +118,7 @@ def test_resume_auto_is_bitwise_exact(
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
     shutil.copy(Path(full_run["ckpt_dir"]) / "step_10.ckpt", ckpts / "last.ckpt")
-    resumed = train(compose_run(tmp_path, cache, "ckpt_path=auto", "model.d_model=40"))
+    resumed = train(compose_run(tmp_path, cache, "ckpt_path=auto"))
     assert resumed["resumed_from"] == str(ckpts / "last.ckpt")
     assert resumed["last_ckpt"] == str(ckpts / "last-v1.ckpt")  # the copied file is kept
     assert resumed["val_loss"] == full_run["val_loss"]
@@ -114,6 +128,42 @@ def test_resume_auto_is_bitwise_exact(
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+
+
+def test_resume_with_a_changed_config_is_refused_naming_each_change(
+    full_run: dict[str, Any], cache: Path, tmp_path: Path
+) -> None:
+    """Resuming under another data subset, schedule, model, length or seed would silently
+    continue another experiment; it is refused before training, naming every change."""
+    ckpt = Path(full_run["ckpt_dir"]) / "step_10.ckpt"
+    changed = ["data.max_bytes=150000", "growth=width_first", "model.n_heads=1", "seed=1"]
+    cfg = compose_run(tmp_path, cache, f"ckpt_path={ckpt}", *changed, max_steps=24)
+    with pytest.raises(ConfigError) as info:
+        train(cfg)
+    message = str(info.value)
+    assert "resume_allow_changes=true" in message
+    for change in (
+        r"data fingerprint \w+ -> \w+",
+        r"growth schedule all_six \[4: .*\] -> width_first \[",
+        r"model n_heads 2 -> 1",
+        r"max_steps 20 -> 24",
+        r"seed 0 -> 1",
+    ):
+        assert re.search(change, message), (change, message)
+    assert not (tmp_path / "csv").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_resume_with_a_changed_config_when_asked(
+    full_run: dict[str, Any], cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ckpt = Path(full_run["ckpt_dir"]) / "step_10.ckpt"
+    cfg = compose_run(tmp_path, cache, f"ckpt_path={ckpt}", "seed=1", "resume_allow_changes=true")
+    resumed = train(cfg)
+    assert resumed["global_step"] == MAX_STEPS and resumed["seed"] == 1
+    assert "changed config (resume_allow_changes=true): seed 0 -> 1" in caplog.text
+    # its checkpoints now carry the new identity: resuming them with seed=1 is accepted
+    again = compose_run(tmp_path / "again", cache, f"ckpt_path={resumed['last_ckpt']}", "seed=1")
+    assert train(again)["global_step"] == MAX_STEPS
 
 
 def test_resume_from_explicit_checkpoint_into_new_folder(
@@ -173,25 +223,65 @@ def test_fresh_start_into_a_folder_with_checkpoints_is_refused(
     assert tree_digest(earlier) == before
 
 
-def test_cli_run_and_failed_cli_run_get_their_own_folders(cache: Path, tmp_path: Path) -> None:
-    """`python -m progrow.train` works; two launches get two folders; a bad one fails with
-    the key in its message and leaves the good one alone."""
-    env = {"PROGROW_LOG_DIR": str(tmp_path / "logs")}
-    good = run_cli(*tiny(cache, max_steps=10), "growth=width_first", cwd=tmp_path, env=env)
+def test_subprocesses_import_this_checkout(tmp_path: Path) -> None:
+    env = {**os.environ, **checkout_env()}
+    code = "import progrow; print(progrow.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert Path(out.stdout.strip()) == REPO / "progrow" / "__init__.py", out.stderr
+
+
+def test_cli_run_console_log_and_failed_launches(cache: Path, tmp_path: Path) -> None:
+    """`python -m progrow.train`: a clean console (each Lightning line once, no advert or
+    deprecation warning, a step progress bar), a command-line schedule labelled as such,
+    the summary in train.log; a bad value and a YAML typo each fail with one line on
+    stderr, leave no run folder and leave the good run alone."""
+    env = {"PROGROW_LOG_DIR": str(tmp_path / "logs"), "HYDRA_FULL_ERROR": ""}
+    overrides = [o for o in tiny(cache, max_steps=10) if "progress_bar" not in o]
+    schedule = "growth.stages=[{step: 4, d_mlp: 128}]"
+    good = run_cli(*overrides, schedule, cwd=tmp_path, env=env)
     assert good.returncode == 0, good.stderr[-3000:]
+    console = good.stdout + good.stderr
     assert "final val/loss" in good.stdout and "growth events" in good.stdout
+    for line in ("Seed set to 0", "GPU available", "`Trainer.fit` stopped"):
+        assert console.count(line) == 1, (line, console)
+    for noise in ("litlogger", "LeafSpec", "Epoch 0/", "v_num", "srun"):
+        assert noise not in console, (noise, console)
+    assert "train steps" in console  # the progress bar counts steps
     runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
     assert len(runs) == 1
-    before = tree_digest(runs[0])
+    run = runs[0]
+    summary = json.loads((run / "summary.json").read_text())
+    hparams = yaml.safe_load((run / "csv" / "version_0" / "hparams.yaml").read_text())
+    assert summary["growth"] == hparams["growth"]["name"] == "custom"
+    assert "growth=custom" in good.stdout and summarize([run])[0].growth == "custom"
+    log = (run / "train.log").read_text()
+    assert "Seed set to 0" in log and "final val/loss" in log and "growth events" in log
+    before = tree_digest(run)
+
     bad = run_cli(*tiny(cache), "trainer.devices=64", cwd=tmp_path, env=env)
-    assert bad.returncode != 0
-    assert "trainer.devices=64" in bad.stderr
-    runs_after = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
-    assert len(runs_after) == 2 and runs[0] in runs_after
-    assert tree_digest(runs[0]) == before
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        f"progrow-train: error: trainer.devices=64: this machine has {os.cpu_count()} CPU "
+        "core(s) (one process per device)"
+    ]
+    extra = tmp_path / "extra" / "growth"
+    extra.mkdir(parents=True)
+    (extra / "typo.yaml").write_text("name: typo\nstages:\n  - {step: 0.5, d_mlp: 128\n")
+    typo = run_cli("--config-dir", str(tmp_path / "extra"), "growth=typo", cwd=tmp_path, env=env)
+    assert typo.returncode == 2
+    lines = typo.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.match(
+        r"progrow-train: error: YAML syntax error in .*typo", lines[0]
+    )
+    assert sorted((tmp_path / "logs" / "train" / "runs").iterdir()) == runs  # no empty folder
+    assert tree_digest(run) == before
 
 
-def test_multirun_basic_launcher(cache: Path, tmp_path: Path) -> None:
+def test_multirun_basic_launcher(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     sweep = tmp_path / "sweep"
     result = run_cli(
         "-m",
@@ -204,6 +294,15 @@ def test_multirun_basic_launcher(cache: Path, tmp_path: Path) -> None:
     summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in (0, 1)]
     assert [s["growth"] for s in summaries] == ["none", "width_first"]
     assert len(summaries[1]["events"]) == 2 and not summaries[0]["events"]
+    # each job's hint names the sweep folder, whose report compares all jobs
+    assert re.findall(r"report: progrow-report (\S+)", result.stdout) == [str(sweep)] * 2
+    # growth=none here is the starting (tiny) size: no baseline for the growing run
+    fixed, grown = summarize([sweep])
+    assert fixed.is_baseline and grown.baseline is None and grown.saving_pct is None
+    assert report_main([str(sweep), "--no-plot", "--markdown"]) == 0
+    assert "1: no baseline: no fixed-size run (growth=none) of its final size" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.slow
@@ -264,7 +363,27 @@ def test_compute_budget_gives_equal_flops(cache: Path, tmp_path: Path, growth: s
         assert summary["global_step"] == 12
     else:
         assert summary["global_step"] > 12 and len(summary["events"]) == 3
-    assert summary["flops"] == pytest.approx(summary["budget_flops"], rel=0.05)
+    # The FLOPs counted during training are exactly those of the sizes trained at each
+    # step (16 tokens x batch 4 per step) ...
+    tokens_per_step, seq_len = 4 * 16, 16
+    start = model_config(RunSettings.from_config(cfg), vocab_size=256, seq_len=seq_len)
+    assert start.sizes() == summary["sizes_start"]
+    sizes, steps = [start], [0]
+    for event in summary["events"]:
+        sizes.append(sizes[-1].replace(**event["sizes"]))
+        steps.append(event["step"])
+    steps.append(summary["global_step"])
+    per_step = [train_flops_per_token(c, seq_len) * tokens_per_step for c in sizes]
+    expected = sum(
+        f * (b - a) for f, (a, b) in zip(per_step, itertools.pairwise(steps), strict=True)
+    )
+    assert summary["flops"] == pytest.approx(expected, rel=1e-9)
+    # ... and the step count is the integer that comes closest to the budget: one step
+    # more or fewer (at the final size) would be further from it.
+    gap = abs(summary["flops"] - summary["budget_flops"])
+    assert gap <= (per_step[-1] + sum(b - a for a, b in itertools.pairwise(per_step))) / 2
+    if growth == "none":
+        assert summary["flops"] == pytest.approx(summary["budget_flops"], rel=1e-12)
 
 
 def test_compute_budget_needs_fractional_stages(cache: Path, tmp_path: Path) -> None:

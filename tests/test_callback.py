@@ -118,6 +118,10 @@ def test_loss_jump_raises_or_warns(cache: Path) -> None:
         ([{"d_mlp": 20}], "stage 0: missing field 'step'"),
         ([{"step": 0.5, "d_mlp": 20}], r"stage 0: step=0.5 is a fraction of max_steps"),
         ([{"step": 3, "n_layers": 3, "layer_positions": "middle"}], "layer_positions='middle'"),
+        (
+            [{"step": 3, "d_mlp": 20, "layer_positions": "interleave"}],
+            r"stage 0: layer_positions='interleave' given without n_layers",
+        ),
     ],
 )
 def test_bad_schedule_fails_when_built(stages: list[dict[str, Any]], match: str) -> None:

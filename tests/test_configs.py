@@ -1,5 +1,6 @@
-"""Every config in conf/ composes, resolves and (where possible without running) its
-``_target_`` instantiates; every growth schedule reaches the same final size."""
+"""Every config in conf/ composes, resolves, validates and builds what the app builds from
+it (everything but reading data and training); every growth schedule reaches the same
+final size."""
 
 from __future__ import annotations
 
@@ -14,17 +15,25 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from progrow import TransformerConfig
+from progrow import GrowthCallback, OptimConfig, TransformerConfig
 from progrow.app import ConfigError, RunSettings
-from progrow.app.settings import model_config, validate_schedule
+from progrow.app.settings import (
+    CUSTOM_SCHEDULE,
+    model_config,
+    validate_schedule,
+    with_compute_budget,
+)
 from progrow.app.train import CONF_DIR
+from progrow.training import LMDataModule
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 GROUPS = ("model", "growth", "data", "trainer", "logger", "callbacks", "paths", "experiment")
-#: Keys each option needs set to resolve (they are `???` on purpose).
+#: Keys each option needs set to resolve (they are `???` on purpose), or to validate: the
+#: shipped schedules grow model=tiny, so the bigger starts are checked as fixed-size runs.
 REQUIRED = {("data", "text"): ["data.path=README.md"], ("data", "hf"): [
-    "data.path=some/dataset", "data.tokenizer=gpt2"]}  # fmt: skip
+    "data.path=some/dataset", "data.tokenizer=gpt2"], ("model", "small"): ["growth=none"],
+    ("model", "medium"): ["growth=none"]}  # fmt: skip
 
 
 def options(group: str) -> list[str]:
@@ -46,14 +55,59 @@ def test_conf_dir_is_the_top_level_conf() -> None:
     assert (CONF_DIR / "train.yaml").is_file()
 
 
+def build_all(settings: RunSettings) -> dict[str, Any]:
+    """What ``progrow.app.train.run`` builds before reading data and training, from a
+    vocabulary of 256: each step validates its part of the config."""
+    data = LMDataModule(**settings.data)  # checks the arguments; reads nothing yet
+    start = model_config(settings, vocab_size=256, seq_len=data.seq_len)
+    if settings.budget_steps is not None:
+        settings, _ = with_compute_budget(settings, start, data.batch_size, data.seq_len)
+    validate_schedule(settings.growth, start, settings.max_steps)
+    built: dict[str, Any] = {
+        "settings": settings,
+        "model": start,
+        "optim": OptimConfig(**settings.optim, max_steps=settings.max_steps),
+        "growth": GrowthCallback(
+            settings.growth.schedule, seed=settings.seed, **settings.growth.options
+        ),
+        "callbacks": [instantiate(c) for c in settings.callbacks.values()],
+        "loggers": [instantiate(c) for c in settings.loggers.values()],  # no W&B run starts
+    }
+    if settings.trainer["accelerator"] != "gpu" or torch.cuda.is_available():
+        kwargs = {"callbacks": built["callbacks"], "logger": built["loggers"] or False}
+        built["trainer"] = instantiate(settings.trainer, **kwargs, _convert_="all")
+    return built
+
+
 @pytest.mark.parametrize(
     ("group", "option"), [(g, o) for g in GROUPS for o in options(g)], ids=lambda v: str(v)
 )
-def test_every_option_composes_and_resolves(group: str, option: str, tmp_path: Path) -> None:
+def test_every_option_validates_and_builds(
+    group: str, option: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
     cfg = compose_train(f"{group}={option}", *REQUIRED.get((group, option), []))
-    settings = settings_of(cfg, tmp_path)
-    assert settings.max_steps > 0
-    assert settings.trainer["_target_"] == "lightning.pytorch.Trainer"
+    built = build_all(settings_of(cfg, tmp_path))
+    settings = built["settings"]
+    assert settings.max_steps > 0 and built["optim"].max_steps == settings.max_steps
+    assert built["growth"].schedule == settings.growth.schedule
+    if "trainer" in built:
+        assert built["trainer"].max_steps == settings.max_steps
+
+
+def test_a_schedule_given_on_the_command_line_is_not_labelled_as_the_default(
+    tmp_path: Path,
+) -> None:
+    custom = "growth.stages=[{step: 0.5, d_mlp: 128}]"
+    assert settings_of(compose_train(custom), tmp_path).growth.name == CUSTOM_SCHEDULE
+    same = (
+        "growth.stages=[{step: 0.75, d_model: 64, d_mlp: 256, n_heads: 4, d_qk: 16, d_v: 16, "
+        "n_layers: 2}]"
+    )
+    assert settings_of(compose_train("growth=late", same), tmp_path).growth.name == "late"
+    assert settings_of(compose_train("growth=late"), tmp_path).growth.name == "late"
+    named = ["growth.name=mine", custom]
+    assert settings_of(compose_train(*named), tmp_path).growth.name == "mine"
 
 
 def test_every_growth_schedule_validates_and_ends_at_model_small(tmp_path: Path) -> None:
@@ -74,7 +128,7 @@ def test_callbacks_instantiate(option: str, tmp_path: Path) -> None:
     settings = settings_of(compose_train(f"callbacks={option}"), tmp_path)
     built = [instantiate(c) for c in settings.callbacks.values()]
     names = {type(c).__name__ for c in built}
-    assert {"ModelCheckpoint", "LearningRateMonitor", "RichProgressBar"} <= names
+    assert {"ModelCheckpoint", "LearningRateMonitor", "StepProgressBar"} <= names
 
 
 @pytest.mark.parametrize("option", options("logger"))
@@ -126,6 +180,11 @@ def test_unknown_group_option_names_it() -> None:
         (["+optim.max_steps=3"], r"optim\.max_steps=3"),
         (["data=text"], r"data\.path=\?\?\?"),
         (["ckpt_path=7"], r"ckpt_path=7"),
+        (["resume_allow_changes=maybe"], r"resume_allow_changes='maybe'"),
+        (
+            ["growth.stages=[{step:0.5,d_mlp:128,layer_positions:interleave}]"],
+            r"growth\.stages.*layer_positions='interleave'.*n_layers",
+        ),
     ],
 )
 def test_bad_config_names_key_and_value(overrides: list[str], match: str, tmp_path: Path) -> None:

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import checkout_env
 
 SCRIPT = Path(__file__).parent / "ddp_growth_script.py"
 TIMEOUT_S = 240
 
 
 def run_ddp(out: Path, find_unused: bool) -> None:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **checkout_env()}
     # A new session, so a hang is ended by killing the whole process group (both ranks).
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), str(out), "1" if find_unused else "0"],

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from conftest import checkout_env
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lit_utils import assert_bitwise_equal, datamodule, growth, lm_module, params, trainer
 
@@ -208,6 +209,7 @@ def test_ddp_ranks_agree_and_resume_is_bitwise(tmp_path: Path) -> None:
         "MASTER_PORT": str(free_port()),
         "WORLD_SIZE": "2",
         "NODE_RANK": "0",
+        **checkout_env(),
     }
     procs = [
         subprocess.Popen(

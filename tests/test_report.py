@@ -13,8 +13,10 @@ from lit_utils import app_overrides
 
 from progrow.app.report import (
     RunSummary,
+    baseline_notes,
     flops_to_reach,
     main,
+    markdown,
     pick_baseline,
     read_metrics,
     summarize,
@@ -87,7 +89,10 @@ def test_flops_to_reach_interpolates() -> None:
     assert flops_to_reach(curve, 1.0) is None
 
 
-def _summary(growth: str, seed: int, flops: float) -> RunSummary:
+SMALL = {"d_model": 64, "n_layers": 2}
+
+
+def _summary(growth: str, seed: int, flops: float, sizes: dict[str, int] = SMALL) -> RunSummary:
     return RunSummary(
         name=growth,
         path=f"/{growth}/{seed}/{flops}",
@@ -98,6 +103,7 @@ def _summary(growth: str, seed: int, flops: float) -> RunSummary:
         tokens=None,
         wall_s=None,
         curve=[(flops, 1.0)],
+        sizes=dict(sizes),
     )
 
 
@@ -105,6 +111,25 @@ def test_baseline_matches_seed_else_most_flops() -> None:
     bases = [_summary("none", 0, 10.0), _summary("none", 1, 5.0), _summary("none", 2, 20.0)]
     assert pick_baseline(_summary("x", 1, 1.0), bases) is bases[1]
     assert pick_baseline(_summary("x", 7, 1.0), bases) is bases[2]
+
+
+def test_only_a_fixed_size_run_of_the_final_size_is_a_baseline(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A fixed-size run smaller than where the growing run ends (a sweep of
+    ``growth=none,width_first`` from model=tiny) is no baseline: the report says so
+    instead of reporting a saving against it."""
+    tiny = {"d_model": 32, "n_layers": 1}
+    grown = _summary("width_first", 0, 1.0)
+    assert pick_baseline(grown, [_summary("none", 0, 5.0, sizes=tiny)]) is None
+    grown.events = [{"step": 1}]
+    fake_none = _summary("none", 0, 5.0)
+    fake_none.events = [{"step": 2}]  # called "none" but it grew: not fixed-size
+    assert pick_baseline(grown, [fake_none]) is None
+    assert [n.split(":")[0] for n in baseline_notes([grown])] == ["width_first"]
+    assert "no fixed-size run (growth=none) of its final size (d_model=64 n_layers=2)" in (
+        markdown([grown])
+    )
 
 
 def test_resumed_attempts_are_merged(tmp_path: Path) -> None:

@@ -7,12 +7,15 @@ ones win where they overlap) and ``summary.json`` (wall time, growth events). A 
 folder works too: runs are found recursively.
 
 For each run it reports the final validation loss, the training FLOPs, and, against the
-fixed-size baseline (a run whose growth schedule is ``none``), the FLOPs at which the run
-first reached the baseline's final validation loss and the saving in percent. The FLOPs
-are interpolated linearly between the two validations around the crossing.
+fixed-size baseline, the FLOPs at which the run first reached the baseline's final
+validation loss and the saving in percent. The FLOPs are interpolated linearly between
+the two validations around the crossing.
 
-Baseline choice, per run: ``--baseline RUN_DIR`` if given; else the ``none`` run with the
-same seed; else the ``none`` run with the most FLOPs.
+A baseline of a run is a fixed-size run (schedule ``none``, no growth events) with the
+run's final model sizes: comparing with a smaller fixed-size model would report a
+meaningless saving. Per run: ``--baseline RUN_DIR`` if it qualifies; else the qualifying
+run with the same seed; else the qualifying run with the most FLOPs; else none, and the
+report says so.
 
 Example:
     progrow-report outputs/train/multirun/2025-01-01_12-00-00_000000 --out cmp.png
@@ -70,10 +73,12 @@ class RunSummary:
     """Training seconds at which this run first reached the baseline's final loss."""
     time_saving_pct: float | None = None
     """``100 * (1 - time_to_baseline / baseline training seconds)``; positive: faster."""
+    sizes: dict[str, int] | None = None
+    """Model sizes at the end of the run (``None``: unknown)."""
 
     @property
     def is_baseline(self) -> bool:
-        return self.growth == BASELINE_SCHEDULE
+        return self.growth == BASELINE_SCHEDULE and not self.events
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,12 +143,26 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _hparams_growth(run: Path) -> dict[str, Any]:
+    """The ``growth`` entry of the run's latest ``hparams.yaml`` (name, final sizes)."""
+    files = sorted(run.rglob("hparams.yaml"), key=lambda p: _version(p / "x"))
+    growth = _load_yaml(files[-1]).get("growth") if files else None
+    return growth if isinstance(growth, dict) else {}
+
+
 def load_run(run: Path, name: str | None = None) -> RunSummary:
-    """Read one run folder."""
+    """Read one run folder.
+
+    The schedule's name and the final sizes come from ``summary.json``, else from the
+    logged hyperparameters, else (name only) from ``.hydra/config.yaml``: the config's
+    ``growth.name`` is the preset's even when ``growth.stages`` was overridden.
+    """
     config = _load_yaml(run / ".hydra" / "config.yaml")
     growth = config.get("growth") or {}
+    logged = _hparams_growth(run)
     summary_file = run / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    sizes = summary.get("sizes") or logged.get("final_sizes")
     rows = read_metrics(run)
     curve = [
         (r["compute/flops"], r["val/loss"])
@@ -170,7 +189,7 @@ def load_run(run: Path, name: str | None = None) -> RunSummary:
     return RunSummary(
         name=name or run.name,
         path=str(run),
-        growth=str(growth.get("name", summary.get("growth", "?"))),
+        growth=str(summary.get("growth") or logged.get("name") or growth.get("name", "?")),
         seed=int(seed) if isinstance(seed, int) else None,
         final_val_loss=curve[-1][1] if curve else summary.get("val_loss"),
         flops=max(flops) if flops else summary.get("flops"),
@@ -179,6 +198,7 @@ def load_run(run: Path, name: str | None = None) -> RunSummary:
         curve=curve,
         events=events,
         time_curve=time_curve,
+        sizes={str(k): int(v) for k, v in sizes.items()} if isinstance(sizes, dict) else None,
     )
 
 
@@ -204,9 +224,15 @@ def flops_to_reach(curve: Sequence[tuple[float, float]], target: float) -> float
     return None
 
 
+def qualifies_as_baseline(base: RunSummary, run: RunSummary) -> bool:
+    """Whether ``base`` is a fixed-size run of ``run``'s final sizes (both known)."""
+    return base.is_baseline and base.sizes is not None and base.sizes == run.sizes
+
+
 def pick_baseline(run: RunSummary, baselines: Sequence[RunSummary]) -> RunSummary | None:
-    """The baseline with ``run``'s seed, else the one with the most FLOPs."""
-    usable = [b for b in baselines if b.curve]
+    """Among the fixed-size runs of ``run``'s final sizes: the one with ``run``'s seed,
+    else the one with the most FLOPs; ``None`` if there is none."""
+    usable = [b for b in baselines if b.curve and qualifies_as_baseline(b, run)]
     if not usable:
         return None
     same_seed = [b for b in usable if b.seed is not None and b.seed == run.seed]
@@ -285,13 +311,29 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
+def baseline_notes(runs: Sequence[RunSummary]) -> list[str]:
+    """One line per growing run that has no baseline, saying what baseline it needs."""
+    notes = []
+    for run in runs:
+        if run.is_baseline or run.baseline is not None:
+            continue
+        sizes = " ".join(f"{k}={v}" for k, v in (run.sizes or {}).items()) or "unknown"
+        notes.append(
+            f"{run.name}: no baseline: no fixed-size run (growth=none) of its final size "
+            f"({sizes}) among the runs; train one (e.g. model=small growth=none for the "
+            "default schedules) or pass --baseline"
+        )
+    return notes
+
+
 def _rows(runs: Sequence[RunSummary]) -> list[list[str]]:
     rows = []
+    used = {run.baseline for run in runs}
     for run in runs:
         deltas = [e.get("loss_delta") for e in run.events]
         worst = max((abs(d) for d in deltas if d is not None), default=None)
         if run.is_baseline:
-            reach, saving = "(baseline)", "-"
+            reach, saving = ("(baseline)" if run.path in used else "(fixed size)"), "-"
         elif run.baseline is None:
             reach, saving = "no baseline", "-"
         elif run.flops_to_baseline is None:
@@ -324,7 +366,8 @@ def markdown(runs: Sequence[RunSummary]) -> str:
     """The comparison as a Markdown table."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(runs)]
-    return "\n".join(lines)
+    notes = baseline_notes(runs)
+    return "\n".join(lines + (["", *notes] if notes else []))
 
 
 def print_table(runs: Sequence[RunSummary]) -> None:
@@ -341,6 +384,8 @@ def print_table(runs: Sequence[RunSummary]) -> None:
     if not console.is_terminal:
         console = Console(width=160)  # piped output: do not wrap at 80 columns
     console.print(table)
+    for note in baseline_notes(runs):
+        console.print(note, highlight=False)
 
 
 def plot(runs: Sequence[RunSummary], out: str | Path) -> Path:

@@ -24,6 +24,10 @@ from progrow.schedule import GrowthSchedule
 GROWTH_OPTIONS = ("loss_tolerance", "on_loss_jump", "new_moments", "rewarmup_steps")
 #: TransformerConfig fields the app takes from the data rather than from ``cfg.model``.
 FROM_DATA = ("vocab_size", "max_seq_len")
+#: The configs: top-level ``conf/`` of the repository this package sits in.
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+#: Label of a schedule whose stages are not those of a ``conf/growth/<name>.yaml``.
+CUSTOM_SCHEDULE = "custom"
 
 
 class ConfigError(ValueError):
@@ -124,6 +128,9 @@ class RunSettings:
     """Equal-compute runs: spend the FLOPs of this many steps of ``budget_model``."""
     budget_model: dict[str, int] | None = None
     """Sizes of the reference model of the budget (default: the schedule's final size)."""
+    resume_allow_changes: bool = False
+    """Resume even if the data, schedule, model, ``max_steps`` or seed differ from the
+    checkpoint's run (default: refuse, naming what changed)."""
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> RunSettings:
@@ -164,6 +171,9 @@ class RunSettings:
         ckpt_path = raw.get("ckpt_path")
         if ckpt_path is not None and not isinstance(ckpt_path, str):
             raise ConfigError(f"ckpt_path={ckpt_path!r}: must be a file path, 'auto' or null")
+        allow_changes = raw.get("resume_allow_changes", False)
+        if not isinstance(allow_changes, bool):
+            raise ConfigError(f"resume_allow_changes={allow_changes!r}: must be true or false")
         tags = raw.get("tags") or []
         budget = _section(raw, "budget")
         _check_keys("budget", budget, {"steps", "model"})
@@ -178,6 +188,7 @@ class RunSettings:
         return cls(
             budget_steps=budget_steps,
             budget_model=budget_model,
+            resume_allow_changes=allow_changes,
             seed=int(seed),
             max_steps=max_steps,
             task_name=str(raw.get("task_name", "train")),
@@ -198,8 +209,8 @@ class RunSettings:
 
 
 def _growth(section: dict[str, Any], max_steps: int) -> GrowthSettings:
-    name = str(section.pop("name", "custom"))
     stages = section.pop("stages", None) or []
+    name = schedule_label(str(section.pop("name", CUSTOM_SCHEDULE)), stages)
     _check_keys("growth", section, set(GROWTH_OPTIONS))
     if not isinstance(stages, list):
         raise ConfigError(f"growth.stages={stages!r}: must be a list of stages")
@@ -208,6 +219,18 @@ def _growth(section: dict[str, Any], max_steps: int) -> GrowthSettings:
     except ValueError as err:
         raise ConfigError(f"growth.stages (growth={name}): {err}") from None
     return GrowthSettings(name=name, schedule=schedule, options=section)
+
+
+def schedule_label(name: str, stages: Any, conf_dir: Path = CONF_DIR) -> str:
+    """The name to report for a schedule: ``name``, unless ``conf/growth/<name>.yaml``
+    exists and has other stages (``growth.stages=...`` given on the command line or in an
+    experiment), in which case it is ``"custom"``: the run is not that named schedule."""
+    preset = conf_dir / "growth" / f"{name}.yaml"
+    if not preset.is_file():
+        return name
+    loaded = OmegaConf.to_container(OmegaConf.load(preset))
+    preset_stages = loaded.get("stages") if isinstance(loaded, dict) else None
+    return name if (preset_stages or []) == stages else CUSTOM_SCHEDULE
 
 
 def _targets(group: str, section: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -35,14 +36,20 @@ def write_summary(output_dir: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
-def print_summary(summary: dict[str, Any]) -> None:
-    """Print the final validation loss, the growth events and where the outputs are."""
+def print_summary(summary: dict[str, Any], console: Any = None) -> None:
+    """Print the final validation loss, the growth events and where the outputs are.
+
+    Args:
+        summary: what :func:`progrow.app.train.run` returns.
+        console: a ``rich.console.Console`` to print to (default: stdout).
+    """
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=120)  # logs and pipes: do not wrap at 80 columns
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=120)  # logs and pipes: do not wrap at 80 columns
     val = summary.get("val_loss")
     head = Table(title=f"progrow run: growth={summary['growth']}", show_header=False)
     head.add_column(style="bold")
@@ -61,9 +68,18 @@ def print_summary(summary: dict[str, Any]) -> None:
         head.add_row("resumed from", summary["resumed_from"])
     console.print(head)
     events = summary.get("events") or []
-    if not events:
+    if events:
+        console.print(_events_table(summary, events))
+    else:
         console.print("no growth events (fixed-size run)")
-        return
+    report_dir = summary.get("report_dir") or summary["output_dir"]
+    whole = " (all jobs of this sweep)" if report_dir != summary["output_dir"] else ""
+    console.print(f"report: progrow-report {report_dir}{whole}", soft_wrap=True)
+
+
+def _events_table(summary: dict[str, Any], events: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
     table = Table(title="growth events (loss on a fixed probe batch, before/after)")
     for col in ("stage", "step", "params", "loss before", "loss after", "delta", "sizes"):
         table.add_column(col, justify="right" if col != "sizes" else "left")
@@ -85,5 +101,28 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"{e['loss_delta']:+.2e}",
             sizes,
         )
-    console.print(table)
-    console.print(f"report: progrow-report {summary['output_dir']}")
+    return table
+
+
+def log_files(output_dir: Path) -> list[Path]:
+    """The files in ``output_dir`` the root logger writes to (Hydra's ``<job>.log``)."""
+    root = output_dir.resolve()
+    return [
+        Path(h.baseFilename)
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == root
+    ]
+
+
+def append_summary_to_logs(summary: dict[str, Any]) -> list[Path]:
+    """Append the summary, as plain text, to the run folder's log files (``train.log``),
+    so that the log ends with what the console showed. Returns the files written."""
+    from rich.console import Console
+
+    files = log_files(Path(summary["output_dir"]))
+    for path in files:
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        with path.open("a") as f:
+            print_summary(summary, Console(file=f, width=120, color_system=None))
+    return files

@@ -16,6 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -24,10 +27,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from progrow.app.settings import RunSettings
+from progrow.app.settings import CONF_DIR, RunSettings
 
-#: The configs: top-level ``conf/`` of the repository this package sits in.
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -56,18 +58,21 @@ def run(settings: RunSettings) -> dict[str, Any]:
 
     from progrow.app import wandb_extras
     from progrow.app.checks import check_devices, resolve_ckpt_path
+    from progrow.app.console import quiet_lightning
+    from progrow.app.resume import RunIdentity, check_resume, run_identity
     from progrow.app.settings import (
         ConfigError,
         model_config,
         validate_schedule,
         with_compute_budget,
     )
-    from progrow.app.summary import print_summary, write_summary
+    from progrow.app.summary import append_summary_to_logs, print_summary, write_summary
     from progrow.optim import OptimConfig
     from progrow.training import GrowthCallback, LMDataModule, LMModule
 
     started = time.perf_counter()
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    quiet_lightning()
     check_devices(settings.trainer)
     resume = resolve_ckpt_path(settings.ckpt_path, settings.ckpt_dir)
     L.seed_everything(settings.seed, workers=True)
@@ -95,8 +100,13 @@ def run(settings: RunSettings) -> dict[str, Any]:
     except (TypeError, ValueError) as err:
         raise ConfigError(f"growth: {err}") from None
     module = LMModule(model_cfg, optim)
+    identity = run_identity(settings, model_cfg, datamodule.fingerprint)
+    if resume is not None:
+        for change in check_resume(resume, identity, settings.resume_allow_changes):
+            log.warning("resuming with a changed config (resume_allow_changes=true): %s", change)
 
     callbacks = [instantiate(c) for c in settings.callbacks.values()] + [growth]
+    callbacks.append(RunIdentity(identity))
     loggers = [instantiate(c, **_logger_extras(c, settings)) for c in settings.loggers.values()]
     wandb_extras.define_compute_axis(loggers)
     trainer = instantiate(
@@ -155,11 +165,24 @@ def run(settings: RunSettings) -> dict[str, Any]:
         "log_dirs": [str(d) for d in (_log_dir(lg) for lg in trainer.loggers) if d],
         "resumed_from": resume,
         "fingerprint": datamodule.fingerprint,
+        "report_dir": str(_sweep_dir() or settings.output_dir),
     }
     if trainer.is_global_zero:
         write_summary(settings.output_dir, summary)
         print_summary(summary)
+        append_summary_to_logs(summary)
     return summary
+
+
+def _sweep_dir() -> Path | None:
+    """The multirun's folder when this job is part of one (the report's natural input)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
 def _logger_extras(config: dict[str, Any], settings: RunSettings) -> dict[str, Any]:
@@ -210,10 +233,60 @@ def _log_dir(logger: Any) -> str | None:
     return None
 
 
+#: Config errors of this process's jobs (a multirun goes on with its other jobs).
+_config_errors: list[str] = []
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the final validation loss (for sweepers)."""
-    return train(cfg)["val_loss"]
+def hydra_main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the final validation loss (for sweepers).
+
+    A launch that fails before writing anything leaves no run folder behind. A
+    :class:`~progrow.app.settings.ConfigError` is printed as one line and recorded (the
+    process then exits with status 2, see :func:`main`) instead of a traceback.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    from progrow.app.console import remove_if_unused, user_error
+
+    try:
+        return train(cfg)["val_loss"]
+    except Exception as err:
+        remove_if_unused(Path(HydraConfig.get().runtime.output_dir))
+        message = user_error(err)
+        if message is None or os.environ.get("PROGROW_FULL_ERROR") == "1":
+            raise
+        print(f"progrow-train: error: {message}", file=sys.stderr)
+        _config_errors.append(message)
+        return None
+
+
+def main() -> None:
+    """``progrow-train`` and ``python -m progrow.train``: :func:`hydra_main`, with an error
+    in the config (a bad value, a YAML syntax error, an unknown option) reported as one
+    line on stderr and exit status 2 instead of a traceback. ``HYDRA_FULL_ERROR=1`` shows
+    full tracebacks instead."""
+    from progrow.app.console import user_error
+
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    full = previous == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach this function, not Hydra's printer
+    os.environ["PROGROW_FULL_ERROR"] = "1" if full else "0"
+    try:
+        hydra_main()
+    except Exception as err:
+        message = None if full else user_error(err)
+        if message is None:
+            raise
+        print(f"progrow-train: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
+    if _config_errors:
+        sys.exit(2)
 
 
 if __name__ == "__main__":

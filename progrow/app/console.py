@@ -1,0 +1,86 @@
+"""What a user sees on the console: one line per message, no adverts, and errors in the
+config as one clean line instead of a traceback."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+from progrow.app.settings import ConfigError
+
+#: Lightning's messages that are not about the run (an advert).
+_NOISE = ("litlogger",)
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not any(word in str(record.msg) for word in _NOISE)
+
+
+def quiet_lightning() -> None:
+    """Print each Lightning message once, drop its advert and known-harmless warnings.
+
+    Lightning's top-level logger has its own console handler and also propagates to the
+    root logger, where Hydra has installed its console and ``train.log`` handlers: every
+    line would be printed twice. With the root configured, Lightning's handler is dropped
+    (the root prints the line and writes it to ``train.log``).
+    """
+    lightning_logger = logging.getLogger("lightning")
+    if logging.getLogger().handlers:
+        for handler in list(lightning_logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                lightning_logger.removeHandler(handler)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _not_noise not in rank_zero.filters:
+        rank_zero.addFilter(_not_noise)
+    # torch deprecated pytree's LeafSpec, which Lightning's own code still uses.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Only relevant when a job meant for SLURM is started without srun (sbatch uses srun).
+    warnings.filterwarnings("ignore", message=r".*The `srun` command is available.*")
+
+
+def user_error(err: BaseException) -> str | None:
+    """A one-line message for an error in the user's config (``None`` for anything else):
+    a :class:`ConfigError`, a YAML syntax error in a config file, or Hydra's composition
+    and override errors. Looks through the exception's causes."""
+    import yaml
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConfigError):
+            return str(current)
+        if isinstance(current, yaml.MarkedYAMLError):
+            mark = current.problem_mark or current.context_mark
+            where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            what = "; ".join(p for p in (current.context, current.problem) if p)
+            return f"YAML syntax error in {where}: {what}"
+        if isinstance(current, yaml.YAMLError):
+            return f"YAML syntax error: {current}"
+        if isinstance(
+            current, (ConfigCompositionException, MissingConfigException, OverrideParseException)
+        ):
+            return " ".join(str(current).split("Config search path:")[0].split())
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def remove_if_unused(output_dir: Path) -> bool:
+    """Delete a run folder that a failed launch left with nothing but Hydra's files
+    (``.hydra/`` and ``*.log``); a folder holding anything else (an earlier run's
+    checkpoints or logs) is kept. Returns whether it was deleted."""
+    if not output_dir.is_dir():
+        return False
+    for entry in output_dir.iterdir():
+        hydra_files = entry.name == ".hydra" and entry.is_dir()
+        if not (hydra_files or (entry.is_file() and entry.suffix == ".log")):
+            return False
+    shutil.rmtree(output_dir)
+    return True

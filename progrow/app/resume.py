@@ -1,0 +1,115 @@
+"""What run a checkpoint belongs to, and refusing to resume it under another config.
+
+Every checkpoint the app writes records the run's identity: the data fingerprint, the
+growth schedule (name and resolved stages), the starting model, ``max_steps`` and the
+seed. Resuming with any of them changed (e.g. resuming a quick run without
+``experiment=quick``, or an ``all_six`` run with ``growth=width_first``) would silently
+continue on other data, apply other stages or relabel the run; it is refused with a
+message naming each change, unless ``resume_allow_changes=true``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from progrow.app.settings import ConfigError, RunSettings
+from progrow.config import TransformerConfig
+
+#: Checkpoint key of the run identity.
+RUN_KEY = "progrow_run"
+
+
+class RunIdentity(L.Callback):
+    """Writes ``identity`` into every checkpoint (under :data:`RUN_KEY`)."""
+
+    def __init__(self, identity: dict[str, Any]) -> None:
+        self.identity = identity
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[RUN_KEY] = dict(self.identity)
+
+
+def saved_identity(ckpt_path: str | Path) -> dict[str, Any] | None:
+    """The run identity stored in a checkpoint (``None`` if it has none); memory-mapped,
+    so a large checkpoint is not read into memory for this."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    entry = checkpoint.get(RUN_KEY) if isinstance(checkpoint, dict) else None
+    return dict(entry) if isinstance(entry, dict) else None
+
+
+def _stage_steps(stages: list[dict[str, Any]]) -> str:
+    return (
+        "["
+        + ", ".join(
+            f"{s.get('step')}: " + " ".join(f"{k}={v}" for k, v in s.items() if k != "step")
+            for s in stages
+        )
+        + "]"
+    )
+
+
+def identity_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Human-readable differences between a checkpoint's run identity and this launch's.
+
+    Example:
+        >>> identity_changes({"max_steps": 200, "seed": 0}, {"max_steps": 3000, "seed": 0})
+        ['max_steps 200 -> 3000']
+    """
+    changes = []
+    if saved.get("fingerprint") != now.get("fingerprint"):
+        changes.append(f"data fingerprint {saved.get('fingerprint')} -> {now.get('fingerprint')}")
+    if saved.get("stages") != now.get("stages") or saved.get("growth") != now.get("growth"):
+        changes.append(
+            f"growth schedule {saved.get('growth')} {_stage_steps(saved.get('stages') or [])} "
+            f"-> {now.get('growth')} {_stage_steps(now.get('stages') or [])}"
+        )
+    old_model, new_model = saved.get("model") or {}, now.get("model") or {}
+    diff = [
+        f"{k} {old_model.get(k)} -> {new_model.get(k)}"
+        for k in sorted(set(old_model) | set(new_model))
+        if old_model.get(k) != new_model.get(k)
+    ]
+    if diff:
+        changes.append("model " + ", ".join(diff))
+    for key in ("max_steps", "seed"):
+        if saved.get(key) != now.get(key):
+            changes.append(f"{key} {saved.get(key)} -> {now.get(key)}")
+    return changes
+
+
+def check_resume(ckpt_path: str, identity: dict[str, Any], allow_changes: bool) -> list[str]:
+    """Refuse to resume ``ckpt_path`` under a config that differs from its run's.
+
+    Returns the changes (empty when nothing changed, or when the checkpoint predates run
+    identities); raises :class:`ConfigError` naming them unless ``allow_changes``.
+    """
+    saved = saved_identity(ckpt_path)
+    changes = [] if saved is None else identity_changes(saved, identity)
+    if changes and not allow_changes:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: this launch's config differs from the checkpoint's run: "
+            + "; ".join(changes)
+            + ". Resume with the run's own config (e.g. the same experiment=/growth=), or "
+            "pass resume_allow_changes=true to continue it under the new one"
+        )
+    return changes
+
+
+def run_identity(
+    settings: RunSettings, model: TransformerConfig, fingerprint: str
+) -> dict[str, Any]:
+    """This launch's run identity (what :func:`check_resume` compares)."""
+    return {
+        "fingerprint": fingerprint,
+        "growth": settings.growth.name,
+        "stages": settings.growth.schedule.to_list(),
+        "model": model.to_dict(),
+        "max_steps": settings.max_steps,
+        "seed": settings.seed,
+    }
