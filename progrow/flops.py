@@ -1,4 +1,22 @@
-"""Training compute from the current architecture: FLOPs per token."""
+"""Training compute from the current architecture: FLOPs per token.
+
+Two conventions, both ``2`` FLOPs per multiply-add and training = ``3 x`` forward:
+
+* :func:`train_flops_per_token`, what progrow logs (``compute/flops``), sizes budgets by
+  and reports: ``6 N + 6 L H (Q + V) (T + 1) / 2``, where ``N`` is
+  :func:`matmul_params` (the weights in matrix multiplies, the output projection
+  included, embedding lookups excluded), ``L`` layers, ``H`` query heads, ``Q``/``V``
+  the query-key and value sizes per head and ``T`` the sequence length. A causal token
+  attends to ``(T + 1) / 2`` positions on average, so this counts the attention a causal
+  model needs: the right measure for comparing runs with each other.
+* :func:`standard_train_flops_per_token`: ``6 N + 6 L H (Q + V) T``, which is the usual
+  ``6N + 12 L H Q T`` (PaLM's appendix B) when ``Q = V``. It counts the full ``T x T``
+  score matrix, as dense attention kernels compute it; use it to compare with published
+  model FLOPs utilization (MFU) figures. For progrow's models it is the count that
+  ``torch.utils.flop_counter.FlopCounterMode`` measures (tests/test_flops.py).
+
+Norms, activations, softmax, biases and the optimizer step are not counted.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +51,25 @@ def forward_flops_per_token(config: TransformerConfig, seq_len: int) -> float:
 
 
 def train_flops_per_token(config: TransformerConfig, seq_len: int) -> float:
-    """Forward plus backward (twice the forward): ``3 x`` forward FLOPs."""
+    """Forward plus backward (twice the forward): ``3 x`` forward FLOPs (causal count)."""
     return 3 * forward_flops_per_token(config, seq_len)
+
+
+def standard_train_flops_per_token(config: TransformerConfig, seq_len: int) -> float:
+    """Training FLOPs per token in the usual MFU convention, ``6N + 12 L H Q T``.
+
+    Like :func:`train_flops_per_token` but with the full ``seq_len x seq_len`` attention
+    (``6 L H (Q + V) T``) instead of the causal average: compare these with other
+    codebases' MFU; compare runs with each other with either.
+
+    Example:
+        >>> cfg = TransformerConfig(vocab_size=256, d_model=64, n_heads=4, d_qk=16, d_v=16)
+        >>> n, (l, h, q, t) = matmul_params(cfg), (cfg.n_layers, 4, 16, 128)
+        >>> standard_train_flops_per_token(cfg, t) == 6 * n + 12 * l * h * q * t
+        True
+    """
+    attn = 6 * config.n_layers * config.n_heads * (config.d_qk + config.d_v) * seq_len
+    return 6 * matmul_params(config) + attn
 
 
 def steps_for_budget(

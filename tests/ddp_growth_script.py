@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -18,10 +19,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from lit_utils import datamodule, growth, lm_module
 
 
+class CountTokens(L.Callback):
+    """The input tokens this rank actually trains on (to check the logged global count)."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, i: int) -> None:
+        self.tokens += batch[:, :-1].numel()
+
+
 def main(out: Path, find_unused: bool) -> None:
     torch.set_num_threads(1)
     module = lm_module(10)
     cb = growth()
+    seen = CountTokens()
     strategy = DDPStrategy(
         process_group_backend="gloo",
         timeout=timedelta(seconds=60),  # a rank that never joins fails fast instead of hanging
@@ -32,7 +44,7 @@ def main(out: Path, find_unused: bool) -> None:
         accelerator="cpu",
         devices=2,
         strategy=strategy,
-        callbacks=[cb],
+        callbacks=[cb, seen],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -43,7 +55,14 @@ def main(out: Path, find_unused: bool) -> None:
     trainer.fit(module, datamodule=datamodule(out / "cache"))
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
     torch.save(
-        {"params": state, "events": cb.events, "config": module.model.config.to_dict()},
+        {
+            "params": state,
+            "events": cb.events,
+            "config": module.model.config.to_dict(),
+            "tokens": module.tokens,
+            "flops": module.flops,
+            "tokens_seen": seen.tokens,
+        },
         out / f"rank{trainer.global_rank}.pt",
     )
 

@@ -73,8 +73,10 @@ def test_cli_json_and_markdown(sweep: Path, capsys: pytest.CaptureFixture) -> No
     payload = json.loads(capsys.readouterr().out)
     assert [r["growth"] for r in payload["runs"]] == ["none", "all_six"]
     assert payload["runs"][1]["saving_pct"] is not None
+    assert "6N + 6·L·H·(Q+V)·(T+1)/2" in payload["flops_convention"]
     assert main([str(sweep), "--markdown", "--no-plot", "--baseline", str(sweep / "0")]) == 0
-    assert capsys.readouterr().out.startswith("| run | growth |")
+    out = capsys.readouterr().out
+    assert out.startswith("| run | growth |") and "\nFLOPs: training FLOPs, 6N + " in out
 
 
 def test_missing_folder_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

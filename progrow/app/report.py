@@ -9,7 +9,9 @@ folder works too: runs are found recursively.
 For each run it reports the final validation loss, the training FLOPs, and, against the
 fixed-size baseline, the FLOPs at which the run first reached the baseline's final
 validation loss and the saving in percent. The FLOPs are interpolated linearly between
-the two validations around the crossing.
+the two validations around the crossing. FLOPs are progrow's count (``FLOPS_NOTE``,
+:mod:`progrow.flops`): comparable between runs, about half the attention term of MFU
+conventions.
 
 A baseline of a run is a fixed-size run (schedule ``none``, no growth events) with the
 run's final model sizes: comparing with a smaller fixed-size model would report a
@@ -268,8 +270,9 @@ def summarize(
 
     Args:
         run_dirs: Run folders or folders holding runs (e.g. a multirun folder).
-        baseline: A run folder to compare every run against; default: per run, the
-            ``growth=none`` run with the same seed, else the one with the most FLOPs.
+        baseline: A run folder to compare every run against (if it is a fixed-size run
+            of the run's final size); default: per run, such a run with the same seed,
+            else the one with the most FLOPs (see :func:`pick_baseline`).
 
     Returns:
         One :class:`RunSummary` per run, in the order found.
@@ -360,14 +363,18 @@ def _rows(runs: Sequence[RunSummary]) -> list[list[str]]:
 
 COLUMNS = ["run", "growth", "seed", "final val/loss", "FLOPs", "FLOPs to baseline's loss",
            "saving", "growths", "wall s"]  # fmt: skip
+#: What the FLOPs figures are (printed with every table and on the plot).
+FLOPS_NOTE = (
+    "FLOPs: training FLOPs, 6N + 6·L·H·(Q+V)·(T+1)/2 per token (attention counted for a "
+    "causal model, about half the usual 12·L·H·Q·T of MFU figures; see progrow.flops)"
+)
 
 
 def markdown(runs: Sequence[RunSummary]) -> str:
     """The comparison as a Markdown table."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(runs)]
-    notes = baseline_notes(runs)
-    return "\n".join(lines + (["", *notes] if notes else []))
+    return "\n".join([*lines, "", FLOPS_NOTE, *baseline_notes(runs)])
 
 
 def print_table(runs: Sequence[RunSummary]) -> None:
@@ -384,8 +391,8 @@ def print_table(runs: Sequence[RunSummary]) -> None:
     if not console.is_terminal:
         console = Console(width=160)  # piped output: do not wrap at 80 columns
     console.print(table)
-    for note in baseline_notes(runs):
-        console.print(note, highlight=False)
+    for note in [FLOPS_NOTE, *baseline_notes(runs)]:
+        console.print(note, highlight=False, soft_wrap=True)
 
 
 def plot(runs: Sequence[RunSummary], out: str | Path) -> Path:
@@ -410,7 +417,7 @@ def plot(runs: Sequence[RunSummary], out: str | Path) -> Path:
         if run.is_baseline and run.final_val_loss is not None:
             ax.axhline(run.final_val_loss, color=color, alpha=0.3, linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs")
+    ax.set_xlabel("training FLOPs (6N + causal attention, see progrow.flops)")
     ax.set_ylabel("validation loss")
     ax.set_title("validation loss vs compute (dotted verticals: growth events)")
     ax.grid(True, which="both", alpha=0.2)
@@ -445,7 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_plot:
         png = plot(runs, args.out or Path(args.run_dirs[0]) / "report.png")
     if args.json:
-        payload = {"runs": [r.to_dict() for r in runs], "plot": None if png is None else str(png)}
+        payload = {
+            "runs": [r.to_dict() for r in runs],
+            "plot": None if png is None else str(png),
+            "flops_convention": FLOPS_NOTE,
+        }
         print(json.dumps(payload, indent=2))
         return 0
     if args.markdown:

@@ -57,7 +57,8 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     head.add_row("final val/loss", "n/a" if val is None else f"{val:.4f}")
     head.add_row("steps", str(summary["global_step"]))
     head.add_row("params", f"{human(summary['params_start'])} -> {human(summary['params'])}")
-    head.add_row("compute", f"{human(summary['flops'])} FLOPs, {human(summary['tokens'])} tokens")
+    flops = f"{human(summary['flops'])} training FLOPs (6N + causal attention, progrow.flops)"
+    head.add_row("compute", f"{flops}, {human(summary['tokens'])} tokens")
     head.add_row(
         "wall time", f"{summary['wall_s']:.1f} s this launch ({summary['fit_s']:.1f} s training)"
     )
