@@ -282,7 +282,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def grow_family(
-    src: str | Path, branches: Mapping[str | Path, Mapping[str, int]], **options: Any
+    src: str | Path, branches: Mapping[Any, Mapping[str, Any]], **options: Any
 ) -> dict[Path, dict[str, Any]]:
     """Grow one checkpoint into several sized branches, one file each.
 

@@ -9,12 +9,13 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lit_utils import TINY_MODEL, datamodule, growth, lm_module, trainer
 
 from progrow import GrowthCallback, GrowthSchedule, Transformer, TransformerConfig
 from progrow.training import lm_loss
 from progrow.training.callback import _check_strategy
+from progrow.training.fsdp import GrowableModelParallelStrategy
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +167,14 @@ def test_fractional_steps() -> None:
 
 
 def test_unsupported_strategy_is_refused() -> None:
-    with pytest.raises(RuntimeError, match="does not support the FSDPStrategy"):
+    # FSDP1 (and DeepSpeed, any other strategy) points to growing the checkpoint offline.
+    with pytest.raises(RuntimeError, match=r"does not support the FSDPStrategy.*progrow-grow"):
         _check_strategy(FSDPStrategy())
+    # Plain ModelParallelStrategy cannot resume a grown sharded checkpoint.
+    needs = r"needs progrow\.training\.GrowableModelParallelStrategy"
+    with pytest.raises(RuntimeError, match=needs):
+        _check_strategy(ModelParallelStrategy())
+    _check_strategy(GrowableModelParallelStrategy())
 
 
 class UserModule(L.LightningModule):

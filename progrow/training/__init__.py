@@ -1,5 +1,5 @@
 """Lightning integration: the LM module, its data module, the growth callback and the
-preemption callback.
+preemption callback, and FSDP2 growth (``GrowableModelParallelStrategy``).
 
 Everything that imports Lightning lives here; the model, the expansions, optimizer
 surgery, schedules, FLOPs and data (``progrow``, ``progrow.expand``, ``progrow.data``)
@@ -8,12 +8,14 @@ do not.
 
 from progrow.training.callback import GrowthCallback, stage_seed
 from progrow.training.datamodule import SOURCES, LMDataModule, trainer_position
+from progrow.training.fsdp import GrowableModelParallelStrategy
 from progrow.training.module import LMModule, lm_loss
 from progrow.training.preemption import FitInterrupted, PreemptionCallback
 
 __all__ = [
     "SOURCES",
     "FitInterrupted",
+    "GrowableModelParallelStrategy",
     "GrowthCallback",
     "LMDataModule",
     "LMModule",

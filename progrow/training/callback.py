@@ -17,7 +17,12 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+    Strategy,
+)
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
@@ -35,6 +40,7 @@ from progrow.training.architecture import (
     optimizer_param_names,
     save_architecture,
 )
+from progrow.training.fsdp import GrowableModelParallelStrategy, grow_sharded
 from progrow.training.module import lm_loss
 
 LossFn = Callable[[L.LightningModule, Tensor], Tensor]
@@ -42,14 +48,21 @@ OnLossJump = Literal["raise", "warn", "ignore"]
 
 
 def _check_strategy(strategy: Strategy) -> None:
-    # Only strategies whose model is restored before setup and wrapped by a rebuildable
-    # DistributedDataParallel are handled; anything else would be silently wrong.
-    if type(strategy) not in (SingleDeviceStrategy, DDPStrategy):
+    # Only strategies whose growth is handled: single device, DDP (its wrapper is rebuilt),
+    # FSDP2 through ModelParallelStrategy (gathered, grown, re-sharded). FSDP1 and
+    # DeepSpeed wrap and flatten parameters in ways in-place growth cannot follow.
+    if type(strategy) is ModelParallelStrategy:
         raise RuntimeError(
-            f"GrowthCallback does not support the {type(strategy).__name__} strategy yet "
-            "(supported: single device, DDP). FSDP, DeepSpeed and model-parallel strategies "
-            "shard parameters and restore checkpoints after setup, which in-place growth "
-            "does not handle."
+            "GrowthCallback needs progrow.training.GrowableModelParallelStrategy instead of "
+            "ModelParallelStrategy (same arguments): it rebuilds the grown architecture "
+            "before a sharded checkpoint loads, which ModelParallelStrategy cannot."
+        )
+    if type(strategy) not in (SingleDeviceStrategy, DDPStrategy, GrowableModelParallelStrategy):
+        raise RuntimeError(
+            f"GrowthCallback does not support the {type(strategy).__name__} strategy "
+            "(supported: single device, DDP, and FSDP2 through ModelParallelStrategy). "
+            "Grow between jobs instead: stop, grow the checkpoint offline with progrow-grow "
+            "(progrow.offline.grow_checkpoint_file), and resume from the grown checkpoint."
         )
     start_method = getattr(strategy, "_start_method", "popen")
     if start_method != "popen":
@@ -214,6 +227,13 @@ class GrowthCallback(L.Callback):
         self.events = list(state_dict.get("events", []))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._hook_optimizers(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Again: resuming under a sharded strategy may set up new optimizers after fit start.
+        self._hook_optimizers(trainer)
+
+    def _hook_optimizers(self, trainer: L.Trainer) -> None:
         for optimizer in trainer.optimizers:
             if id(optimizer) not in self._hooked_optimizers:
                 optimizer.register_step_post_hook(self._restore_lrs)
@@ -290,18 +310,28 @@ class GrowthCallback(L.Callback):
         loss_before = self._probe_loss(trainer, pl_module)
         started = time.perf_counter()  # growth proper: expansion, surgery, DDP re-wrap
         params_before = model.num_params()
-        grow_with_optimizers(
-            pl_module,
-            model,
-            trainer.optimizers,
-            stage.sizes,
-            layer_positions=stage.layer_positions,
-            generator=torch.Generator().manual_seed(stage_seed(self.seed, index)),
-            new_moments=self.new_moments,
-            group_for_new=self.group_for_new,
-            param_order=self.param_order,
-            layout=lambda module: self._fresh_layout(trainer, pl_module),
-        )
+        generator = torch.Generator().manual_seed(stage_seed(self.seed, index))
+        surgery: dict[str, Any] = {
+            "layer_positions": stage.layer_positions,
+            "generator": generator,
+            "new_moments": self.new_moments,
+            "group_for_new": self.group_for_new,
+            "param_order": self.param_order,
+            "layout": lambda module: self._fresh_layout(trainer, pl_module),
+        }
+        if isinstance(trainer.strategy, GrowableModelParallelStrategy):
+            # configure_model: the module's own sharding policy, applied to the grown model
+            grow_sharded(
+                pl_module,
+                trainer.optimizers,
+                stage.sizes,
+                pl_module.configure_model,
+                model_attr=self.model_attr,
+                **surgery,
+            )
+            model = find_transformer(pl_module, self.model_attr)
+        else:
+            grow_with_optimizers(pl_module, model, trainer.optimizers, stage.sizes, **surgery)
         if isinstance(trainer.strategy, DDPStrategy):
             # The old wrapper fixed its parameter set when built: without a new one the
             # grown parameters are never all-reduced (or the step fails).

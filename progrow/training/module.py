@@ -125,6 +125,17 @@ class LMModule(L.LightningModule):
         self.log("compute/flops", self.flops)
         self.log("time/train_s", self.train_seconds)
 
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``: shard the Transformer with FSDP2 (each block,
+        then the whole model). Idempotent, as Lightning asks; the growth callback calls it
+        again to shard a grown model."""
+        mesh = self._device_mesh
+        if mesh is None:
+            return  # single device or DDP: nothing to shard
+        from progrow.training.fsdp import data_parallel_mesh, shard_transformer
+
+        shard_transformer(self.model, data_parallel_mesh(mesh))
+
     def configure_optimizers(self) -> Any:
         optimizer = build_adamw(self, self.optim_config)
         cfg = self.optim_config

@@ -1,0 +1,230 @@
+"""Growth under FSDP2 (``fully_shard``, Lightning's ``ModelParallelStrategy``).
+
+A sharded model cannot be grown in place: every parameter is a ``DTensor`` holding one
+shard per rank. :func:`grow_sharded` gathers the Transformer and its optimizer state into
+plain full tensors, runs the same growth and optimizer surgery as unsharded training
+(:func:`progrow.surgery.grow_with_optimizers`), shards the grown model again with the
+module's own policy (its ``configure_model``), and scatters the grown optimizer state onto
+the new shards in the live optimizer (so the LR scheduler stays attached). Every rank
+draws the same new values, so every rank ends with the same full parameters.
+
+:func:`shard_transformer` is the policy :class:`~progrow.training.LMModule` uses: each
+block is its own FSDP unit, then the whole Transformer (embeddings, final norm, head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.optimizer import _optimizers_to_device
+from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from progrow.model import Transformer
+from progrow.record import ExpansionRecord
+from progrow.surgery import grow_with_optimizers, param_names
+from progrow.training.architecture import find_transformer, restore_architecture, set_transformer
+
+State = dict[str, Any]
+
+
+def shard_transformer(model: Transformer, mesh: DeviceMesh | None = None, **options: Any) -> None:
+    """Shard ``model`` with FSDP2: each block, then the whole model (idempotent).
+
+    Args:
+        model: the Transformer (plain, or already sharded: then nothing happens).
+        mesh: the 1-D data-parallel mesh (default: all ranks).
+        options: further ``fully_shard`` keyword arguments (``mp_policy``, ...).
+    """
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if isinstance(model, FSDPModule):
+        return
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh, **options)
+    fully_shard(model, mesh=mesh, **options)
+
+
+def data_parallel_mesh(device_mesh: DeviceMesh) -> DeviceMesh:
+    """The mesh FSDP shards over: Lightning's ``data_parallel`` dimension.
+
+    Raises:
+        ValueError: a tensor-parallel size above 1 (the Transformer is not tensor-parallel).
+    """
+    names = device_mesh.mesh_dim_names or ()
+    if "tensor_parallel" in names and device_mesh["tensor_parallel"].size() > 1:
+        raise ValueError(
+            "ModelParallelStrategy has tensor_parallel_size="
+            f"{device_mesh['tensor_parallel'].size()}: progrow shards with FSDP only; set "
+            "data_parallel_size=<number of processes>, tensor_parallel_size=1"
+        )
+    return device_mesh["data_parallel"] if "data_parallel" in names else device_mesh
+
+
+def _full(value: Any) -> Any:
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def _shard_like(value: Any, param: Tensor) -> Any:
+    """``value`` (a full tensor of ``param``'s shape) sharded as ``param`` is."""
+    if isinstance(param, DTensor) and isinstance(value, Tensor) and value.shape == param.shape:
+        return distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+    return value
+
+
+def _gather_model(model: Transformer) -> Transformer:
+    """A plain Transformer with ``model``'s full parameters (on every rank)."""
+    full = {name: _full(p.detach()) for name, p in model.state_dict().items()}
+    ref = next(iter(full.values()))
+    with torch.device("meta"):
+        plain = Transformer(model.config)
+    plain.to_empty(device=ref.device).to(dtype=ref.dtype)
+    if model.config.tie_embeddings:
+        plain.lm_head.weight = plain.tok_emb.weight
+    plain.load_state_dict(full)
+    return plain.train(model.training)
+
+
+def _gather_optimizer(
+    optimizer: torch.optim.Optimizer, names: Mapping[int, str], plain: Mapping[str, Tensor]
+) -> torch.optim.Optimizer:
+    """A plain optimizer of the same class over ``plain`` params, with the full state.
+
+    The live optimizer's state is popped as it is gathered and its groups emptied, so the
+    old shards are freed while the full copies are built.
+    """
+    groups: list[dict[str, Any]] = []
+    states: dict[str, State] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in names or names[id(p)] not in plain:
+                raise ValueError(
+                    f"an optimizer holds a parameter of shape {tuple(p.shape)} outside the "
+                    "Transformer: growth under FSDP only carries the Transformer's parameters"
+                )
+            states[names[id(p)]] = {k: _full(v) for k, v in optimizer.state.pop(p, {}).items()}
+        groups.append({**group, "params": [plain[names[id(p)]] for p in group["params"]]})
+        group["params"] = []
+    gathered = type(optimizer)(groups)  # type: ignore[call-arg]  # Adam, AdamW, SGD: no defaults
+    for name, state in states.items():
+        if state:
+            gathered.state[plain[name]] = state
+    return gathered
+
+
+def _scatter_optimizer(
+    optimizer: torch.optim.Optimizer,
+    gathered: torch.optim.Optimizer,
+    names: Mapping[int, str],
+    sharded: Mapping[str, Tensor],
+) -> None:
+    """Point ``optimizer`` at the ``sharded`` params, with ``gathered``'s state as shards."""
+    optimizer.state.clear()
+    for group, full_group in zip(optimizer.param_groups, gathered.param_groups, strict=True):
+        group_names = [names[id(p)] for p in full_group["params"]]
+        group.update({k: v for k, v in full_group.items() if k != "params"})
+        group["params"] = [sharded[n] for n in group_names]
+        for name, p in zip(group_names, full_group["params"], strict=True):
+            state = gathered.state.pop(p, None)
+            if state:
+                optimizer.state[sharded[name]] = {
+                    k: _shard_like(v, sharded[name]) for k, v in state.items()
+                }
+
+
+def grow_sharded(
+    module: nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer],
+    sizes: Mapping[str, int],
+    reshard: Callable[[], None],
+    *,
+    model_attr: str = "model",
+    **options: Any,
+) -> ExpansionRecord:
+    """Grow the FSDP2-sharded Transformer at ``module.<model_attr>`` and its optimizers.
+
+    Gather (full tensors on every rank), grow and carry the optimizers exactly as
+    unsharded training does, put the plain grown model in place, call ``reshard()``
+    (which must shard ``module.<model_attr>`` again, e.g. the module's ``configure_model``),
+    then move the grown state onto the new shards. Every rank must call this together.
+    ``options`` are :func:`~progrow.surgery.grow_with_optimizers`'s (``layer_positions``,
+    ``generator``, ``new_moments``, ``layout``, ...).
+
+    Returns:
+        The expansion record (names relative to the Transformer).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded_model = find_transformer(module, model_attr)
+    for sub in sharded_model.modules():
+        if isinstance(sub, FSDPModule):
+            # A forward without backward (the probe loss) leaves the root unit's parameters
+            # unsharded; the optimizer holds the sharded ones.
+            sub.reshard()
+    old_names = param_names(module)
+    plain = _gather_model(sharded_model)
+    set_transformer(module, model_attr, plain)
+    del sharded_model  # the old shards are freed once the optimizers let go of them too
+    plain_params = dict(module.named_parameters())
+    gathered = [_gather_optimizer(opt, old_names, plain_params) for opt in optimizers]
+    record = grow_with_optimizers(module, plain, gathered, sizes, **options)
+    full_names = param_names(module)
+    reshard()
+    if not isinstance(next(find_transformer(module, model_attr).parameters()), DTensor):
+        raise RuntimeError("reshard() left the grown Transformer unsharded")
+    sharded = dict(module.named_parameters())
+    for optimizer, full in zip(optimizers, gathered, strict=True):
+        _scatter_optimizer(optimizer, full, full_names, sharded)
+    return record
+
+
+def rebuild_for_checkpoint(module: nn.Module, path: Path, model_attr: str = "model") -> bool:
+    """Give ``module`` the (grown) architecture stored with the checkpoint at ``path``.
+
+    Reads only the metadata of a distributed checkpoint (a folder); a full checkpoint file
+    is memory-mapped. Returns whether the module was rebuilt (then unsharded).
+    """
+    if path.is_dir():
+        checkpoint = torch.load(path / "meta.pt", map_location="cpu", weights_only=False)
+    else:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    return restore_architecture(module, checkpoint, model_attr)
+
+
+class GrowableModelParallelStrategy(ModelParallelStrategy):
+    """Lightning's ``ModelParallelStrategy`` (FSDP2), able to resume grown checkpoints.
+
+    Sharded strategies load a checkpoint into the model that ``configure_model`` already
+    sharded, and load it after setup. A checkpoint written after growth has larger shapes
+    than the module's ``__init__`` builds, so before loading, this strategy rebuilds the
+    checkpoint's architecture, shards it with the module's ``configure_model`` and sets up
+    the optimizers over it again (their state and the LR schedulers load afterwards, as
+    usual). Use it with :class:`~progrow.GrowthCallback`; everything else is
+    ``ModelParallelStrategy``'s.
+
+    Args:
+        model_attr: where the module keeps its Transformer.
+        kwargs: ``ModelParallelStrategy`` arguments (``data_parallel_size``,
+            ``tensor_parallel_size=1``, ``save_distributed_checkpoint``, ``timeout``, ...).
+    """
+
+    def __init__(self, *args: Any, model_attr: str = "model", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.model_attr = model_attr
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
+        path = Path(self.broadcast(checkpoint_path))
+        module = self.lightning_module
+        if module is not None and rebuild_for_checkpoint(module, path, self.model_attr):
+            module.configure_model()
+            trainer = module.trainer
+            if trainer.state.fn == TrainerFn.FITTING:
+                self.setup_optimizers(trainer)
+                _optimizers_to_device(self.optimizers, self.root_device)
+        return super().load_checkpoint(checkpoint_path, weights_only=weights_only)

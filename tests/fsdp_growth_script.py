@@ -1,0 +1,110 @@
+"""Run by tests/test_fsdp.py: growth under FSDP2 (ModelParallelStrategy, CPU, gloo, 2
+processes), then exact resume from sharded and full checkpoints.
+
+Several fits run in the same two processes (Lightning re-executes this script for rank 1
+at the first fit; later fits reuse the process group). Each rank writes what it saw to
+``OUT/rank{r}.pt``: the full parameters after each growth and at the end of every run, the
+growth events, and how the grown parameters are sharded.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.distributed.tensor import DTensor
+
+from progrow.training.fsdp import GrowableModelParallelStrategy
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lit_utils import datamodule, growth, lm_module
+
+MAX_STEPS = 12  # stages at steps 4 and 8 (lit_utils.TWO_STAGES)
+
+
+def full_params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter gathered to a full tensor (a collective: all ranks call it)."""
+    return {
+        k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
+        for k, v in module.state_dict().items()
+    }
+
+
+class AfterGrowth(L.Callback):
+    """Gathers the full parameters right after each growth (runs after GrowthCallback)."""
+
+    def __init__(self) -> None:
+        self.params: dict[int, dict[str, torch.Tensor]] = {}
+        self.local: dict[str, tuple[int, int]] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, i: int) -> None:
+        if trainer.global_step in (4, 8) and trainer.global_step not in self.params:
+            self.params[trainer.global_step] = full_params(pl_module)
+            self.local = {
+                name: (p.to_local().numel(), p.numel())
+                for name, p in pl_module.named_parameters()
+                if isinstance(p, DTensor)
+            }
+
+
+def fit(out: Path, name: str, *, distributed: bool, ckpt_path: Path | None = None) -> dict:
+    strategy = GrowableModelParallelStrategy(
+        data_parallel_size=2,
+        tensor_parallel_size=1,
+        save_distributed_checkpoint=distributed,
+        timeout=timedelta(seconds=60),  # a rank that never joins fails fast
+    )
+    after = AfterGrowth()
+    cb = growth()
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=out / name, every_n_train_steps=2, save_top_k=-1, filename="{step}"
+    )
+    trainer = L.Trainer(
+        max_steps=MAX_STEPS,
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        callbacks=[cb, after, ckpt],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    module = lm_module(MAX_STEPS, seed=0 if ckpt_path is None else 123)
+    trainer.fit(
+        module,
+        datamodule=datamodule(out / "cache"),
+        ckpt_path=None if ckpt_path is None else str(ckpt_path),
+    )
+    return {
+        "final": full_params(module),
+        "after_growth": after.params,
+        "local": after.local,
+        "events": cb.events,
+        "config": module.model.config.to_dict(),
+    }
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    runs = {"full_run": fit(out, "sharded", distributed=True)}
+    for step in (2, 6, 10):  # before, between and after the two stages
+        runs[f"sharded_{step}"] = fit(
+            out, f"resume{step}", distributed=True, ckpt_path=out / "sharded" / f"step={step}.ckpt"
+        )
+    runs["full_format"] = fit(out, "fullfmt", distributed=False)
+    runs["full_6"] = fit(
+        out, "resume_full", distributed=False, ckpt_path=out / "fullfmt" / "step=6.ckpt"
+    )
+    rank = torch.distributed.get_rank()
+    torch.save(runs, out / f"rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,75 @@
+"""Growth under FSDP2 (GrowableModelParallelStrategy) on CPU: 2 gloo processes, one run
+of several fits (tests/fsdp_growth_script.py).
+
+Checks: every rank holds bitwise the same full parameters right after each growth and at
+the end; the grown parameters are really sharded; the probe loss is preserved; resuming
+from a sharded (distributed) checkpoint before, between and after the growth stages, and
+from a full checkpoint, ends bitwise where the uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).parent / "fsdp_growth_script.py"
+TIMEOUT_S = 300
+RUNS = ("full_run", "sharded_2", "sharded_6", "sharded_10", "full_format", "full_6")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out = tmp_path_factory.mktemp("fsdp")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    # A new session, so a hang is ended by killing the whole process group (both ranks).
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"FSDP run did not finish in {TIMEOUT_S} s (killed its process group)")
+    assert proc.returncode == 0, output.decode()[-4000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for key in a:
+        assert a[key].shape == b[key].shape and torch.equal(a[key], b[key]), f"{what}: {key}"
+
+
+def test_growth_under_fsdp_keeps_ranks_identical_and_sharded(ranks: list[dict]) -> None:
+    run0, run1 = ranks[0]["full_run"], ranks[1]["full_run"]
+    for step in (4, 8):
+        assert_same(run0["after_growth"][step], run1["after_growth"][step], f"step {step}")
+    assert_same(run0["final"], run1["final"], "final")
+    assert run0["config"]["n_layers"] == 3 and run0["config"]["d_model"] == 12
+    assert [e["step"] for e in run0["events"]] == [4, 8]
+    assert all(abs(e["loss_delta"]) <= 1e-5 for e in run0["events"])
+    # The grown model is sharded again: the ranks' pieces of every tensor add up to it.
+    local0, local1 = (rank["full_run"]["local"] for rank in ranks)
+    assert "model.blocks.2.mlp.fc.weight" in local0  # a layer added by growth
+    assert local0.keys() == local1.keys()
+    for name, (own, full) in local0.items():
+        assert 0 < own < full and own + local1[name][0] == full, name
+
+
+@pytest.mark.parametrize("run", RUNS[1:])
+def test_resume_under_fsdp_is_bitwise_exact(ranks: list[dict], run: str) -> None:
+    expected = ranks[0]["full_run"]["final"]
+    for rank in ranks:
+        assert_same(rank[run]["final"], expected, run)
+        assert [e["step"] for e in rank[run]["events"]] == [4, 8]
