@@ -26,10 +26,12 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from progrow.config import TransformerConfig
 from progrow.model import Transformer
+from progrow.offline import CHECKPOINT_KEY, checkpoint_config
 from progrow.record import ExpansionRecord
 from progrow.surgery import grow_with_optimizers, param_names
-from progrow.training.architecture import find_transformer, restore_architecture, set_transformer
+from progrow.training.architecture import find_transformer
 
 State = dict[str, Any]
 
@@ -78,15 +80,30 @@ def _shard_like(value: Any, param: Tensor) -> Any:
     return value
 
 
+def _empty_transformer(
+    config: TransformerConfig, device: torch.device, dtype: torch.dtype
+) -> Transformer:
+    """A plain Transformer of ``config``, uninitialized, on ``device`` in ``dtype`` (built
+    on meta: nothing is drawn from the global random stream)."""
+    with torch.device("meta"):
+        plain = Transformer(config)
+    plain.to_empty(device=device).to(dtype=dtype)
+    if config.tie_embeddings:
+        plain.lm_head.weight = plain.tok_emb.weight
+    return plain
+
+
+def _set_transformer(module: nn.Module, attr: str, model: Transformer) -> None:
+    parent_path, _, leaf = attr.rpartition(".")
+    parent = module.get_submodule(parent_path) if parent_path else module
+    setattr(parent, leaf, model)
+
+
 def _gather_model(model: Transformer) -> Transformer:
     """A plain Transformer with ``model``'s full parameters (on every rank)."""
     full = {name: _full(p.detach()) for name, p in model.state_dict().items()}
-    ref = next(iter(full.values()))
-    with torch.device("meta"):
-        plain = Transformer(model.config)
-    plain.to_empty(device=ref.device).to(dtype=ref.dtype)
-    if model.config.tie_embeddings:
-        plain.lm_head.weight = plain.tok_emb.weight
+    ref = next(model.parameters())
+    plain = _empty_transformer(model.config, ref.device, ref.dtype)
     plain.load_state_dict(full)
     return plain.train(model.training)
 
@@ -169,7 +186,7 @@ def grow_sharded(
             sub.reshard()
     old_names = param_names(module)
     plain = _gather_model(sharded_model)
-    set_transformer(module, model_attr, plain)
+    _set_transformer(module, model_attr, plain)
     del sharded_model  # the old shards are freed once the optimizers let go of them too
     plain_params = dict(module.named_parameters())
     gathered = [_gather_optimizer(opt, old_names, plain_params) for opt in optimizers]
@@ -188,13 +205,20 @@ def rebuild_for_checkpoint(module: nn.Module, path: Path, model_attr: str = "mod
     """Give ``module`` the (grown) architecture stored with the checkpoint at ``path``.
 
     Reads only the metadata of a distributed checkpoint (a folder); a full checkpoint file
-    is memory-mapped. Returns whether the module was rebuilt (then unsharded).
+    is memory-mapped. If the architecture differs, ``module.<model_attr>`` becomes a new
+    plain (unsharded, uninitialized) Transformer of it; returns whether that happened.
     """
-    if path.is_dir():
-        checkpoint = torch.load(path / "meta.pt", map_location="cpu", weights_only=False)
-    else:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    return restore_architecture(module, checkpoint, model_attr)
+    meta = path / "meta.pt" if path.is_dir() else path
+    checkpoint = torch.load(meta, map_location="cpu", mmap=not path.is_dir(), weights_only=False)
+    if CHECKPOINT_KEY not in checkpoint:
+        return False  # not written by progrow: load as it is
+    config = checkpoint_config(checkpoint)
+    current = find_transformer(module, model_attr)
+    if config == current.config:
+        return False
+    ref = next(current.parameters())
+    _set_transformer(module, model_attr, _empty_transformer(config, ref.device, ref.dtype))
+    return True
 
 
 class GrowableModelParallelStrategy(ModelParallelStrategy):
