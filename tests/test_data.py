@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -397,6 +398,72 @@ def test_hf_with_stand_ins_tokenizes_joins_with_eos_and_caches(tmp_path: Path) -
         "hf", "fake/set", seq_len=8, batch_size=2, val_batches=2, load_dataset_fn=load, **kwargs
     )
     assert dm.vocab_size == 300 and dm.batch_at(0).max() < 300
+
+
+class DictTokenizer:
+    """A stand-in with a fixed character vocabulary: unknown characters raise KeyError,
+    as a dict-based tokenizer's would."""
+
+    eos_token_id = 0
+    vocab_size = 300
+
+    def __init__(self, shift: int) -> None:
+        self.ids = {c: 1 + (ord(c) + shift) % 299 for c in map(chr, [9, 10, *range(32, 127)])}
+
+    def encode(self, text: str) -> list[int]:
+        return [self.ids[c] for c in text]
+
+
+def test_hf_cache_tells_apart_two_tokenizers_of_one_class(tmp_path: Path) -> None:
+    """Neither stand-in encodes the whole probe text (it has non-ASCII characters), yet
+    their ids differ: each gets its own cache entry and its own tokens."""
+    data = {"train": _rows(20), "validation": _rows(25, 20)}
+    kwargs: dict[str, Any] = {"cache_dir": tmp_path, "load_dataset_fn": lambda p, c: data}
+    first = load_hf("x", tokenizer=DictTokenizer(0), **kwargs)
+    second = load_hf("x", tokenizer=DictTokenizer(7), **kwargs)
+    assert first.built and second.built and first.fingerprint != second.fingerprint
+    text = data["train"][0]["text"]
+    assert second.train[: len(text)].tolist() == DictTokenizer(7).encode(text)
+    assert not load_hf("x", tokenizer=DictTokenizer(7), **kwargs).built  # same: cached
+
+
+class StreamedRows:
+    """Rows made on demand. ``lead`` is the most rows of one pass made ahead of the texts
+    encoded in it (a loader that lists a split first has made them all)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.made, self.encoded, self.lead = n, 0, 0, 0
+        self.reading = False
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        self.made = self.encoded = 0
+        self.reading = True
+        for i in range(self.n):
+            self.made += 1
+            yield {"text": f"row {i} " + "abc" * (i % 5)}
+        self.reading = False
+
+
+def test_hf_rows_are_streamed_not_listed(tmp_path: Path) -> None:
+    from progrow.data.hf import _ENCODE_BATCH
+
+    rows = StreamedRows(3 * _ENCODE_BATCH + 5)
+
+    class Watching(CharTokenizer):
+        def encode(self, text: str) -> list[int]:
+            if rows.reading:  # encoding this split's texts, not a probe or the other split
+                rows.encoded += 1
+                rows.lead = max(rows.lead, rows.made - rows.encoded)
+            return super().encode(text)
+
+    def load(path: str, config: str | None) -> Any:
+        return {"train": rows, "validation": _rows(10)}
+
+    corpus = load_hf("x", tokenizer=Watching(), cache_dir=tmp_path, load_dataset_fn=load)
+    assert corpus.train_tokens == sum(len(r["text"]) + 1 for r in StreamedRows(rows.n))
+    # Rows are read at most one encoding batch ahead of the tokenizer.
+    assert rows.lead > 0, "every row was read before the first one was encoded"
+    assert rows.lead <= _ENCODE_BATCH, rows.lead
 
 
 def test_hf_missing_extra_names_the_install_command() -> None:

@@ -2,17 +2,23 @@
 
 Both libraries are the optional extra ``progrow[hf]`` and are imported only when used.
 Loading is injectable (``load_dataset_fn``, a tokenizer object), so the whole path runs
-with plain Python stand-ins: any mapping of split name to an iterable of row mappings, and
-any object with ``encode(text) -> list[int]`` and ``eos_token_id``.
+with plain Python stand-ins: any mapping of split name to a re-iterable of row mappings,
+and any object with ``encode(text) -> list[int]`` and ``eos_token_id``.
+
+Rows are streamed: a split is read row by row (at most one batch of texts is held at a
+time), once to identify its content when the dataset has no fingerprint of its own, and
+once more to tokenize it on a cache miss. Nothing scales with the dataset's size but the
+token files on disk.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import itertools
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -23,6 +29,8 @@ from progrow.data.corpus import DEFAULT_VAL_FRACTION, Corpus, corpus_from_entry,
 
 _ENCODE_BATCH = 256
 _PROBE_TEXT = "progrow tokenizer probe: The quick brown fox, 1234567890 \u00e9\u4e2d\n\tdef f(x):"
+#: What a tokenizer may raise for a character it cannot encode (a stand-in's dict lookup).
+_UNENCODABLE = (KeyError, ValueError, IndexError, UnicodeError)
 
 
 class Tokenizer(Protocol):
@@ -91,17 +99,42 @@ def _eos(tokenizer: Any) -> int:
     raise ValueError("data.tokenizer has neither an eos_token_id nor a sep_token_id")
 
 
+def _probe_ids(tokenizer: Any) -> list[Any]:
+    """The ids of the probe text, then of each of its characters alone (``None`` where
+    the tokenizer cannot encode one): two tokenizers that differ on any of them get
+    different cache entries, also when neither covers every probe character."""
+    try:
+        whole: Any = [int(i) for i in tokenizer.encode(_PROBE_TEXT)]
+    except _UNENCODABLE:
+        whole = None
+    chars: list[Any] = []
+    for char in dict.fromkeys(_PROBE_TEXT):
+        try:
+            chars.append([int(i) for i in tokenizer.encode(char)])
+        except _UNENCODABLE:
+            chars.append(None)
+    return [whole, chars]
+
+
 def _tokenizer_id(tokenizer: Any) -> str:
-    """What identifies a tokenizer's behaviour, independent of where it was loaded from."""
+    """What identifies a tokenizer's behaviour, independent of where it was loaded from.
+
+    A fast tokenizer's full definition (vocabulary, merges, normalizers); otherwise its
+    class, its vocabulary if it exposes one (``get_vocab()``) and its ids for a probe
+    text and for each of the probe's characters.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "to_str"):
-        # A fast tokenizer's full definition (vocabulary, merges, normalizers) as JSON.
         return "json:" + hashlib.sha256(backend.to_str().encode("utf-8")).hexdigest()
-    try:
-        probe = [int(i) for i in tokenizer.encode(_PROBE_TEXT)]
-    except Exception:  # a stand-in tokenizer may not cover every probe character
-        probe = None
-    return f"{type(tokenizer).__qualname__}:probe:{probe}"
+    parts: dict[str, Any] = {
+        "class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}"
+    }
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if callable(get_vocab):
+        vocab = sorted((str(k), int(v)) for k, v in get_vocab().items())
+        parts["vocab"] = hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
+    parts["probe"] = _probe_ids(tokenizer)
+    return "probe:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def _texts(rows: Iterable[Any], column: str, split: str) -> Iterable[str]:
@@ -124,22 +157,39 @@ def _split(data: Any, name: str, field: str) -> Any:
     return data[name]
 
 
-def _limited(texts: Iterable[str], max_bytes: int | None) -> list[str]:
-    kept, total = [], 0
-    for text in texts:
-        if max_bytes is not None and total >= max_bytes:
-            break
-        kept.append(text)
-        total += len(text.encode("utf-8"))
-    return kept
+TextStream = Callable[[], Iterator[str]]
+"""A zero-argument function giving a fresh iterator over one split's texts."""
 
 
-def _content_id(split: Any, texts: Sequence[str]) -> str:
+def _stream(
+    rows: Any,
+    column: str,
+    split: str,
+    keep: Callable[[int], bool] | None,
+    max_bytes: int | None,
+) -> TextStream:
+    """The texts of ``rows`` (re-iterable) whose row number ``keep`` accepts, until about
+    ``max_bytes`` UTF-8 bytes, read lazily each time the stream is started."""
+
+    def texts() -> Iterator[str]:
+        total = 0
+        for i, text in enumerate(_texts(rows, column, split)):
+            if keep is not None and not keep(i):
+                continue
+            if max_bytes is not None and total >= max_bytes:
+                return
+            total += len(text.encode("utf-8"))
+            yield text
+
+    return texts
+
+
+def _content_id(split: Any, texts: TextStream) -> str:
     own = getattr(split, "_fingerprint", None)  # datasets' content-derived fingerprint
     if isinstance(own, str):
         return "datasets:" + own
     digest = hashlib.sha256()
-    for text in texts:
+    for text in texts():
         digest.update(text.encode("utf-8"))
         digest.update(b"\0")
     return "sha256:" + digest.hexdigest()
@@ -186,23 +236,23 @@ def load_hf(
     eos, vocab = _eos(tok), _vocab_size(tok)
 
     train_rows = _split(data, train_split, "data.train_split")
-    if val_split is None:
-        rows = list(_texts(train_rows, text_column, train_split))
-        is_val = [hash_unit(str(i), "progrow-row:") < val_fraction for i in range(len(rows))]
-        train_texts = [t for t, v in zip(rows, is_val, strict=True) if not v]
-        val_texts = [t for t, v in zip(rows, is_val, strict=True) if v]
-        val_rows = train_rows
-    else:
-        val_rows = _split(data, val_split, "data.val_split")
-        train_texts = list(_texts(train_rows, text_column, train_split))
-        val_texts = list(_texts(val_rows, text_column, val_split))
+    val_budget = train_budget = None
     if max_bytes is not None:
         val_budget = max(1, round(max_bytes * val_fraction))
-        train_texts = _limited(train_texts, max(1, max_bytes - val_budget))
-        val_texts = _limited(val_texts, val_budget)
-    for name, texts in (("train", train_texts), ("validation", val_texts)):
-        if not any(texts):
-            raise ValueError(f"data.path={path!r}: the {name} split has no text")
+        train_budget = max(1, max_bytes - val_budget)
+    if val_split is None:
+
+        def is_val(i: int) -> bool:
+            return hash_unit(str(i), "progrow-row:") < val_fraction
+
+        val_rows = train_rows
+        train_texts = _stream(train_rows, text_column, train_split, lambda i: not is_val(i),
+                              train_budget)  # fmt: skip
+        val_texts = _stream(train_rows, text_column, train_split, is_val, val_budget)
+    else:
+        val_rows = _split(data, val_split, "data.val_split")
+        train_texts = _stream(train_rows, text_column, train_split, None, train_budget)
+        val_texts = _stream(val_rows, text_column, val_split, None, val_budget)
 
     header = {
         "format": "progrow-hf-v1",
@@ -224,8 +274,8 @@ def load_hf(
     if opened is None:
         dtype = token_dtype(vocab)
         writers = {
-            "train": _token_writer(tok, train_texts, eos, vocab, dtype),
-            "val": _token_writer(tok, val_texts, eos, vocab, dtype),
+            "train": _token_writer(tok, train_texts, eos, vocab, dtype, f"{path!r}: the train"),
+            "val": _token_writer(tok, val_texts, eos, vocab, dtype, f"{path!r}: the validation"),
         }
         meta = {**header, "fingerprint": fingerprint, "vocab_size": vocab, "eos_id": eos}
         opened = write_entry(entry, dtype, writers, meta)
@@ -233,12 +283,16 @@ def load_hf(
 
 
 def _token_writer(
-    tokenizer: Any, texts: Sequence[str], eos: int, vocab: int, dtype: np.dtype[Any]
+    tokenizer: Any, texts: TextStream, eos: int, vocab: int, dtype: np.dtype[Any], what: str
 ) -> Callable[[BinaryIO], int]:
+    """Tokenize the stream batch by batch into ``f``; refuse a split without text."""
+
     def write(f: BinaryIO) -> int:
-        count = 0
-        for lo in range(0, len(texts), _ENCODE_BATCH):
-            for ids in _encode_all(tokenizer, texts[lo : lo + _ENCODE_BATCH]):
+        count, chars = 0, 0
+        stream = texts()
+        while batch := list(itertools.islice(stream, _ENCODE_BATCH)):
+            chars += sum(len(t) for t in batch)
+            for ids in _encode_all(tokenizer, batch):
                 arr = np.asarray([*ids, eos], dtype=np.int64)
                 if arr.min() < 0 or arr.max() >= vocab:
                     raise ValueError(
@@ -247,6 +301,8 @@ def _token_writer(
                     )
                 arr.astype(dtype).tofile(f)
                 count += arr.size
+        if not chars:
+            raise ValueError(f"data.path={what} split has no text")
         return count
 
     return write
