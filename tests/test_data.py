@@ -352,7 +352,7 @@ def test_datamodule_standalone_probe_and_rank(tmp_path: Path) -> None:
 class CharTokenizer:
     """A stand-in tokenizer: one id per character, ids 1..299, EOS 0."""
 
-    eos_token_id = 0
+    eos_token_id: int | None = 0
     vocab_size = 300
 
     def encode(self, text: str) -> list[int]:
@@ -404,7 +404,7 @@ class DictTokenizer:
     """A stand-in with a fixed character vocabulary: unknown characters raise KeyError,
     as a dict-based tokenizer's would."""
 
-    eos_token_id = 0
+    eos_token_id: int | None = 0
     vocab_size = 300
 
     def __init__(self, shift: int) -> None:
