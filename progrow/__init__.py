@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from progrow import _versions  # noqa: F401  (first: refuses a torch older than the floor)
 from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.expand import (
     add_heads,

@@ -1,0 +1,46 @@
+"""The oldest torch progrow runs on, checked when progrow is imported.
+
+The floor is what the code needs, not a guess: ``DataLoader(in_order=...)`` (the
+resumable training stream, :mod:`progrow.data.batches`) exists from torch 2.6 on. The
+test suite runs on the versions the Makefile installs (torch 2.13, lightning 2.6);
+``pyproject.toml`` declares the same floors (tests/test_versions.py keeps them in step).
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Oldest supported torch (major, minor): ``DataLoader(in_order=...)``.
+MIN_TORCH = (2, 6)
+
+
+def parse_version(version: str) -> tuple[int, int]:
+    """``"2.6.0+cu124"`` -> ``(2, 6)``.
+
+    Example:
+        >>> parse_version("2.13.0+cpu"), parse_version("2.6.0a0+git1234")
+        ((2, 13), (2, 6))
+    """
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if not match:
+        raise ValueError(f"cannot read a version from {version!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def check_torch(version: str) -> None:
+    """Raise ImportError, naming both versions, if ``version`` is older than the floor."""
+    if parse_version(version) < MIN_TORCH:
+        floor = ".".join(map(str, MIN_TORCH))
+        raise ImportError(
+            f"progrow needs torch>={floor} (DataLoader(in_order=...)); this environment has "
+            f"torch {version}. Install a newer torch for your platform (pytorch.org)."
+        )
+
+
+def _check_installed() -> None:
+    import torch
+
+    check_torch(torch.__version__)
+
+
+_check_installed()
