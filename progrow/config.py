@@ -14,8 +14,18 @@ Positions = Literal["learned", "rope"]
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "gelu_tanh", "silu")
 POSITIONS: tuple[str, ...] = ("learned", "rope")
 
-#: The six growable dimensions, in the order :func:`progrow.grow` applies them.
-GROWABLE_DIMS: tuple[str, ...] = ("d_mlp", "n_heads", "d_v", "d_qk", "d_model", "n_layers")
+#: The seven growable dimensions, in the order :func:`progrow.grow` applies them. KV heads
+#: come before query heads: growing ``n_kv_heads`` adds whole groups (KV heads with their
+#: query heads), then ``n_heads`` fills the groups up to its target.
+GROWABLE_DIMS: tuple[str, ...] = (
+    "d_mlp",
+    "n_kv_heads",
+    "n_heads",
+    "d_v",
+    "d_qk",
+    "d_model",
+    "n_layers",
+)
 
 
 def check_positive_int(field: str, value: Any) -> int:
@@ -97,7 +107,8 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_seq_len", *GROWABLE_DIMS):
-            check_positive_int(name, getattr(self, name))
+            if name != "n_kv_heads":  # None allowed, see _check_kv_heads
+                check_positive_int(name, getattr(self, name))
         self._check_kv_heads()
         if not _is_number(self.norm_eps):
             raise ValueError(f"norm_eps must be a number, got {self.norm_eps!r}")
@@ -165,8 +176,10 @@ class TransformerConfig:
         return self.n_heads // self.kv_heads
 
     def sizes(self) -> dict[str, int]:
-        """The six growable sizes as a dict."""
-        return {name: getattr(self, name) for name in GROWABLE_DIMS}
+        """The seven growable sizes as a dict (``n_kv_heads`` as used: :attr:`kv_heads`)."""
+        sizes = {name: getattr(self, name) for name in GROWABLE_DIMS}
+        sizes["n_kv_heads"] = self.kv_heads
+        return sizes
 
     def replace(self, **changes: Any) -> TransformerConfig:
         """A copy with ``changes`` applied (validated)."""

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig
+from progrow.expand.plan import grown_config
 
 
 def matmul_params(config: TransformerConfig) -> int:
@@ -103,8 +104,9 @@ def steps_for_budget(
                 "increasing, to size a run by its compute budget"
             )
         shares.append((fraction - start_fraction, config))
-        sizes = {k: v for k, v in stage.items() if k in GROWABLE_DIMS}
-        config, start_fraction = config.replace(**sizes), fraction
+        sizes = {k: v for k, v in stage.items() if k in GROWABLE_DIMS and v is not None}
+        # The config the expansions will produce (growing n_kv_heads adds query heads too).
+        config, start_fraction = grown_config(config, sizes), fraction
     shares.append((1.0 - start_fraction, config))
     per_step = sum(
         share * train_flops_per_token(cfg, seq_len) * tokens_per_step for share, cfg in shares

@@ -98,48 +98,50 @@ class GrowthSchedule:
     def __getitem__(self, i: int) -> GrowthStage:
         return self.stages[i]
 
+    def final_config(self, start: TransformerConfig) -> TransformerConfig:
+        """The config after every stage, starting from ``start`` (stages validated)."""
+        from progrow.expand.plan import grown_config
+
+        config = start
+        for i, stage in enumerate(self.stages):
+            try:
+                config = grown_config(config, stage.sizes)
+            except ValueError as err:
+                raise ValueError(f"growth stage {i}: {err}") from None
+        return config
+
     def final_sizes(self, start: TransformerConfig) -> dict[str, int]:
         """The sizes after every stage, starting from ``start``."""
-        sizes = start.sizes()
-        for stage in self.stages:
-            sizes.update(stage.sizes)
-        return sizes
+        return self.final_config(start).sizes()
 
     def validate_for(self, config: TransformerConfig, max_steps: int | None = None) -> None:
         """Check the stages against a starting model and the run length.
 
         Raises ``ValueError`` naming the stage and field for a target below the model's
-        current size, a hidden expansion of a LayerNorm model, bad layer positions, or a
-        step at or past ``max_steps`` (the growth would never happen).
+        current size, a hidden expansion of a LayerNorm model, query heads the KV heads
+        cannot group, an odd ``d_qk`` under RoPE, bad layer positions, or a step at or past
+        ``max_steps`` (the growth would never happen). The same validator as
+        :func:`progrow.grow`'s, applied stage by stage to the config each stage produces.
         """
         from progrow.expand.layers import new_layer_positions
+        from progrow.expand.plan import grown_config
 
-        sizes = config.sizes()
         for i, stage in enumerate(self.stages):
             if max_steps is not None and max_steps >= 0 and stage.step >= max_steps:
                 raise ValueError(
                     f"growth stage {i}: step={stage.step} is past the end of training "
                     f"(max_steps={max_steps})"
                 )
-            for dim, size in stage.sizes.items():
-                if size < sizes[dim]:
-                    raise ValueError(
-                        f"growth stage {i}: {dim}={size} is below the model's {dim}={sizes[dim]}"
-                    )
-            grows_hidden = stage.sizes.get("d_model", sizes["d_model"]) > sizes["d_model"]
-            if grows_hidden and config.norm != "rmsnorm":
-                raise ValueError(
-                    f"growth stage {i}: d_model={stage.sizes['d_model']} needs "
-                    f"norm='rmsnorm' (the model has norm={config.norm!r}: LayerNorm's "
-                    "mean-centring is not preserved by hidden expansion)"
-                )
-            if stage.sizes.get("n_layers", sizes["n_layers"]) > sizes["n_layers"]:
-                lp = stage.layer_positions
+            try:
+                grown = grown_config(config, stage.sizes)
+            except ValueError as err:
+                raise ValueError(f"growth stage {i}: {err}") from None
+            if grown.n_layers > config.n_layers:
                 try:
-                    new_layer_positions(sizes["n_layers"], stage.sizes["n_layers"], lp)
+                    new_layer_positions(config.n_layers, grown.n_layers, stage.layer_positions)
                 except ValueError as err:
                     raise ValueError(f"growth stage {i}: layer_positions: {err}") from None
-            sizes.update(stage.sizes)
+            config = grown
 
     def to_list(self) -> list[dict[str, Any]]:
         """Plain form (for logs and checkpoints); ``GrowthSchedule(s.to_list())`` rebuilds it."""

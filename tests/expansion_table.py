@@ -1,9 +1,12 @@
-"""The registry of expansions that every expansion-related test is parametrized over.
+"""The registry of expansions and model variants that every expansion-related test is
+parametrized over.
 
-One :class:`ExpansionCase` per way of growing a model: the six expansions, plus the other
-insertion modes of ``add_layers``. Later test files (optimizer surgery, the growth
-callback, resume) import ``EXPANSIONS`` / ``ALL_CASES`` from here so that a new
-expansion, or a new variant, is tested everywhere by adding one row.
+One :class:`ExpansionCase` per way of growing a model: the seven expansions, plus the
+other insertion modes of ``add_layers`` and an integer-factor key/query growth (the RoPE
+layout that keeps Hugging Face's frequency table). ``BLOCK_VARIANTS`` are the decoder
+block families (Llama-style, GPT-2-style, ...) the expansions must be exact on. Later
+test files (optimizer surgery, the growth callback, resume) import from here so that a
+new expansion, or a new variant, is tested everywhere by adding one row.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from progrow import (
     add_heads,
     add_layers,
     expand_hidden,
+    expand_kv_heads,
     expand_mlp,
     expand_qk,
     expand_value,
@@ -54,6 +58,10 @@ class ExpansionCase:
     def needs_rmsnorm(self) -> bool:
         return self.dim == "d_model"
 
+    def applies_to(self, config: TransformerConfig) -> bool:
+        """Whether this expansion is defined for ``config`` (hidden growth needs RMSNorm)."""
+        return config.norm == "rmsnorm" or not self.needs_rmsnorm
+
     def apply(
         self, model: Transformer, generator: torch.Generator | None = None
     ) -> ExpansionRecord:
@@ -68,13 +76,22 @@ class ExpansionCase:
         return self.name
 
 
-_NEW_LAYER = {
+_NEW_HEAD = {
     "attn.q.weight": "fresh",
     "attn.k.weight": "fresh",
     "attn.v.weight": "fresh",
     "attn.o.weight": "zero",
+    "attn.q.bias": "free",
+    "attn.k.bias": "free",
+    "attn.v.bias": "free",
+}
+_NEW_LAYER = {
+    **_NEW_HEAD,
+    "attn.o.bias": "zero",
     "mlp.fc.weight": "fresh",
     "mlp.fc.bias": "free",
+    "mlp.gate.weight": "fresh",
+    "mlp.gate.bias": "free",
     "mlp.proj.weight": "zero",
     "mlp.proj.bias": "zero",
     "norm_attn.weight": "free",
@@ -100,33 +117,54 @@ MLP = ExpansionCase(
     expand_mlp,
     "d_mlp",
     lambda c: 2 * c.d_mlp + 1,
-    new_blocks={"mlp.fc.weight": "fresh", "mlp.fc.bias": "free", "mlp.proj.weight": "zero"},
+    new_blocks={
+        "mlp.fc.weight": "fresh",
+        "mlp.fc.bias": "free",
+        "mlp.gate.weight": "fresh",
+        "mlp.gate.bias": "free",
+        "mlp.proj.weight": "zero",
+    },
+)
+KV_HEADS = ExpansionCase(
+    "n_kv_heads",
+    expand_kv_heads,
+    "n_kv_heads",
+    lambda c: c.kv_heads + 2,
+    new_blocks=_NEW_HEAD,
 )
 HEADS = ExpansionCase(
     "n_heads",
     add_heads,
     "n_heads",
-    lambda c: c.n_heads + 2,
-    new_blocks={
-        "attn.q.weight": "fresh",
-        "attn.k.weight": "fresh",
-        "attn.v.weight": "fresh",
-        "attn.o.weight": "zero",
-    },
+    # Under grouped-query attention every group gets two more query heads.
+    lambda c: c.n_heads + (2 if c.n_kv_heads is None else 2 * c.n_kv_heads),
+    new_blocks=_NEW_HEAD,
 )
 VALUE = ExpansionCase(
     "d_v",
     expand_value,
     "d_v",
     lambda c: c.d_v + 3,
-    new_blocks={"attn.v.weight": "fresh", "attn.o.weight": "zero"},
+    new_blocks={"attn.v.weight": "fresh", "attn.v.bias": "free", "attn.o.weight": "zero"},
 )
 QK = ExpansionCase(
     "d_qk",
     expand_qk,
     "d_qk",
-    lambda c: c.d_qk + 2,
-    new_blocks={"attn.q.weight": "fresh", "attn.k.weight": "zero"},
+    lambda c: c.d_qk + 2,  # a non-integer factor (RoPE: the stored-table layout)
+    new_blocks={
+        "attn.q.weight": "fresh",
+        "attn.q.bias": "free",
+        "attn.k.weight": "zero",
+        "attn.k.bias": "zero",
+    },
+)
+QK_DOUBLE = ExpansionCase(
+    "d_qk-x2",
+    expand_qk,
+    "d_qk",
+    lambda c: 2 * c.d_qk,  # an integer factor (RoPE: Hugging Face's table, interleaved)
+    new_blocks=QK.new_blocks,
 )
 HIDDEN = ExpansionCase(
     "d_model",
@@ -140,7 +178,9 @@ HIDDEN = ExpansionCase(
         "attn.k.weight": "fresh",
         "attn.v.weight": "fresh",
         "attn.o.weight": "zero",
+        "attn.o.bias": "zero",
         "mlp.fc.weight": "fresh",
+        "mlp.gate.weight": "fresh",
         "mlp.proj.weight": "zero",
         "mlp.proj.bias": "zero",
         "norm_attn.weight": "free",
@@ -153,66 +193,144 @@ LAYERS_APPEND = _layers("n_layers-append", "append")
 LAYERS_INTERLEAVE = _layers("n_layers-interleave", "interleave")
 LAYERS_EXPLICIT = _layers("n_layers-at-0-and-2", [0, 2])
 
-#: The six expansions, one each, in ``GROWABLE_DIMS`` order.
-EXPANSIONS: tuple[ExpansionCase, ...] = (MLP, HEADS, VALUE, QK, HIDDEN, LAYERS_APPEND)
-#: The six plus the other layer-insertion modes.
-ALL_CASES: tuple[ExpansionCase, ...] = (*EXPANSIONS, LAYERS_INTERLEAVE, LAYERS_EXPLICIT)
+#: The seven expansions, one each, in ``GROWABLE_DIMS`` order.
+EXPANSIONS: tuple[ExpansionCase, ...] = (MLP, KV_HEADS, HEADS, VALUE, QK, HIDDEN, LAYERS_APPEND)
+#: The seven plus the other layer-insertion modes and the integer-factor key/query growth.
+ALL_CASES: tuple[ExpansionCase, ...] = (
+    *EXPANSIONS,
+    QK_DOUBLE,
+    LAYERS_INTERLEAVE,
+    LAYERS_EXPLICIT,
+)
 #: Cases that apply to LayerNorm models (all but the hidden expansion).
 LAYERNORM_CASES: tuple[ExpansionCase, ...] = tuple(c for c in ALL_CASES if not c.needs_rmsnorm)
 
 
-# Compositions of all six expansions, in several orders. Each takes a model of
-# ``conftest.tiny_config`` sizes (d_model 7, d_mlp 5, 3 heads, d_qk 3, d_v 2, any n_layers)
-# and returns the record composed from the original model to the grown one.
+#: Decoder-block families, as overrides of ``conftest.tiny_config`` (odd sizes where the
+#: block allows: RoPE needs an even ``d_qk``, here 6 = 3 odd pairs; GQA groups of 2 under 3
+#: KV heads). Each value of each new option appears at least once.
+BLOCK_VARIANTS: dict[str, dict[str, Any]] = {
+    # Llama: RMSNorm, SwiGLU, no biases, RoPE, grouped-query attention, untied, final norm.
+    "llama": dict(
+        activation="silu",
+        mlp_gated=True,
+        mlp_bias=False,
+        positions="rope",
+        d_qk=6,
+        n_heads=6,
+        n_kv_heads=3,
+    ),
+    # Multi-query attention, tied, without final norm, RoPE with a non-default base.
+    "llama-mqa-tied": dict(
+        activation="silu",
+        mlp_gated=True,
+        mlp_bias=False,
+        positions="rope",
+        rope_theta=500.0,
+        d_qk=4,
+        n_kv_heads=1,
+        tie_embeddings=True,
+        final_norm=False,
+    ),
+    # GPT-2's blocks with RMSNorm (so that the hidden size can grow): tanh GELU, biases
+    # everywhere, learned positions, tied.
+    "gpt2-rms": dict(activation="gelu_tanh", attn_bias=True, tie_embeddings=True),
+    # Everything on at once: gated GELU with biases, attention biases, RoPE, GQA.
+    "gated-biases-rope-gqa": dict(
+        mlp_gated=True,
+        attn_bias=True,
+        positions="rope",
+        d_qk=6,
+        n_heads=6,
+        n_kv_heads=2,
+        activation="gelu",
+    ),
+}
+#: GPT-2 itself (LayerNorm): every expansion but the hidden size.
+GPT2_LAYERNORM: dict[str, Any] = dict(
+    norm="layernorm", activation="gelu_tanh", attn_bias=True, tie_embeddings=True
+)
+
+
+# Compositions of all seven expansions, in several orders. Each takes a model of any
+# ``conftest.tiny_config``-derived config (block variants included) and returns the
+# record composed from the original model to the grown one. Targets are relative to the
+# model's sizes, so that they are valid for every variant (even d_qk under RoPE, query
+# heads a multiple of the KV heads).
 Composition = Callable[[Transformer, torch.Generator | None], ExpansionRecord]
 
 
 def _grow_all(model: Transformer, gen: torch.Generator | None) -> ExpansionRecord:
-    n = model.config.n_layers
+    """Everything in one ``grow``; more query heads than KV heads asked for, so a model
+    with one KV head per query head becomes grouped-query."""
+    c = model.config
+    kv = c.kv_heads + 1
     return grow(
         model,
-        d_mlp=11,
-        n_heads=5,
-        d_v=5,
-        d_qk=5,
-        d_model=13,
-        n_layers=2 * n,
+        d_mlp=2 * c.d_mlp + 1,
+        n_kv_heads=kv,
+        n_heads=kv * (c.kv_group + 1),
+        d_v=c.d_v + 3,
+        d_qk=c.d_qk + 2,
+        d_model=c.d_model + 6,
+        n_layers=2 * c.n_layers,
         layer_positions="interleave",
         generator=gen,
     )
 
 
 def _grow_twice(model: Transformer, gen: torch.Generator | None) -> ExpansionRecord:
-    n = model.config.n_layers
-    first = grow(model, d_model=10, d_qk=4, n_layers=n + 1, layer_positions=[0], generator=gen)
+    c = model.config
+    n = c.n_layers
+    first = grow(
+        model,
+        n_heads=c.n_heads + c.kv_heads,
+        d_model=c.d_model + 3,
+        d_qk=c.d_qk + 2,
+        n_layers=n + 1,
+        layer_positions=[0],
+        generator=gen,
+    )
     second = grow(
-        model, d_mlp=11, n_heads=5, d_v=5, d_qk=5, d_model=13, n_layers=n + 3, generator=gen
+        model,
+        d_mlp=2 * c.d_mlp + 1,
+        n_kv_heads=model.config.kv_heads + 1,
+        d_v=c.d_v + 3,
+        d_qk=2 * c.d_qk + 4,
+        d_model=c.d_model + 6,
+        n_layers=n + 3,
+        generator=gen,
     )
     return first.then(second)
 
 
 def _layers_first(model: Transformer, gen: torch.Generator | None) -> ExpansionRecord:
     """New layers at 0 and 2 first (so they are widened later), hidden size grown twice."""
-    n = model.config.n_layers
-    record = add_layers(model, n + 2, positions=[0, 2], generator=gen)
-    record = record.then(expand_hidden(model, 10, generator=gen))
-    record = record.then(expand_qk(model, 5, generator=gen))
-    record = record.then(add_heads(model, 5, generator=gen))
-    record = record.then(expand_hidden(model, 13, generator=gen))
-    record = record.then(expand_value(model, 5, generator=gen))
-    return record.then(expand_mlp(model, 11, generator=gen))
+    c = model.config
+    record = add_layers(model, c.n_layers + 2, positions=[0, 2], generator=gen)
+    record = record.then(expand_hidden(model, c.d_model + 3, generator=gen))
+    record = record.then(expand_qk(model, 2 * c.d_qk, generator=gen))
+    record = record.then(add_heads(model, c.n_heads + c.kv_heads, generator=gen))
+    record = record.then(expand_kv_heads(model, model.config.kv_heads + 1, generator=gen))
+    record = record.then(expand_hidden(model, c.d_model + 6, generator=gen))
+    record = record.then(expand_value(model, c.d_v + 3, generator=gen))
+    return record.then(expand_mlp(model, 2 * c.d_mlp + 1, generator=gen))
 
 
 def _hidden_first(model: Transformer, gen: torch.Generator | None) -> ExpansionRecord:
     """Hidden first and last, layers interleaved in the middle."""
-    n = model.config.n_layers
-    record = expand_hidden(model, 13, generator=gen)
-    record = record.then(expand_mlp(model, 11, generator=gen))
-    record = record.then(add_layers(model, 2 * n + 1, positions="interleave", generator=gen))
-    record = record.then(expand_value(model, 5, generator=gen))
-    record = record.then(add_heads(model, 5, generator=gen))
-    record = record.then(expand_qk(model, 5, generator=gen))
-    return record.then(expand_hidden(model, 16, generator=gen))
+    c = model.config
+    record = expand_hidden(model, c.d_model + 6, generator=gen)
+    record = record.then(expand_mlp(model, 2 * c.d_mlp + 1, generator=gen))
+    record = record.then(
+        add_layers(model, 2 * c.n_layers + 1, positions="interleave", generator=gen)
+    )
+    record = record.then(expand_value(model, c.d_v + 3, generator=gen))
+    record = record.then(expand_kv_heads(model, c.kv_heads + 2, generator=gen))
+    grown = model.config
+    record = record.then(add_heads(model, grown.n_heads + grown.kv_heads, generator=gen))
+    record = record.then(expand_qk(model, c.d_qk + 2, generator=gen))
+    return record.then(expand_hidden(model, c.d_model + 9, generator=gen))
 
 
 COMPOSITIONS: dict[str, Composition] = {

@@ -12,7 +12,16 @@ from conftest import make_model, snapshot, tiny_config
 from expansion_table import ALL_CASES, EXPANSIONS, ExpansionCase
 from torch import nn
 
-from progrow import Transformer, TransformerConfig, add_layers, expand_hidden, grow
+from progrow import (
+    GrowthSchedule,
+    Transformer,
+    TransformerConfig,
+    add_heads,
+    add_layers,
+    expand_hidden,
+    expand_qk,
+    grow,
+)
 
 Before = tuple[dict[str, nn.Parameter], dict[str, torch.Tensor], TransformerConfig]
 
@@ -48,7 +57,7 @@ BAD_VALUES = [
 
 
 def _bad(case: ExpansionCase, model: Transformer, value: Any) -> Any:
-    return getattr(model.config, case.dim) - 1 if value == "below" else value
+    return model.config.sizes()[case.dim] - 1 if value == "below" else value
 
 
 @pytest.mark.parametrize("value", BAD_VALUES)
@@ -75,7 +84,7 @@ def test_equal_size_is_a_noop(case: ExpansionCase) -> None:
     before_call = capture(model)
     config = model.config
     before = snapshot(model)
-    record = case.fn(model, getattr(config, case.dim), **case.kwargs)
+    record = case.fn(model, config.sizes()[case.dim], **case.kwargs)
     assert record.is_noop
     assert_unchanged(model, before_call)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
@@ -137,3 +146,39 @@ def test_grow_unknown_dimension_raises_and_changes_nothing() -> None:
 def test_expansion_of_non_transformer_raises_type_error() -> None:
     with pytest.raises(TypeError, match=r"progrow\.Transformer"):
         expand_hidden(nn.Linear(3, 3), 5)  # type: ignore[arg-type]
+
+
+LLAMA = dict(
+    activation="silu", mlp_gated=True, mlp_bias=False, positions="rope", d_qk=6, n_heads=6,
+    n_kv_heads=3,
+)  # fmt: skip
+BLOCK_REFUSALS = [
+    pytest.param(
+        add_heads, 7, {"n_heads": 7}, r"n_heads=7 must be a multiple of n_kv_heads=3", id="gqa"
+    ),
+    pytest.param(
+        expand_qk, 7, {"d_qk": 7}, r"d_qk=7 must be even with positions='rope'", id="rope-odd"
+    ),
+    pytest.param(
+        None,
+        None,
+        {"n_kv_heads": 4, "n_heads": 6},
+        r"n_heads=6 is below the model's n_heads=8",
+        id="kv-growth-brings-query-heads",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fn", "value", "sizes", "match"), BLOCK_REFUSALS)
+def test_block_layout_refusals_change_nothing(fn: Any, value: Any, sizes: Any, match: str) -> None:
+    model = make_model(tiny_config(**LLAMA))
+    before_call = capture(model)
+    if fn is not None:
+        with pytest.raises(ValueError, match=match):
+            fn(model, value)
+        assert_unchanged(model, before_call)
+    with pytest.raises(ValueError, match=match):
+        grow(model, d_mlp=11, **sizes)
+    assert_unchanged(model, before_call)
+    with pytest.raises(ValueError, match=rf"growth stage 0: {match}"):
+        GrowthSchedule([{"step": 1, **sizes}]).validate_for(model.config)

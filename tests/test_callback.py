@@ -10,7 +10,15 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-from lit_utils import TINY_MODEL, datamodule, growth, lm_module, trainer
+from lit_utils import (
+    TINY_MODEL,
+    assert_bitwise_equal,
+    datamodule,
+    growth,
+    lm_module,
+    params,
+    trainer,
+)
 
 from progrow import GrowthCallback, GrowthSchedule, Transformer, TransformerConfig
 from progrow.training import lm_loss
@@ -81,7 +89,8 @@ def test_loss_continuity_logged_and_within_tolerance(cache: Path, tmp_path: Path
         assert event["params"] > event["params_before"]
         assert 3.0 < event["loss_before"] < 7.0  # a real loss (vocab 256: ln 256 = 5.5)
     assert module.model.config.sizes() == {
-        "d_mlp": 20, "n_heads": 3, "d_v": 4, "d_qk": 5, "d_model": 12, "n_layers": 3
+        "d_mlp": 20, "n_kv_heads": 3, "n_heads": 3, "d_v": 4, "d_qk": 5, "d_model": 12,
+        "n_layers": 3,
     }  # fmt: skip
     text = (Path(logger.log_dir) / "metrics.csv").read_text()
     header = text.splitlines()[0].split(",")
@@ -140,7 +149,11 @@ class FailIfTrained(L.Callback):
     [
         ([{"step": 12, "d_mlp": 20}], {}, r"stage 0: step=12 is past the end .*max_steps=10"),
         ([{"step": 2, "d_mlp": 8}], {}, "stage 0: d_mlp=8 is below the model's d_mlp=12"),
-        ([{"step": 2, "d_model": 16}], {"norm": "layernorm"}, "stage 0: d_model=16 needs"),
+        (
+            [{"step": 2, "d_model": 16}],
+            {"norm": "layernorm"},
+            "stage 0: d_model=16: hidden expansion needs norm=.rmsnorm.",
+        ),
         (
             [{"step": 2, "n_layers": 3, "layer_positions": [0, 7]}],
             {},
@@ -251,3 +264,38 @@ def test_compiled_model_grows_and_recompiles(cache: Path) -> None:
     assert [e["step"] for e in cb.events] == [4, 8]
     assert all(abs(e["loss_delta"]) <= 1e-5 for e in cb.events)
     assert module.model._orig_mod.config.n_layers == 3
+
+
+LLAMA_MODEL: dict[str, Any] = dict(
+    activation="silu", mlp_gated=True, mlp_bias=False, positions="rope", d_qk=4, n_heads=4,
+    n_kv_heads=2,
+)  # fmt: skip
+# KV heads with their query heads (4 -> 6 query heads), a non-integer RoPE growth (the
+# frequency table goes into the config), then query heads into the groups and the rest.
+LLAMA_STAGES: list[dict[str, Any]] = [
+    {"step": 3, "n_kv_heads": 3, "d_qk": 6},
+    {"step": 6, "n_heads": 9, "d_model": 12, "d_mlp": 20, "n_layers": 2},
+]
+
+
+def test_llama_blocks_grow_kv_heads_inside_fit_and_resume_exactly(
+    cache: Path, tmp_path: Path
+) -> None:
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1, filename="{step}"
+    )
+    cb = growth(LLAMA_STAGES)
+    module = lm_module(9, **LLAMA_MODEL)
+    trainer(9, [cb, ckpt], enable_checkpointing=True).fit(module, datamodule=datamodule(cache))
+    config = module.model.config
+    assert (config.n_kv_heads, config.n_heads, config.d_qk, config.d_model) == (3, 9, 6, 12)
+    assert config.rope_inv_freq is not None and len(config.rope_inv_freq) == 3
+    assert [e["step"] for e in cb.events] == [3, 6]
+    assert all(abs(e["loss_delta"]) <= 1e-5 for e in cb.events)
+    # Resumed between the stages (from the checkpoint at step 4): bitwise the same run.
+    resumed = lm_module(9, seed=123, **LLAMA_MODEL)
+    trainer(9, [growth(LLAMA_STAGES)]).fit(
+        resumed, datamodule=datamodule(cache), ckpt_path=str(tmp_path / "step=4.ckpt")
+    )
+    assert resumed.model.config == config
+    assert_bitwise_equal(params(resumed), params(module))

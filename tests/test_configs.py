@@ -15,7 +15,7 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from progrow import GrowthCallback, OptimConfig, TransformerConfig
+from progrow import GrowthCallback, OptimConfig
 from progrow.app import ConfigError, RunSettings
 from progrow.app.settings import (
     CUSTOM_SCHEDULE,
@@ -110,16 +110,25 @@ def test_a_schedule_given_on_the_command_line_is_not_labelled_as_the_default(
     assert settings_of(compose_train(*named), tmp_path).growth.name == "mine"
 
 
-def test_every_growth_schedule_validates_and_ends_at_model_small(tmp_path: Path) -> None:
-    small = compose_train("model=small").model
-    final = {k: small[k] for k in TransformerConfig().sizes()}
+#: Schedules for another start and final model than model=tiny -> model=small.
+GROWTH_MODELS = {"llama": ("llama_small", "llama_target")}
+
+
+def test_every_growth_schedule_validates_and_ends_at_its_final_model(tmp_path: Path) -> None:
     for name in options("growth"):
-        settings = settings_of(compose_train(f"growth={name}"), tmp_path)
+        start_model, final_model = GROWTH_MODELS.get(name, ("tiny", "small"))
+        target_settings = settings_of(compose_train(f"model={final_model}"), tmp_path)
+        target = model_config(target_settings, vocab_size=256, seq_len=64)
+        settings = settings_of(compose_train(f"growth={name}", f"model={start_model}"), tmp_path)
         start = model_config(settings, vocab_size=256, seq_len=64)
         validate_schedule(settings.growth, start, settings.max_steps)
         assert settings.growth.name == name
         if name != "none":
-            assert settings.growth.schedule.final_sizes(start) == final, name
+            grown = settings.growth.schedule.final_config(start)
+            assert settings.growth.schedule.final_sizes(start) == target.sizes(), name
+            # The very architecture of the final model (eps rescaled by the hidden growth).
+            assert grown.replace(norm_eps=target.norm_eps) == target, name
+            assert grown.norm_eps == pytest.approx(target.norm_eps * start.d_model / target.d_model)
             assert all(0 < s.step < settings.max_steps for s in settings.growth.schedule)
 
 
@@ -190,3 +199,26 @@ def test_unknown_group_option_names_it() -> None:
 def test_bad_config_names_key_and_value(overrides: list[str], match: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=match):
         settings_of(compose_train(*overrides), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("stages", "match"),
+    [
+        ("[{step:0.5,d_qk:9}]", r"growth stage 0: d_qk=9 must be even with positions='rope'"),
+        (
+            "[{step:0.3,n_kv_heads:2},{step:0.5,n_heads:7}]",
+            r"growth stage 1: n_heads=7 must be a multiple of n_kv_heads=2",
+        ),
+        (
+            "[{step:0.5,n_kv_heads:2,n_heads:3}]",
+            r"growth stage 0: n_heads=3 is below the model.s n_heads=4",
+        ),
+    ],
+)
+def test_llama_schedule_is_checked_against_the_model(
+    stages: str, match: str, tmp_path: Path
+) -> None:
+    settings = settings_of(compose_train("experiment=llama", f"growth.stages={stages}"), tmp_path)
+    start = model_config(settings, vocab_size=256, seq_len=64)
+    with pytest.raises(ConfigError, match=r"growth\.stages \(growth=llama\): " + match):
+        validate_schedule(settings.growth, start, settings.max_steps)

@@ -21,8 +21,10 @@ from conftest import (
 )
 from expansion_table import (
     ALL_CASES,
+    BLOCK_VARIANTS,
     COMPOSITIONS,
     EXPANSIONS,
+    GPT2_LAYERNORM,
     LAYERNORM_CASES,
     ExpansionCase,
 )
@@ -30,12 +32,17 @@ from torch import nn
 from torch.testing import assert_close
 
 from progrow import (
+    GROWABLE_DIMS,
     ExpansionRecord,
     Transformer,
+    add_heads,
     add_layers,
     expand_hidden,
+    expand_kv_heads,
+    expand_qk,
+    grow,
 )
-from progrow.model import Attention, RMSNorm
+from progrow.model import Attention, RMSNorm, rope_inv_freq
 
 # Covers each value of each axis (tying, final norm, activation, depth, dropout in eval).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -44,8 +51,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tied-nofinalnorm-gelu-3L": dict(tie_embeddings=True, final_norm=False, n_layers=3),
     "untied-nofinalnorm-relu-1L": dict(final_norm=False, activation="relu", n_layers=1),
     "tied-dropout-2L": dict(tie_embeddings=True, dropout=0.1),
+    **BLOCK_VARIANTS,
 }
 LAYERNORM_VARIANTS: dict[str, dict[str, Any]] = {
+    "gpt2": GPT2_LAYERNORM,
     "ln-untied-finalnorm-gelu-2L": dict(norm="layernorm"),
     "ln-tied-nofinalnorm-relu-1L": dict(
         norm="layernorm", tie_embeddings=True, final_norm=False, activation="relu", n_layers=1
@@ -92,10 +101,11 @@ def assert_same_structure(model: Transformer, dtype: torch.dtype) -> None:
         hooks = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks)
         assert not any(hooks), type(m)
         assert not m._backward_pre_hooks, type(m)
-    sizes = (model.config.n_heads, model.config.d_qk, model.config.d_v)
+    cfg = model.config
+    sizes = (cfg.n_heads, cfg.kv_heads, cfg.d_qk, cfg.d_v)
     attns = [m for m in model.modules() if isinstance(m, Attention)]
     assert len(attns) == model.config.n_layers
-    assert all((a.n_heads, a.d_qk, a.d_v) == sizes for a in attns)
+    assert all((a.n_heads, a.n_kv_heads, a.d_qk, a.d_v) == sizes for a in attns)
     if model.config.tie_embeddings:
         assert model.lm_head.weight is model.tok_emb.weight
     else:
@@ -137,10 +147,18 @@ def test_expansion_preserves_logits_layernorm(case: ExpansionCase, variant, dtyp
     assert_close(logits(model, tokens), before, rtol=0, atol=TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+TRAINED_VARIANTS = {
+    "untied": dict(),
+    "tied": dict(tie_embeddings=True),
+    "llama": BLOCK_VARIANTS["llama"],
+    "gpt2-rms": BLOCK_VARIANTS["gpt2-rms"],
+}
+
+
+@pytest.mark.parametrize("variant", TRAINED_VARIANTS.values(), ids=TRAINED_VARIANTS.keys())
 @pytest.mark.parametrize("case", EXPANSIONS, ids=repr)
-def test_expansion_preserves_logits_of_trained_model(case: ExpansionCase, tied: bool) -> None:
-    cfg = tiny_config(tie_embeddings=tied)
+def test_expansion_preserves_logits_of_trained_model(case: ExpansionCase, variant) -> None:
+    cfg = tiny_config(**variant)
     tokens = make_tokens(cfg)
     model = train_(make_model(cfg), tokens, steps=5, lr=3e-2)
     before = logits(model, tokens)
@@ -148,7 +166,7 @@ def test_expansion_preserves_logits_of_trained_model(case: ExpansionCase, tied: 
     assert_close(logits(model, tokens), before, rtol=0, atol=TOLERANCE[torch.float64])
 
 
-COMPOSITION_VARIANTS = {k: VARIANTS[k] for k in list(VARIANTS)[:3]}
+COMPOSITION_VARIANTS = {k: VARIANTS[k] for k in [*list(VARIANTS)[:3], *BLOCK_VARIANTS]}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -161,7 +179,7 @@ def test_compositions_preserve_logits(compose, variant, dtype) -> None:
     before = logits(model, tokens)
     record = compose(model, gen())
     assert model.config.sizes() != cfg.sizes()
-    assert set(record.expansions) >= {"d_mlp", "n_heads", "d_v", "d_qk", "d_model", "n_layers"}
+    assert set(record.expansions) >= set(GROWABLE_DIMS)
     assert_close(logits(model, tokens), before, rtol=0, atol=TOLERANCE[dtype])
 
 
@@ -199,6 +217,9 @@ STRUCTURE_VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
     "rms-untied-eval": (dict(), False),
     "rms-tied-train": (dict(tie_embeddings=True, n_layers=1), True),
     "layernorm-untied-eval": (dict(norm="layernorm", final_norm=False), False),
+    "llama-train": (BLOCK_VARIANTS["llama"], True),
+    "gpt2-eval": (GPT2_LAYERNORM, False),
+    "gated-biases-rope-gqa-eval": (BLOCK_VARIANTS["gated-biases-rope-gqa"], False),
 }
 
 
@@ -215,10 +236,19 @@ def test_expansion_structure(case: ExpansionCase, variant, dtype) -> None:
     assert_same_structure(model, dtype)
 
 
-@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+STRUCTURE_COMPOSITION_VARIANTS = {
+    "untied": dict(),
+    "tied": dict(tie_embeddings=True),
+    **BLOCK_VARIANTS,
+}
+
+
+@pytest.mark.parametrize(
+    "variant", STRUCTURE_COMPOSITION_VARIANTS.values(), ids=STRUCTURE_COMPOSITION_VARIANTS.keys()
+)
 @pytest.mark.parametrize("compose", COMPOSITIONS.values(), ids=COMPOSITIONS.keys())
-def test_composition_structure(compose, tied: bool) -> None:
-    model = make_model(tiny_config(tie_embeddings=tied))
+def test_composition_structure(compose, variant) -> None:
+    model = make_model(tiny_config(**variant))
     compose(model, gen())
     assert_same_structure(model, torch.float64)
 
@@ -226,10 +256,20 @@ def test_composition_structure(compose, tied: bool) -> None:
 # ---------------------------------------------------------------- 3. new parameters learn
 
 
-@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+LEARN_VARIANTS = {
+    "untied": dict(),
+    "tied": dict(tie_embeddings=True),
+    **BLOCK_VARIANTS,
+    "gpt2": GPT2_LAYERNORM,
+}
+
+
+@pytest.mark.parametrize("variant", LEARN_VARIANTS.values(), ids=LEARN_VARIANTS.keys())
 @pytest.mark.parametrize("case", ALL_CASES, ids=repr)
-def test_every_new_block_learns(case: ExpansionCase, tied: bool) -> None:
-    cfg = tiny_config(tie_embeddings=tied)
+def test_every_new_block_learns(case: ExpansionCase, variant) -> None:
+    cfg = tiny_config(**variant)
+    if not case.applies_to(cfg):
+        pytest.skip("hidden expansion needs RMSNorm")
     model = make_model(cfg)
     tokens = make_tokens(cfg, length=cfg.max_seq_len + 1)
     record = case.apply(model, gen())
@@ -243,9 +283,10 @@ def test_every_new_block_learns(case: ExpansionCase, tied: bool) -> None:
         assert moved.all(), f"{name}: {int((~moved).sum())} of {int(mask.sum())} new entries stuck"
 
 
+@pytest.mark.parametrize("variant", [dict(tie_embeddings=True), BLOCK_VARIANTS["llama"]])
 @pytest.mark.parametrize("composition", ["grow-all-interleave", "hidden-first-and-last"])
-def test_every_new_block_learns_after_composition(composition: str) -> None:
-    cfg = tiny_config(tie_embeddings=True)
+def test_every_new_block_learns_after_composition(composition: str, variant) -> None:
+    cfg = tiny_config(**variant)
     model = make_model(cfg)
     tokens = make_tokens(cfg, length=cfg.max_seq_len + 1)
     record = COMPOSITIONS[composition](model, gen())
@@ -265,20 +306,30 @@ def _grad(param: nn.Parameter) -> torch.Tensor:
 # (case, parameter suffix) whose new entries get exactly zero gradient on the first step
 # (the other side of their unit is zero) and a nonzero one once that side has moved.
 DELAYED_GRADIENT = [
-    ("d_mlp", "mlp.fc.weight"),
-    ("n_heads", "attn.q.weight"),
-    ("n_heads", "attn.v.weight"),
-    ("d_qk", "attn.q.weight"),
-    ("d_v", "attn.v.weight"),
-    ("n_layers-append", "attn.q.weight"),
-    ("n_layers-append", "mlp.fc.weight"),
+    ("d_mlp", "mlp.fc.weight", "base"),
+    ("n_heads", "attn.q.weight", "base"),
+    ("n_heads", "attn.v.weight", "base"),
+    ("d_qk", "attn.q.weight", "base"),
+    ("d_v", "attn.v.weight", "base"),
+    ("n_layers-append", "attn.q.weight", "base"),
+    ("n_layers-append", "mlp.fc.weight", "base"),
+    # SwiGLU: gate and up both wait for down; GQA: new query heads and KV heads for W_O.
+    ("d_mlp", "mlp.fc.weight", "llama"),
+    ("d_mlp", "mlp.gate.weight", "llama"),
+    ("n_heads", "attn.q.weight", "llama"),
+    ("n_kv_heads", "attn.q.weight", "llama"),
+    ("n_kv_heads", "attn.k.weight", "llama"),
+    ("n_kv_heads", "attn.v.weight", "llama"),
+    ("d_qk", "attn.q.weight", "llama"),
+    ("d_qk-x2", "attn.q.weight", "llama"),
+    ("n_layers-append", "mlp.gate.weight", "llama"),
 ]
 
 
-@pytest.mark.parametrize(("case_name", "suffix"), DELAYED_GRADIENT)
-def test_zero_first_gradient_then_nonzero(case_name: str, suffix: str) -> None:
+@pytest.mark.parametrize(("case_name", "suffix", "variant"), DELAYED_GRADIENT)
+def test_zero_first_gradient_then_nonzero(case_name: str, suffix: str, variant: str) -> None:
     case = next(c for c in ALL_CASES if c.name == case_name)
-    cfg = tiny_config()
+    cfg = tiny_config(**BLOCK_VARIANTS.get(variant, {}))
     model = make_model(cfg).train()
     tokens = make_tokens(cfg, length=cfg.max_seq_len + 1)
     record = case.apply(model, gen())
@@ -300,15 +351,26 @@ def test_zero_first_gradient_then_nonzero(case_name: str, suffix: str) -> None:
 # ---------------------------------------------------------------- 4. zero and fresh blocks
 
 
+# Every new option on in one of these, so every new parameter kind is checked.
+ZERO_OR_FRESH_BLOCKS = {
+    "plain": dict(),
+    "llama": dict(
+        activation="silu", mlp_gated=True, mlp_bias=False, positions="rope", n_kv_heads=2
+    ),
+    "biases-gated-rope-mqa": dict(mlp_gated=True, attn_bias=True, positions="rope", n_kv_heads=1),
+}
+
+
+@pytest.mark.parametrize("blocks", ZERO_OR_FRESH_BLOCKS.values(), ids=ZERO_OR_FRESH_BLOCKS.keys())
 @pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 @pytest.mark.parametrize("case", ALL_CASES, ids=repr)
-def test_new_blocks_are_zero_or_fresh(case: ExpansionCase, tied: bool, norm: str) -> None:
+def test_new_blocks_are_zero_or_fresh(case: ExpansionCase, tied: bool, norm: str, blocks) -> None:
     if case.needs_rmsnorm and norm != "rmsnorm":
         pytest.skip("hidden expansion needs RMSNorm")
     cfg = tiny_config(
         vocab_size=64, d_model=32, d_mlp=32, n_heads=4, d_qk=8, d_v=8, init_std=0.05
-    ).replace(tie_embeddings=tied, norm=norm)
+    ).replace(tie_embeddings=tied, norm=norm, **blocks)
     model = make_model(cfg)
     record = case.apply(model, gen())
     params = dict(model.named_parameters())
@@ -365,3 +427,103 @@ def test_determinism(case: ExpansionCase) -> None:
     assert not all(torch.equal(sd_a[k], sd_c[k]) for k in sd_a)
     case.apply(d, None)  # the global RNG also works
     assert d.config == a.config
+
+
+# ---------------------------------------------------------------- 5. traps of the new blocks
+
+
+def test_rope_integer_factor_keeps_hugging_faces_table() -> None:
+    """d_qk 6 -> 12: old pair i moves to new pair 2i, whose default frequency is the old
+    one bit for bit, so the config keeps the default table (exportable as is)."""
+    model = make_model(tiny_config(**BLOCK_VARIANTS["llama"]))
+    old = rope_inv_freq(model.config)
+    record = expand_qk(model, 12, generator=gen())
+    assert model.config.rope_inv_freq is None
+    assert torch.equal(rope_inv_freq(model.config)[::2], old)
+    rows = record.changes["blocks.0.attn.k.weight"].index[0]
+    # KV head 0: old entries 0, 1, 2 (first half) and 3, 4, 5 (second half) of 6.
+    assert rows[:6].tolist() == [0, 2, 4, 6, 8, 10]
+    assert rows[6:12].tolist() == [12, 14, 16, 18, 20, 22]  # KV head 1 starts at 12
+
+
+def test_rope_other_factor_stores_the_table() -> None:
+    """d_qk 6 -> 8: old pairs keep their indices and frequencies; the new pair gets the new
+    size's default frequency; the table is in the config."""
+    model = make_model(tiny_config(**BLOCK_VARIANTS["llama"]))
+    old = rope_inv_freq(model.config)
+    record = expand_qk(model, 8, generator=gen())
+    table = model.config.rope_inv_freq
+    assert table is not None and len(table) == 4
+    assert torch.equal(rope_inv_freq(model.config)[:3], old)
+    default_8 = rope_inv_freq(model.config.replace(rope_inv_freq=None))
+    assert table[3] == default_8[3].item()
+    rows = record.changes["blocks.0.attn.q.weight"].index[0]
+    assert rows[:6].tolist() == [0, 1, 2, 4, 5, 6]  # second half starts at 8 / 2
+
+
+def test_rope_naive_frequency_rebuild_would_change_the_function() -> None:
+    """The trap is real: after a key/query growth, recomputing the default table for the
+    new size (instead of the kept one) changes the logits far above float error."""
+    cfg = tiny_config(**BLOCK_VARIANTS["llama"])
+    model = make_model(cfg)
+    tokens = make_tokens(cfg)
+    before = logits(model, tokens)
+    expand_qk(model, 8, generator=gen())
+    assert_close(logits(model, tokens), before, rtol=0, atol=TOLERANCE[torch.float64])
+    model.config = model.config.replace(rope_inv_freq=None)
+    assert (logits(model, tokens) - before).abs().max() > 1e-3
+
+
+def test_rope_keys_scaled_and_new_key_entries_zero_with_bias() -> None:
+    cfg = tiny_config(**BLOCK_VARIANTS["gated-biases-rope-gqa"])
+    model = make_model(cfg)
+    k_bias = snapshot(model)["blocks.0.attn.k.bias"]
+    record = expand_qk(model, 12, generator=gen())
+    change = record.changes["blocks.0.attn.k.bias"]
+    assert change.factor == math.sqrt(2)
+    new_bias = snapshot(model)["blocks.0.attn.k.bias"]
+    assert torch.equal(change.take(new_bias), k_bias * math.sqrt(2))
+    assert new_bias.count_nonzero() == k_bias.count_nonzero()  # the new entries are zero
+
+
+def test_gqa_add_heads_joins_the_groups() -> None:
+    """3 KV heads, groups of 2 -> 4: old query head e goes to (e // 2) * 4 + e % 2, the two
+    new ones of each group after it; W_O's columns follow; K and V are untouched."""
+    cfg = tiny_config(**BLOCK_VARIANTS["llama"])  # 6 query heads, 3 KV heads, d_qk 6, d_v 2
+    model = make_model(cfg)
+    before = snapshot(model)
+    record = add_heads(model, 12, generator=gen())
+    assert (model.config.n_heads, model.config.n_kv_heads) == (12, 3)
+    q_rows = record.changes["blocks.0.attn.q.weight"].index[0].view(6, 6)[:, 0] // 6
+    assert q_rows.tolist() == [0, 1, 4, 5, 8, 9]
+    o_cols = record.changes["blocks.0.attn.o.weight"].index[1].view(6, 2)[:, 0] // 2
+    assert o_cols.tolist() == [0, 1, 4, 5, 8, 9]
+    assert "blocks.0.attn.k.weight" not in record.changes
+    assert torch.equal(snapshot(model)["blocks.0.attn.k.weight"], before["blocks.0.attn.k.weight"])
+
+
+def test_kv_heads_growth_brings_its_query_heads() -> None:
+    cfg = tiny_config(**BLOCK_VARIANTS["llama"])  # 6 query heads in 3 groups of 2
+    model = make_model(cfg)
+    record = expand_kv_heads(model, 5, generator=gen())
+    assert (model.config.n_heads, model.config.n_kv_heads) == (10, 5)
+    for name in ("q", "k", "v"):  # appended: old rows keep their places
+        change = record.changes[f"blocks.0.attn.{name}.weight"]
+        assert torch.equal(change.index[0], torch.arange(change.old_shape[0]))
+    o = snapshot(model)["blocks.0.attn.o.weight"]
+    assert not o[:, 6 * 2 :].any()  # the new query heads' W_O columns are zero
+
+
+def test_kv_heads_of_a_plain_multi_head_model() -> None:
+    """n_kv_heads=None: growing KV heads is adding heads, and the model stays plain
+    multi-head; asking grow for more query heads than KV heads makes it grouped."""
+    model = make_model(tiny_config())  # 3 heads, n_kv_heads None
+    expand_kv_heads(model, 4, generator=gen())
+    assert (model.config.n_heads, model.config.n_kv_heads) == (4, None)
+    tokens = make_tokens(model.config)
+    before = logits(model, tokens)
+    record = grow(model, n_kv_heads=4, n_heads=8, generator=gen())
+    assert (model.config.n_heads, model.config.n_kv_heads) == (8, 4)
+    assert record.old_config.n_kv_heads is None
+    assert_close(logits(model, tokens), before, rtol=0, atol=TOLERANCE[torch.float64])
+    assert_same_structure(model, torch.float64)

@@ -81,6 +81,7 @@ def test_round_trip() -> None:
     assert set(data) >= {"d_model", "d_mlp", "n_heads", "d_qk", "d_v", "n_layers"}
     assert config.sizes() == {
         "d_mlp": 5,
+        "n_kv_heads": 3,  # None means one per query head
         "n_heads": 3,
         "d_v": 2,
         "d_qk": 3,

@@ -8,7 +8,14 @@ import math
 import pytest
 import torch
 from conftest import make_model, snapshot, tiny_config
-from expansion_table import ALL_CASES, COMPOSITIONS, LAYERNORM_CASES, ExpansionCase
+from expansion_table import (
+    ALL_CASES,
+    BLOCK_VARIANTS,
+    COMPOSITIONS,
+    GPT2_LAYERNORM,
+    LAYERNORM_CASES,
+    ExpansionCase,
+)
 from torch.testing import assert_close
 
 from progrow import ExpansionRecord, Transformer, add_layers, expand_hidden, expand_qk, grow
@@ -63,10 +70,13 @@ def assert_record_right(
         assert name in moved or kept, f"old {name} is lost"
 
 
-@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+RECORD_VARIANTS = {"untied": dict(), "tied": dict(tie_embeddings=True), **BLOCK_VARIANTS}
+
+
+@pytest.mark.parametrize("variant", RECORD_VARIANTS.values(), ids=RECORD_VARIANTS.keys())
 @pytest.mark.parametrize("case", ALL_CASES, ids=repr)
-def test_record_is_right(case: ExpansionCase, tied: bool) -> None:
-    model = make_model(tiny_config(tie_embeddings=tied))
+def test_record_is_right(case: ExpansionCase, variant) -> None:
+    model = make_model(tiny_config(**variant))
     before, config = snapshot(model), model.config
     record = case.apply(model, gen())
     assert record.expansions == (case.dim,)
@@ -74,17 +84,20 @@ def test_record_is_right(case: ExpansionCase, tied: bool) -> None:
     assert_record_right(record, before, config, model)
 
 
+@pytest.mark.parametrize(
+    "variant", [dict(norm="layernorm", final_norm=False), GPT2_LAYERNORM], ids=["ln", "gpt2"]
+)
 @pytest.mark.parametrize("case", LAYERNORM_CASES, ids=repr)
-def test_record_is_right_layernorm(case: ExpansionCase) -> None:
-    model = make_model(tiny_config(norm="layernorm", final_norm=False))
+def test_record_is_right_layernorm(case: ExpansionCase, variant) -> None:
+    model = make_model(tiny_config(**variant))
     before, config = snapshot(model), model.config
     assert_record_right(case.apply(model, gen()), before, config, model)
 
 
-@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("variant", RECORD_VARIANTS.values(), ids=RECORD_VARIANTS.keys())
 @pytest.mark.parametrize("name", list(COMPOSITIONS))
-def test_composed_record_is_right(name: str, tied: bool) -> None:
-    model = make_model(tiny_config(tie_embeddings=tied))
+def test_composed_record_is_right(name: str, variant) -> None:
+    model = make_model(tiny_config(**variant))
     before, config = snapshot(model), model.config
     record = COMPOSITIONS[name](model, gen())
     # Only the manual sequences grow the hidden size twice (two rescales of the gains).

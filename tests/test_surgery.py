@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from expansion_table import ALL_CASES, BLOCK_VARIANTS, COMPOSITIONS, ExpansionCase
 
 from progrow import (
     ExpansionRecord,
@@ -96,9 +97,11 @@ def train_step(model: Transformer, opt: torch.optim.Optimizer) -> None:
     opt.step()
 
 
-def trained(opt_name: str, steps: int = 2) -> tuple[Transformer, torch.optim.Optimizer]:
+def trained(
+    opt_name: str, steps: int = 2, config: TransformerConfig = CFG
+) -> tuple[Transformer, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    model = Transformer(CFG)
+    model = Transformer(config)
     opt = configure(model, opt_name)
     for _ in range(steps):
         train_step(model, opt)
@@ -139,12 +142,36 @@ def test_surgery_carries_state_and_resumes_exactly(expansion: str, opt_name: str
     if opt_name not in OPTIMIZERS:
         pytest.skip("fused AdamW is not available on this CPU build")
     model, opt = trained(opt_name)
+    record = check_surgery(model, opt, opt_name, EXPANSIONS[expansion])
+    if expansion in ("d_qk", "d_model", "all"):
+        assert any(c.factor != 1.0 for c in record.changes.values())
+
+
+# The new blocks (gate, biases, GQA's KV heads, RoPE's key layout) and the n_kv_heads
+# expansion need no special case in the surgery: the record says it all.
+SURGERY_VARIANTS = {k: BLOCK_VARIANTS[k] for k in ("llama", "gated-biases-rope-gqa")}
+
+
+@pytest.mark.parametrize("variant", SURGERY_VARIANTS.values(), ids=SURGERY_VARIANTS.keys())
+@pytest.mark.parametrize("case", [*ALL_CASES, "all"], ids=str)
+def test_surgery_on_modern_blocks(case: ExpansionCase | str, variant: dict[str, Any]) -> None:
+    config = CFG.replace(**variant)
+    model, opt = trained("adamw_amsgrad", config=config)
+    expand: Grow = COMPOSITIONS["grow-all-interleave"] if isinstance(case, str) else case.apply
+    record = check_surgery(model, opt, "adamw_amsgrad", expand)
+    assert record.new_config != config
+
+
+def check_surgery(
+    model: Transformer, opt: torch.optim.Optimizer, opt_name: str, expand: Grow
+) -> ExpansionRecord:
+    """Grow ``model`` with ``expand``, move ``opt``'s state, and check every rule: the
+    hyperparameters and groups, old moments at their new places (rescaled by the record's
+    factor), zeros elsewhere, the step kept, and an exact resume from the saved states."""
     hyper = hyperparameters(opt)
     before = copy.deepcopy(optimizer_state_by_name(opt, model))
     names = param_names(model)
-    record = EXPANSIONS[expansion](model, torch.Generator().manual_seed(1))
-    if expansion in ("d_qk", "d_model", "all"):
-        assert any(c.factor != 1.0 for c in record.changes.values())
+    record = expand(model, torch.Generator().manual_seed(1))
 
     update_optimizer(opt, record, names, model)
 
@@ -190,6 +217,7 @@ def test_surgery_carries_state_and_resumes_exactly(expansion: str, opt_name: str
         train_step(fresh, fresh_opt)
     for (name, p), q in zip(model.named_parameters(), fresh.parameters(), strict=True):
         assert torch.equal(p, q), name
+    return record
 
 
 @pytest.mark.parametrize("opt_name", ["adamw_foreach", "adamw_amsgrad"])

@@ -301,8 +301,10 @@ def with_compute_budget(
         )
     accumulate = int(settings.trainer.get("accumulate_grad_batches", 1) or 1)
     tokens_per_step = batch_size * seq_len * processes * accumulate
-    sizes = settings.budget_model or settings.growth.schedule.final_sizes(model)
-    reference = model.replace(**sizes)
+    if settings.budget_model:
+        reference = model.replace(**settings.budget_model)
+    else:
+        reference = settings.growth.schedule.final_config(model)
     budget = settings.budget_steps * train_flops_per_token(reference, seq_len) * tokens_per_step
     stages = (settings.raw.get("growth") or {}).get("stages") or []
     try:

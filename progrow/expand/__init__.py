@@ -1,4 +1,5 @@
-"""The six function-preserving expansions of Gesmundo & Maile (2023), and ``grow``.
+"""The six function-preserving expansions of Gesmundo & Maile (2023), the KV-head
+expansion of grouped-query attention, and ``grow``.
 
 Each expansion grows a :class:`progrow.Transformer` in place, keeps its function exactly,
 and returns an :class:`progrow.ExpansionRecord` saying what happened to every parameter.
@@ -7,16 +8,20 @@ and returns an :class:`progrow.ExpansionRecord` saying what happened to every pa
 from progrow.expand.grow import GROW_ORDER, grow
 from progrow.expand.hidden import expand_hidden
 from progrow.expand.layers import add_layers, new_layer_positions
-from progrow.expand.widths import add_heads, expand_mlp, expand_qk, expand_value
+from progrow.expand.plan import expanded_config, grown_config
+from progrow.expand.widths import add_heads, expand_kv_heads, expand_mlp, expand_qk, expand_value
 
 __all__ = [
     "GROW_ORDER",
     "add_heads",
     "add_layers",
     "expand_hidden",
+    "expand_kv_heads",
     "expand_mlp",
     "expand_qk",
     "expand_value",
+    "expanded_config",
     "grow",
+    "grown_config",
     "new_layer_positions",
 ]

@@ -12,50 +12,45 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from progrow.config import TransformerConfig, check_positive_int
+from progrow.config import TransformerConfig
+from progrow.expand.plan import expanded_config
 from progrow.model import Attention, RMSNorm, Transformer, fresh_init
 from progrow.record import ExpansionRecord, Index, ParamChange, identity_index
 
 Fill = Literal["zero", "fresh"] | float
 
 
-def check_target(model: Transformer, dim: str, value: object) -> bool:
-    """Validate a target size for ``dim``; return False when it equals the current size."""
+def check_target(model: Transformer, dim: str, value: object) -> TransformerConfig | None:
+    """Validate a target size for ``dim``: the grown config, or None for the current size.
+
+    Raises ``ValueError`` naming the dimension and the value (see
+    :func:`progrow.expand.plan.expanded_config`).
+    """
     if not isinstance(model, Transformer):
         raise TypeError(f"expected a progrow.Transformer, got {type(model).__name__}")
-    check_positive_int(dim, value)
-    _check_supported(model.config, dim)
-    current = getattr(model.config, dim)
-    assert isinstance(value, int)
-    if value < current:
-        raise ValueError(
-            f"{dim}={value} is below the current size {current}: expansions only grow a model"
-        )
-    return value != current
+    new_config = expanded_config(model.config, dim, value)
+    return None if new_config == model.config else new_config
 
 
-def _check_supported(config: TransformerConfig, dim: str) -> None:
-    # Temporary: the expansions do not yet know the Llama-style blocks.
-    new_blocks = {
-        "n_kv_heads": config.n_kv_heads is not None,
-        "mlp_gated": config.mlp_gated,
-        "mlp_bias": not config.mlp_bias,
-        "attn_bias": config.attn_bias,
-        "positions": config.positions != "learned",
-    }
-    used = [name for name, on in new_blocks.items() if on]
-    if used:
-        raise NotImplementedError(f"{dim}: expansions of models with {used} are not supported yet")
-
-
-def blocked_index(n_blocks: int, old_block: int, new_block: int) -> Tensor:
-    """Positions of ``n_blocks`` blocks of ``old_block`` entries, each padded to ``new_block``.
+def blocked_index(
+    n_blocks: int,
+    old_block: int,
+    new_block: int,
+    *,
+    block_at: Tensor | None = None,
+    within: Tensor | None = None,
+) -> Tensor:
+    """Positions of ``n_blocks`` blocks of ``old_block`` entries in blocks of ``new_block``.
 
     Heads are stored as contiguous blocks, so growing every head's size moves head e's old
-    entries to ``e * new_block + [0, old_block)``.
+    entries to ``e * new_block + [0, old_block)``. ``block_at`` moves old block ``b`` to
+    new block ``block_at[b]`` (query heads regrouped under grouped-query attention);
+    ``within`` places the old entries inside their block (RoPE pairs, see
+    :func:`progrow.expand.plan.rope_layout`).
     """
-    starts = torch.arange(n_blocks) * new_block
-    return (starts[:, None] + torch.arange(old_block)[None, :]).reshape(-1)
+    at = torch.arange(n_blocks) if block_at is None else block_at
+    inner = torch.arange(old_block) if within is None else within
+    return (at[:, None] * new_block + inner[None, :]).reshape(-1)
 
 
 class Editor:
@@ -75,6 +70,10 @@ class Editor:
         self.params = dict(model.named_parameters())
         self.staged: dict[str, Tensor] = {}
         self.changes: dict[str, ParamChange] = {}
+
+    def has(self, name: str) -> bool:
+        """Whether the model has parameter ``name`` (biases and gates are optional)."""
+        return name in self.params
 
     def expand(
         self,

@@ -1,4 +1,4 @@
-"""``grow``: any subset of the six expansions in one call, validated before any change."""
+"""``grow``: any subset of the seven expansions in one call, validated before any change."""
 
 from __future__ import annotations
 
@@ -8,19 +8,21 @@ from typing import Any
 import torch
 
 from progrow.config import GROWABLE_DIMS
-from progrow.expand._editor import check_target
 from progrow.expand.hidden import expand_hidden
 from progrow.expand.layers import Positions, add_layers, new_layer_positions
-from progrow.expand.widths import add_heads, expand_mlp, expand_qk, expand_value
+from progrow.expand.plan import grown_config, pins_kv_heads
+from progrow.expand.widths import add_heads, expand_kv_heads, expand_mlp, expand_qk, expand_value
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord
 
 Expansion = Callable[..., ExpansionRecord]
 
-#: The order ``grow`` applies the expansions in: inside blocks first, then the hidden size,
-#: then new layers (which are then built at the final width instead of being widened).
+#: The order ``grow`` applies the expansions in: inside blocks first (KV groups before the
+#: query heads that fill them), then the hidden size, then new layers (which are then
+#: built at the final width instead of being widened).
 GROW_ORDER: tuple[tuple[str, Expansion], ...] = (
     ("d_mlp", expand_mlp),
+    ("n_kv_heads", expand_kv_heads),
     ("n_heads", add_heads),
     ("d_v", expand_value),
     ("d_qk", expand_qk),
@@ -30,10 +32,19 @@ GROW_ORDER: tuple[tuple[str, Expansion], ...] = (
 assert tuple(dim for dim, _ in GROW_ORDER) == GROWABLE_DIMS
 
 
+def _pin_kv_heads(model: Transformer) -> ExpansionRecord:
+    """Make ``n_kv_heads=None`` explicit (same parameters, same function), so that the
+    query heads added next join the KV groups instead of bringing KV heads of their own."""
+    old = model.config
+    model.config = old.replace(n_kv_heads=old.n_heads)
+    return ExpansionRecord(old, model.config)
+
+
 def grow(
     model: Transformer,
     *,
     d_mlp: int | None = None,
+    n_kv_heads: int | None = None,
     n_heads: int | None = None,
     d_v: int | None = None,
     d_qk: int | None = None,
@@ -43,12 +54,18 @@ def grow(
     generator: torch.Generator | None = None,
     **unknown: Any,
 ) -> ExpansionRecord:
-    """Apply any subset of the six expansions, in the order of :data:`GROW_ORDER`.
+    """Apply any subset of the seven expansions, in the order of :data:`GROW_ORDER`.
 
     Every argument is checked before the model is touched, so a bad one leaves the model
     unchanged. A size equal to the current one is a no-op. An unknown dimension (a typo
     such as ``d_ff``) raises ``ValueError`` naming it and the growable ones. Returns one
     record composing all the expansions applied (old model to grown model).
+
+    ``n_kv_heads`` grows first and adds whole groups (see :func:`expand_kv_heads`), then
+    ``n_heads`` fills the groups. On a model with ``n_kv_heads=None`` (a KV head per query
+    head), asking for both ``n_kv_heads`` and more query heads than that makes the KV
+    count explicit first: ``grow(model, n_kv_heads=4, n_heads=8)`` on 4 heads gives 4 KV
+    heads with 2 query heads each.
 
     Example:
         >>> from progrow import Transformer, TransformerConfig
@@ -62,19 +79,26 @@ def grow(
             f"grow() got unknown dimension(s) {sorted(unknown)}; the growable dimensions "
             f"are {list(GROWABLE_DIMS)} (other keywords: layer_positions, generator)"
         )
+    if not isinstance(model, Transformer):
+        raise TypeError(f"expected a progrow.Transformer, got {type(model).__name__}")
     targets = dict(
-        d_mlp=d_mlp, n_heads=n_heads, d_v=d_v, d_qk=d_qk, d_model=d_model, n_layers=n_layers
+        d_mlp=d_mlp,
+        n_kv_heads=n_kv_heads,
+        n_heads=n_heads,
+        d_v=d_v,
+        d_qk=d_qk,
+        d_model=d_model,
+        n_layers=n_layers,
     )
     todo = {dim: value for dim, value in targets.items() if value is not None}
-    for dim, value in todo.items():
-        check_target(model, dim, value)
-    grows_hidden = todo.get("d_model", model.config.d_model) != model.config.d_model
-    if grows_hidden and model.config.norm != "rmsnorm":
-        expand_hidden(model, todo["d_model"])  # raises the explanatory ValueError
+    grown_config(model.config, todo)  # validates every target, in order
     if "n_layers" in todo and todo["n_layers"] != model.config.n_layers:
         new_layer_positions(model.config.n_layers, todo["n_layers"], layer_positions)
+    pin = pins_kv_heads(model.config, todo)
     record = ExpansionRecord(model.config, model.config)
     for dim, expansion in GROW_ORDER:
+        if dim == "n_heads" and pin:
+            record = record.then(_pin_kv_heads(model))
         if dim not in todo:
             continue
         kwargs = {"positions": layer_positions} if dim == "n_layers" else {}

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from progrow.expand._editor import Editor, check_target
+from progrow.expand._editor import Editor, Fill, check_target
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord
 
@@ -18,12 +18,14 @@ def expand_hidden(
 
     The invariant is that the residual stream becomes ``[x, 0]`` at every layer:
 
-    * token and position embeddings get zero new columns;
+    * token and (learned) position embeddings get zero new columns;
     * everything that writes into the stream gets zero new outputs: W_O and W2 new rows
-      (of their ``(out, in)`` weights' out side), b2 new entries;
-    * everything that reads from the stream gets fresh new inputs (WQ, WK, WV, W1, and the
-      output projection unless it is tied to the embedding, in which case it follows the
-      embedding's zeros): they multiply the zero coordinates, so their value is free;
+      (of their ``(out, in)`` weights' out side), and the new entries of their biases
+      (``attn.o.bias``, ``mlp.proj.bias``);
+    * everything that reads from the stream gets fresh new inputs (WQ, WK, WV, W1, the
+      gate of a gated MLP, and the output projection unless it is tied to the embedding,
+      in which case it follows the embedding's zeros): they multiply the zero
+      coordinates, so their value is free; their biases do not change shape;
     * RMS over ``d_model`` coordinates of ``[x, 0]`` is ``sqrt(h / d_model)`` times the RMS
       over ``h``; every norm gain (final norm included) is multiplied by
       ``sqrt(h / d_model)``, its new entries set to that same value, and ``norm_eps`` is
@@ -40,40 +42,42 @@ def expand_hidden(
         >>> model.config.d_model, round(model.config.norm_eps, 6)
         (12, 0.000667)
     """
-    if not check_target(model, "d_model", d_model):
+    new_cfg = check_target(model, "d_model", d_model)
+    if new_cfg is None:
         return ExpansionRecord(model.config, model.config, expansions=("d_model",))
     cfg = model.config
-    if cfg.norm != "rmsnorm":
-        raise ValueError(
-            f"d_model={d_model}: hidden expansion needs norm='rmsnorm', this model has "
-            f"norm={cfg.norm!r}; LayerNorm subtracts the mean over all d_model coordinates, "
-            "and zero-padding changes that mean, so the function would not be preserved"
-        )
     h, new_h = cfg.d_model, d_model
-    ratio = h / new_h
-    gain = math.sqrt(ratio)
-    new_cfg = cfg.replace(d_model=new_h, norm_eps=cfg.norm_eps * ratio)
+    gain = math.sqrt(h / new_h)
     editor = Editor(model, new_cfg, "d_model", generator)
+
+    def widen(name: str, fill: Fill, h_axis: int) -> None:
+        # h is the columns (axis 1) of embeddings and of readers, the rows (axis 0) of
+        # writers and their biases. Optional parameters (biases, gate) may be absent.
+        if not editor.has(name):
+            return
+        shape = list(editor.params[name].shape)
+        shape[h_axis] = new_h
+        editor.expand(name, tuple(shape), fill)
 
     def widen_norm(name: str) -> None:
         editor.expand(name, (new_h,), gain, factor=gain)
 
-    editor.expand("tok_emb.weight", (cfg.vocab_size, new_h), "zero")
-    editor.expand("pos_emb.weight", (cfg.max_seq_len, new_h), "zero")
-    qk, v, p = cfg.n_heads * cfg.d_qk, cfg.n_heads * cfg.d_v, cfg.d_mlp
+    widen("tok_emb.weight", "zero", h_axis=1)
+    widen("pos_emb.weight", "zero", h_axis=1)  # learned positions only
     for i in range(cfg.n_layers):
         pre = f"blocks.{i}."
         widen_norm(pre + "norm_attn.weight")
-        editor.expand(pre + "attn.q.weight", (qk, new_h), "fresh")
-        editor.expand(pre + "attn.k.weight", (qk, new_h), "fresh")
-        editor.expand(pre + "attn.v.weight", (v, new_h), "fresh")
-        editor.expand(pre + "attn.o.weight", (new_h, v), "zero")
+        for name in ("attn.q", "attn.k", "attn.v"):
+            widen(pre + name + ".weight", "fresh", h_axis=1)
+        widen(pre + "attn.o.weight", "zero", h_axis=0)
+        widen(pre + "attn.o.bias", "zero", h_axis=0)
         widen_norm(pre + "norm_mlp.weight")
-        editor.expand(pre + "mlp.fc.weight", (p, new_h), "fresh")
-        editor.expand(pre + "mlp.proj.weight", (new_h, p), "zero")
-        editor.expand(pre + "mlp.proj.bias", (new_h,), "zero")
+        widen(pre + "mlp.fc.weight", "fresh", h_axis=1)
+        widen(pre + "mlp.gate.weight", "fresh", h_axis=1)
+        widen(pre + "mlp.proj.weight", "zero", h_axis=0)
+        widen(pre + "mlp.proj.bias", "zero", h_axis=0)
     if cfg.final_norm:
         widen_norm("norm_f.weight")
     if not cfg.tie_embeddings:
-        editor.expand("lm_head.weight", (cfg.vocab_size, new_h), "fresh")
+        widen("lm_head.weight", "fresh", h_axis=1)
     return editor.commit()

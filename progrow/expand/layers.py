@@ -16,7 +16,7 @@ from progrow.record import ExpansionRecord, ParamChange, identity_index
 Positions = Literal["append", "interleave"] | Sequence[int] | None
 
 # A new block's writes into the residual stream are zero: the block is the identity.
-_ZERO_IN_NEW_BLOCK = ("attn.o.weight", "mlp.proj.weight", "mlp.proj.bias")
+_ZERO_IN_NEW_BLOCK = ("attn.o.weight", "attn.o.bias", "mlp.proj.weight", "mlp.proj.bias")
 
 
 def new_layer_positions(n_old: int, n_new: int, positions: Positions) -> list[int]:
@@ -79,9 +79,10 @@ def add_layers(
 ) -> ExpansionRecord:
     """Insert blocks until there are ``n_layers``, in place.
 
-    Each new block's W_O, W2 and b2 are zero and everything else is a fresh draw (norm
-    gains one), so with pre-norm the block adds zero to the residual stream: the identity.
-    W_O and W2 get a gradient at once; WQ, WK, WV and W1 as soon as those have moved.
+    Each new block's W_O, W2 and their biases are zero and everything else is a fresh draw
+    (norm gains one, other biases zero), so with pre-norm the block adds zero to the
+    residual stream: the identity. W_O and W2 get a gradient at once; WQ, WK, WV, W1 and
+    the gate as soon as those have moved.
     Blocks after an insertion point are renamed (``blocks.1`` becomes ``blocks.2``); the
     record lists those renames so optimizer state follows its parameter.
 
@@ -99,11 +100,11 @@ def add_layers(
         >>> sorted({name.split(".")[1] for name in record.new})
         ['1', '3']
     """
-    if not check_target(model, "n_layers", n_layers):
+    new_cfg = check_target(model, "n_layers", n_layers)
+    if new_cfg is None:
         return ExpansionRecord(model.config, model.config, expansions=("n_layers",))
     cfg = model.config
     new_idx = new_layer_positions(cfg.n_layers, n_layers, positions)
-    new_cfg = cfg.replace(n_layers=n_layers)
     like = model.tok_emb.weight
     fresh = {i: _new_block(new_cfg, like, generator) for i in new_idx}
     old_blocks = iter(enumerate(model.blocks))

@@ -1,8 +1,10 @@
-"""The four expansions inside a block: MLP size, heads, value size, key/query size.
+"""The expansions inside a block: MLP size, KV heads, query heads, value size, key/query size.
 
 Torch stores a linear map ``x @ W`` as ``weight = W^T`` of shape (out, in), so the
 paper's "new columns of W1" are new rows of ``fc.weight`` and so on; the docstrings use
-the paper's notation.
+the paper's notation. Biases (``attn_bias``, ``mlp_bias``) follow their weight's output
+rows: a bias entry of a new output unit is fresh (zero, as a fresh bias is), the bias of
+a weight whose old outputs are rescaled is rescaled with them.
 """
 
 from __future__ import annotations
@@ -10,14 +12,44 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
-from progrow.expand._editor import Editor, blocked_index, check_target
+from progrow.config import TransformerConfig
+from progrow.expand._editor import Editor, Fill, blocked_index, check_target
+from progrow.expand.plan import rope_layout
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord
 
 
 def _noop(model: Transformer, expansion: str) -> ExpansionRecord:
     return ExpansionRecord(model.config, model.config, expansions=(expansion,))
+
+
+def _rows(
+    editor: Editor,
+    name: str,
+    new_rows: int,
+    fill: Fill,
+    rows: Tensor | None = None,
+    factor: float = 1.0,
+) -> None:
+    """Stage a linear layer grown in its output rows (weight and, if any, bias)."""
+    weight = editor.params[f"{name}.weight"]
+    cols = torch.arange(weight.shape[1])
+    index = None if rows is None else (rows, cols)
+    editor.expand(f"{name}.weight", (new_rows, weight.shape[1]), fill, index, factor)
+    if editor.has(f"{name}.bias"):
+        bias_fill: Fill = "fresh" if fill == "fresh" else "zero"
+        bias_index = None if rows is None else (rows,)
+        editor.expand(f"{name}.bias", (new_rows,), bias_fill, bias_index, factor)
+
+
+def _cols(editor: Editor, name: str, new_cols: int, cols: Tensor | None = None) -> None:
+    """Stage a linear layer grown in its input columns, the new ones zero (its bias, an
+    output, is unchanged)."""
+    weight = editor.params[f"{name}.weight"]
+    index = None if cols is None else (torch.arange(weight.shape[0]), cols)
+    editor.expand(f"{name}.weight", (weight.shape[0], new_cols), "zero", index)
 
 
 def expand_mlp(
@@ -30,6 +62,14 @@ def expand_mlp(
     new rows get a gradient at once, and W1's new columns as soon as W2 has moved: only
     one side is zero, so no unit is dead.
 
+    Gated MLP (SwiGLU): a unit computes ``act(gate_u x) * (up_u x)`` and writes it through
+    column ``u`` of W2 ("down"). New units get fresh rows in ``gate`` and in ``fc`` ("up")
+    and zero columns in W2 only. Zeroing the up (or, as ``act(0) = 0``, the gate) rows
+    instead would also keep the function, but never two of the three: the gradient of
+    each of gate, up and down is proportional to the other two, so a unit with two zero
+    sides never moves. With only W2 zero, W2 gets a gradient at once (``act(g) * u`` is
+    nonzero) and gate and up as soon as W2 has moved.
+
     Example:
         >>> from progrow import Transformer, TransformerConfig
         >>> model = Transformer(TransformerConfig(d_model=8, d_mlp=16))
@@ -37,25 +77,77 @@ def expand_mlp(
         >>> model.config.d_mlp, record.changes["blocks.0.mlp.fc.weight"].new_shape
         (24, (24, 8))
     """
-    if not check_target(model, "d_mlp", d_mlp):
+    new_cfg = check_target(model, "d_mlp", d_mlp)
+    if new_cfg is None:
         return _noop(model, "d_mlp")
-    cfg = model.config
-    editor = Editor(model, cfg.replace(d_mlp=d_mlp), "d_mlp", generator)
-    for i in range(cfg.n_layers):
+    editor = Editor(model, new_cfg, "d_mlp", generator)
+    for i in range(model.config.n_layers):
         pre = f"blocks.{i}.mlp."
-        editor.expand(pre + "fc.weight", (d_mlp, cfg.d_model), "fresh")
-        editor.expand(pre + "fc.bias", (d_mlp,), "fresh")
-        editor.expand(pre + "proj.weight", (cfg.d_model, d_mlp), "zero")
+        _rows(editor, pre + "fc", d_mlp, "fresh")
+        if new_cfg.mlp_gated:
+            _rows(editor, pre + "gate", d_mlp, "fresh")
+        _cols(editor, pre + "proj", d_mlp)
+    return editor.commit()
+
+
+def _append_heads(editor: Editor, cfg: TransformerConfig, n_heads: int, n_kv: int) -> None:
+    """New query heads and KV heads at the end of every block: WQ, WK, WV fresh, W_O's
+    new columns zero. Query head e reads KV head ``e // group``, so appended query heads
+    read appended KV heads when the group size is kept."""
+    k, v = cfg.d_qk, cfg.d_v
+    for i in range(cfg.n_layers):
+        pre = f"blocks.{i}.attn."
+        _rows(editor, pre + "q", n_heads * k, "fresh")
+        if n_kv != cfg.kv_heads:
+            _rows(editor, pre + "k", n_kv * k, "fresh")
+            _rows(editor, pre + "v", n_kv * v, "fresh")
+        _cols(editor, pre + "o", n_heads * v)
+
+
+def expand_kv_heads(
+    model: Transformer, n_kv_heads: int, *, generator: torch.Generator | None = None
+) -> ExpansionRecord:
+    """Add key/value heads, each with its own group of query heads, in place.
+
+    The group size ``n_heads // n_kv_heads`` is kept, so ``n_heads`` becomes
+    ``n_kv_heads * group``. New KV heads and their query heads are appended: their WQ, WK
+    and WV are fresh, and the new query heads' rows of W_O are zero, so their output is
+    discarded until W_O learns to read it. Old query heads still read their old KV heads
+    (query head e reads KV head ``e // group`` before and after). A model with
+    ``n_kv_heads=None`` (one KV head per query head) keeps it so: this is then the same as
+    :func:`add_heads`.
+
+    Example:
+        >>> from progrow import Transformer, TransformerConfig
+        >>> cfg = TransformerConfig(d_model=8, n_heads=4, n_kv_heads=2, d_qk=4, d_v=4)
+        >>> model = Transformer(cfg)
+        >>> _ = expand_kv_heads(model, 3)
+        >>> model.config.n_heads, model.config.n_kv_heads
+        (6, 3)
+    """
+    new_cfg = check_target(model, "n_kv_heads", n_kv_heads)
+    if new_cfg is None:
+        return _noop(model, "n_kv_heads")
+    editor = Editor(model, new_cfg, "n_kv_heads", generator)
+    _append_heads(editor, model.config, new_cfg.n_heads, new_cfg.kv_heads)
     return editor.commit()
 
 
 def add_heads(
     model: Transformer, n_heads: int, *, generator: torch.Generator | None = None
 ) -> ExpansionRecord:
-    """Add attention heads to every block until there are ``n_heads``, in place.
+    """Add query heads to every block until there are ``n_heads``, in place.
 
-    Each new head's WQ, WK and WV are fresh draws; its rows of W_O are zero, so its output
-    is discarded until W_O learns to read it. Existing heads are untouched.
+    Each new head's WQ is a fresh draw and its rows of W_O are zero, so its output is
+    discarded until W_O learns to read it. Existing heads keep their weights.
+
+    * ``n_kv_heads=None`` (a KV head per query head): each new head also gets fresh WK and
+      WV of its own; the new heads are appended.
+    * Grouped-query attention: the KV heads stay, ``n_heads`` must be a multiple of
+      ``n_kv_heads``, and each group grows from ``g`` to ``g' = n_heads / n_kv_heads``
+      query heads. Query head e reads KV head ``e // g``, so old head ``e`` moves to
+      ``(e // g) * g' + e % g`` and the new heads of group ``j`` take its last ``g' - g``
+      places; the record's index says where every old query row and W_O column went.
 
     Example:
         >>> from progrow import Transformer, TransformerConfig
@@ -64,17 +156,23 @@ def add_heads(
         >>> model.blocks[0].attn.q.weight.shape
         torch.Size([12, 8])
     """
-    if not check_target(model, "n_heads", n_heads):
+    new_cfg = check_target(model, "n_heads", n_heads)
+    if new_cfg is None:
         return _noop(model, "n_heads")
     cfg = model.config
-    h, k, v = cfg.d_model, cfg.d_qk, cfg.d_v
-    editor = Editor(model, cfg.replace(n_heads=n_heads), "n_heads", generator)
+    editor = Editor(model, new_cfg, "n_heads", generator)
+    if cfg.n_kv_heads is None:
+        _append_heads(editor, cfg, n_heads, n_heads)
+        return editor.commit()
+    g, new_g = cfg.kv_group, n_heads // cfg.n_kv_heads
+    old = torch.arange(cfg.n_heads)
+    at = (old // g) * new_g + old % g  # old query head -> its place in the grown group
+    q_rows = blocked_index(cfg.n_heads, cfg.d_qk, cfg.d_qk, block_at=at)
+    o_cols = blocked_index(cfg.n_heads, cfg.d_v, cfg.d_v, block_at=at)
     for i in range(cfg.n_layers):
         pre = f"blocks.{i}.attn."
-        editor.expand(pre + "q.weight", (n_heads * k, h), "fresh")
-        editor.expand(pre + "k.weight", (n_heads * k, h), "fresh")
-        editor.expand(pre + "v.weight", (n_heads * v, h), "fresh")
-        editor.expand(pre + "o.weight", (h, n_heads * v), "zero")
+        _rows(editor, pre + "q", n_heads * cfg.d_qk, "fresh", q_rows)
+        _cols(editor, pre + "o", n_heads * cfg.d_v, o_cols)
     return editor.commit()
 
 
@@ -83,8 +181,11 @@ def expand_value(
 ) -> ExpansionRecord:
     """Grow every head's value size from ``v`` to ``d_v``, in place.
 
-    Each head's WV gets fresh new columns; W_O gets zero rows in every head's block (heads
-    are stored contiguously, so old rows of head e move to ``e * d_v + [0, v)``).
+    Each KV head's WV gets fresh new columns; W_O gets zero rows in every query head's
+    block (heads are stored contiguously, so old rows of head e move to
+    ``e * d_v + [0, v)``). Under grouped-query attention WV has ``n_kv_heads`` blocks and
+    W_O ``n_heads``; a query head's new value entries come from its KV head's new columns
+    and meet zero rows of W_O.
 
     Example:
         >>> from progrow import Transformer, TransformerConfig
@@ -93,17 +194,16 @@ def expand_value(
         >>> model.blocks[0].attn.o.weight.shape
         torch.Size([8, 10])
     """
-    if not check_target(model, "d_v", d_v):
+    new_cfg = check_target(model, "d_v", d_v)
+    if new_cfg is None:
         return _noop(model, "d_v")
     cfg = model.config
-    h, e = cfg.d_model, cfg.n_heads
-    heads = blocked_index(e, cfg.d_v, d_v)
-    rows_h = torch.arange(h)
-    editor = Editor(model, cfg.replace(d_v=d_v), "d_v", generator)
+    e, kv = cfg.n_heads, cfg.kv_heads
+    editor = Editor(model, new_cfg, "d_v", generator)
     for i in range(cfg.n_layers):
         pre = f"blocks.{i}.attn."
-        editor.expand(pre + "v.weight", (e * d_v, h), "fresh", index=(heads, rows_h))
-        editor.expand(pre + "o.weight", (h, e * d_v), "zero", index=(rows_h, heads))
+        _rows(editor, pre + "v", kv * d_v, "fresh", blocked_index(kv, cfg.d_v, d_v))
+        _cols(editor, pre + "o", e * d_v, blocked_index(e, cfg.d_v, d_v))
     return editor.commit()
 
 
@@ -116,7 +216,18 @@ def expand_qk(
     ``sqrt(d_qk / k)``: the attention scale is ``1/sqrt(d_qk)`` afterwards, and the
     rescale keeps ``Q K^T / sqrt(d_qk)`` equal to the old ``Q K^T / sqrt(k)``. (Keys rather
     than queries carry the factor; either works.) The record carries the factor so that
-    optimizer surgery can rescale WK's moments.
+    optimizer surgery can rescale WK's moments. With ``attn_bias`` the key bias is
+    rescaled with WK and its new entries are zero; the query bias's new entries are fresh.
+
+    RoPE: each old key/query pair must keep its rotation frequency (a rebuilt default
+    table for ``d_qk`` would change them all). For ``d_qk = m * k`` with the default table,
+    old pair ``i`` (entries ``i`` and ``i + k/2``) moves to new pair ``m * i`` (entries
+    ``m*i`` and ``m*i + d_qk/2``), whose default frequency is the old one, and the model
+    stays Hugging Face's layout. For other factors old pairs keep their indices and the
+    config stores the frequency table (``rope_inv_freq``): see
+    :func:`progrow.expand.plan.rope_layout`. New pairs have zero keys, so they add nothing
+    to any score whatever their frequency; rotations are linear, so scaling keys by
+    ``sqrt(d_qk / k)`` scales the rotated keys alike.
 
     Example:
         >>> from progrow import Transformer, TransformerConfig
@@ -125,16 +236,18 @@ def expand_qk(
         >>> record.changes["blocks.0.attn.k.weight"].factor
         1.5
     """
-    if not check_target(model, "d_qk", d_qk):
+    new_cfg = check_target(model, "d_qk", d_qk)
+    if new_cfg is None:
         return _noop(model, "d_qk")
     cfg = model.config
-    h, e = cfg.d_model, cfg.n_heads
-    heads = blocked_index(e, cfg.d_qk, d_qk)
-    cols = torch.arange(h)
-    factor = math.sqrt(d_qk / cfg.d_qk)
-    editor = Editor(model, cfg.replace(d_qk=d_qk), "d_qk", generator)
+    k = cfg.d_qk
+    within = rope_layout(cfg, d_qk)[0] if cfg.positions == "rope" else None
+    q_rows = blocked_index(cfg.n_heads, k, d_qk, within=within)
+    k_rows = blocked_index(cfg.kv_heads, k, d_qk, within=within)
+    factor = math.sqrt(d_qk / k)
+    editor = Editor(model, new_cfg, "d_qk", generator)
     for i in range(cfg.n_layers):
         pre = f"blocks.{i}.attn."
-        editor.expand(pre + "q.weight", (e * d_qk, h), "fresh", index=(heads, cols))
-        editor.expand(pre + "k.weight", (e * d_qk, h), "zero", index=(heads, cols), factor=factor)
+        _rows(editor, pre + "q", cfg.n_heads * d_qk, "fresh", q_rows)
+        _rows(editor, pre + "k", cfg.kv_heads * d_qk, "zero", k_rows, factor)
     return editor.commit()

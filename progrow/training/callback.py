@@ -256,7 +256,8 @@ class GrowthCallback(L.Callback):
 
     @staticmethod
     def _reached(model: Transformer, stage: GrowthStage) -> bool:
-        return all(getattr(model.config, dim) >= size for dim, size in stage.sizes.items())
+        sizes = model.config.sizes()
+        return all(sizes[dim] >= size for dim, size in stage.sizes.items())
 
     def _capture_probe(self, trainer: L.Trainer, batch: Any) -> Any:
         """This fit's probe batch, checked now (not at the first growth), the same on
