@@ -33,7 +33,9 @@ GROUPS = ("model", "growth", "data", "trainer", "logger", "callbacks", "paths", 
 #: shipped schedules grow model=tiny, so the bigger starts are checked as fixed-size runs.
 REQUIRED = {("data", "text"): ["data.path=README.md"], ("data", "hf"): [
     "data.path=some/dataset", "data.tokenizer=gpt2"], ("model", "small"): ["growth=none"],
-    ("model", "medium"): ["growth=none"]}  # fmt: skip
+    ("model", "medium"): ["growth=none"], ("model", "llama_small"): ["growth=llama"],
+    ("model", "llama_target"): ["growth=none"],
+    ("growth", "llama"): ["model=llama_small"]}  # fmt: skip
 
 
 def options(group: str) -> list[str]:
@@ -220,5 +222,5 @@ def test_llama_schedule_is_checked_against_the_model(
 ) -> None:
     settings = settings_of(compose_train("experiment=llama", f"growth.stages={stages}"), tmp_path)
     start = model_config(settings, vocab_size=256, seq_len=64)
-    with pytest.raises(ConfigError, match=r"growth\.stages \(growth=llama\): " + match):
+    with pytest.raises(ConfigError, match=r"growth\.stages \(growth=custom\): " + match):
         validate_schedule(settings.growth, start, settings.max_steps)
