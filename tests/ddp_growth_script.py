@@ -16,7 +16,29 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lit_utils import datamodule, growth, lm_module
+from lit_utils import TINY_MODEL, datamodule, growth, lm_module
+from torch.utils.data import DataLoader, Dataset
+
+from progrow.training import lm_loss
+from progrow.training.architecture import find_transformer
+
+
+class TensorRows(Dataset):
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.rows[i]
+
+
+def rank_dependent_loss(pl_module: L.LightningModule, batch: torch.Tensor) -> torch.Tensor:
+    """The probe loss, plus 1 on rank 1 once grown: a jump only one rank sees."""
+    model = find_transformer(pl_module)
+    jump = pl_module.global_rank == 1 and model.config.d_mlp > TINY_MODEL["d_mlp"]
+    return lm_loss(model, batch) + (1.0 if jump else 0.0)
 
 
 class CountTokens(L.Callback):
@@ -32,8 +54,13 @@ class CountTokens(L.Callback):
 def main(out: Path, find_unused: bool) -> None:
     torch.set_num_threads(1)
     module = lm_module(10)
-    cb = growth()
+    # The find_unused run also trains from a plain DataLoader (no probe_batch(); the
+    # distributed sampler gives each rank other batches) with a probe loss that jumps on
+    # rank 1 only: every rank must probe rank 0's batch and decide on rank 0's numbers.
     seen = CountTokens()
+    cb = growth(loss_fn=rank_dependent_loss) if find_unused else growth()
+    rows = torch.randint(0, 256, (64, 17), generator=torch.Generator().manual_seed(0))
+    plain_loader = DataLoader(TensorRows(rows), batch_size=4)
     strategy = DDPStrategy(
         process_group_backend="gloo",
         timeout=timedelta(seconds=60),  # a rank that never joins fails fast instead of hanging
@@ -52,7 +79,10 @@ def main(out: Path, find_unused: bool) -> None:
         limit_val_batches=0,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, datamodule=datamodule(out / "cache"))
+    if find_unused:
+        trainer.fit(module, train_dataloaders=plain_loader)
+    else:
+        trainer.fit(module, datamodule=datamodule(out / "cache"))
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
     torch.save(
         {
@@ -62,6 +92,7 @@ def main(out: Path, find_unused: bool) -> None:
             "tokens": module.tokens,
             "flops": module.flops,
             "tokens_seen": seen.tokens,
+            "probe": cb._probe,
         },
         out / f"rank{trainer.global_rank}.pt",
     )

@@ -60,7 +60,9 @@ def check_compute_counts(ranks: list[dict[str, Any]]) -> None:
 
 
 # find_unused_parameters=True is the trap: without re-wrapping it raises no error, the
-# grown parameters are simply never all-reduced and the ranks drift apart.
+# grown parameters are simply never all-reduced and the ranks drift apart. That run also
+# trains from a plain DataLoader with a probe loss that jumps on rank 1 only (see the
+# script): without collective decisions rank 1 raises and rank 0 hangs.
 @pytest.mark.parametrize("find_unused", [False, True], ids=["default", "find_unused"])
 def test_ddp_growth_keeps_ranks_identical(tmp_path: Path, find_unused: bool) -> None:
     run_ddp(tmp_path, find_unused)
@@ -70,6 +72,12 @@ def test_ddp_growth_keeps_ranks_identical(tmp_path: Path, find_unused: bool) -> 
         assert rank["config"]["n_layers"] == 3 and rank["config"]["d_model"] == 12
         assert all(abs(e["loss_delta"]) <= 1e-5 for e in rank["events"])
     check_compute_counts(ranks)
+    # One probe batch and one set of growth numbers on every rank (rank 0's).
+    assert torch.equal(ranks[0]["probe"], ranks[1]["probe"])
+    drop = {"seconds"}
+    assert [{k: v for k, v in e.items() if k not in drop} for e in ranks[0]["events"]] == [
+        {k: v for k, v in e.items() if k not in drop} for e in ranks[1]["events"]
+    ]
     a, b = ranks[0]["params"], ranks[1]["params"]
     assert a.keys() == b.keys()
     for key in a:

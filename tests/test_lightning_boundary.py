@@ -4,6 +4,7 @@ checkpoints without a prior fit, LR re-warmup."""
 from __future__ import annotations
 
 import copy
+import csv
 import io
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lit_utils import (
     TINY_MODEL,
     assert_bitwise_equal,
@@ -320,3 +322,99 @@ def test_group_options_pass_through_the_callback(tmp_path_factory: pytest.TempPa
     run.fit(module, datamodule=datamodule(cache))
     groups = group_names(module, run.optimizers[0])
     assert len(groups) == 2 and {n for n in groups[0] if n.startswith("net.blocks.1.")}
+
+
+class AppliedLR(L.Callback):
+    """The LR each SGD step really applied: minus the change of the weight with the
+    largest gradient, divided by that gradient (plain SGD: no momentum, no decay)."""
+
+    def __init__(self) -> None:
+        self.applied: dict[int, float] = {}
+        self._before: tuple[int, int, float, float] | None = None
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
+        weight = pl_module.net.lm_head.weight
+        i = int(weight.grad.abs().argmax())
+        before, grad = weight.detach().flatten()[i].item(), weight.grad.flatten()[i].item()
+        self._before = (trainer.global_step, i, before, grad)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+        assert self._before is not None
+        step, i, before, grad = self._before
+        after = pl_module.net.lm_head.weight.detach().flatten()[i].item()
+        if after != before:  # a step the GradScaler skipped changes nothing
+            self.applied[step] = (before - after) / grad
+
+
+class DecayingSGD(SortedOrder):
+    """Plain SGD, LR 0.1 / (1 + step)."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1 / (1 + t))
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+def test_rewarmup_ramps_the_lr_applied_and_logged_and_leaves_nothing_behind(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    applied = AppliedLR()
+    monitor = L.pytorch.callbacks.LearningRateMonitor(logging_interval="step")
+    logger = L.pytorch.loggers.CSVLogger(tmp_path, name="run")
+    torch.manual_seed(0)
+    module = DecayingSGD()
+    cb = growth([{"step": 4, "d_mlp": 16}], model_attr="net", rewarmup_steps=3)
+    # The monitor listed first: the callback must still scale before the monitor reads.
+    run = trainer(10, [monitor, cb, applied], logger=logger, log_every_n_steps=1,
+                  precision="64-true")  # fmt: skip
+    run.fit(module, datamodule=datamodule(cache))
+    scale = {4: 1 / 3, 5: 2 / 3}  # step 6 is the window's last: full LR again
+    expected = [0.1 / (1 + t) * scale.get(t, 1.0) for t in range(10)]
+    assert [applied.applied[t] for t in range(10)] == pytest.approx(expected, rel=1e-9)
+    rows = list(csv.DictReader((Path(logger.log_dir) / "metrics.csv").open()))
+    logged = [float(r["lr-SGD"]) for r in rows if r.get("lr-SGD")]
+    assert logged == pytest.approx(expected, rel=1e-6)
+    # Nothing left: the scheduler's LR in the groups, no progrow hook on the optimizer.
+    optimizer = run.optimizers[0]
+    last = run.lr_scheduler_configs[0].scheduler.get_last_lr()
+    assert [g["lr"] for g in optimizer.param_groups] == last
+    assert not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
+
+
+class SkipsAStep(SortedOrder):
+    """SGD with a chainable scheduler (it reads the group's LR); at step 4, the first
+    re-warmup step, the loss is infinite and the GradScaler skips the optimizer step."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = lm_loss(self.net, batch)
+        return loss * float("inf") if self.trainer.global_step == 4 else loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.8)
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+def test_rewarmup_with_a_step_skipped_by_the_grad_scaler(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    applied = AppliedLR()
+    torch.manual_seed(0)
+    module = SkipsAStep()
+    cb = growth([{"step": 4, "d_mlp": 16}], model_attr="net", rewarmup_steps=3,
+                on_loss_jump="ignore")  # fmt: skip
+    fp16 = MixedPrecision("16-mixed", "cpu")
+    run = trainer(8, [cb, applied], plugins=[fp16])
+    run.fit(module, datamodule=datamodule(cache))
+    # Step 4 was skipped; step 5 ran at 2/3 of its LR; the scheduler stepped 8 times from
+    # the scheduled LR, never from a scaled one.
+    scale = {5: 2 / 3}
+    expected = {t: 0.1 * 0.8**t * scale.get(t, 1.0) for t in (0, 1, 2, 3, 5, 6, 7)}
+    assert applied.applied.keys() == expected.keys()
+    for t, lr in expected.items():
+        assert applied.applied[t] == pytest.approx(lr, rel=1e-3), t
+    assert run.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.8**8, rel=1e-12)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
 from lightning.pytorch.strategies import (
     DDPStrategy,
@@ -42,6 +43,7 @@ from progrow.training.architecture import (
 )
 from progrow.training.fsdp import GrowableModelParallelStrategy, grow_sharded
 from progrow.training.module import lm_loss
+from progrow.training.rewarmup import Rewarmup, rewarmup_scale
 
 LossFn = Callable[[L.LightningModule, Tensor], Tensor]
 OnLossJump = Literal["raise", "warn", "ignore"]
@@ -121,7 +123,8 @@ class GrowthCallback(L.Callback):
     4. rebuilds the DistributedDataParallel wrapper under DDP;
     5. computes the probe loss again and logs ``growth/loss_before``,
        ``growth/loss_after``, ``growth/loss_delta``, ``growth/stage``, ``growth/params``;
-       a ``|delta|`` above ``loss_tolerance`` raises or warns (``on_loss_jump``).
+       a ``|delta|`` above ``loss_tolerance`` raises or warns (``on_loss_jump``); under DDP
+       every rank records and decides on rank 0's numbers, so all raise or none does.
 
     Growth is idempotent: a stage whose sizes the model already has is skipped, so resuming
     from a checkpoint before, between or after stages does the right thing. The callback
@@ -202,8 +205,7 @@ class GrowthCallback(L.Callback):
         self.param_order = param_order
         self.events: list[dict[str, Any]] = []
         self._probe: Any = None  # this fit's probe batch, on the CPU
-        self._saved_lrs: list[tuple[dict[str, Any], float]] = []
-        self._hooked_optimizers: set[int] = set()
+        self._rewarmup = Rewarmup()
 
     # -- setup: validate before step 0, make checkpoints carry the architecture ----------
 
@@ -214,6 +216,8 @@ class GrowthCallback(L.Callback):
         model = find_transformer(pl_module, self.model_attr)
         self.schedule.validate_for(model.config, trainer.max_steps)
         self._probe = None
+        if self.rewarmup_steps:
+            _run_before_lr_monitors(trainer, self)
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -227,17 +231,23 @@ class GrowthCallback(L.Callback):
         self.events = list(state_dict.get("events", []))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._hook_optimizers(trainer)
+        self._attach_rewarmup(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Again: resuming under a sharded strategy may set up new optimizers after fit start.
-        self._hook_optimizers(trainer)
+        self._attach_rewarmup(trainer)
 
-    def _hook_optimizers(self, trainer: L.Trainer) -> None:
-        for optimizer in trainer.optimizers:
-            if id(optimizer) not in self._hooked_optimizers:
-                optimizer.register_step_post_hook(self._restore_lrs)
-                self._hooked_optimizers.add(id(optimizer))
+    def _attach_rewarmup(self, trainer: L.Trainer) -> None:
+        if self.rewarmup_steps:
+            self._rewarmup.attach(trainer.optimizers)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._rewarmup.detach()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._rewarmup.detach()  # no scaled LR left in an optimizer a user may save
 
     # -- the growth itself --------------------------------------------------------------
 
@@ -253,6 +263,8 @@ class GrowthCallback(L.Callback):
         for index, stage in enumerate(self.schedule):
             if stage.step <= trainer.global_step and not self._reached(model, stage):
                 self._grow(trainer, pl_module, model, index, stage)
+        if self.rewarmup_steps:
+            self._start_rewarmup(trainer)
 
     @staticmethod
     def _reached(model: Transformer, stage: GrowthStage) -> bool:
@@ -340,6 +352,10 @@ class GrowthCallback(L.Callback):
             trainer.strategy.configure_ddp()
         seconds = time.perf_counter() - started
         loss_after = self._probe_loss(trainer, pl_module)
+        if trainer.world_size > 1:
+            # Every rank records and decides on rank 0's numbers: a jump seen on one rank
+            # only would raise there and leave the other ranks waiting in a collective.
+            loss_before, loss_after = trainer.strategy.broadcast((loss_before, loss_after), 0)
         event = {
             "stage": index,
             "step": trainer.global_step,
@@ -395,27 +411,35 @@ class GrowthCallback(L.Callback):
             raise RuntimeError(message)
         warnings.warn(message, stacklevel=2)
 
-    # -- learning-rate re-warmup after growth -------------------------------------------
+    # -- learning-rate re-warmup after growth (progrow.training.rewarmup) --------------
+
+    def _start_rewarmup(self, trainer: L.Trainer) -> None:
+        if not self.events:
+            return
+        since = trainer.global_step - self.events[-1]["step"]
+        scale = rewarmup_scale(since, self.rewarmup_steps)
+        if scale is not None:
+            self._rewarmup.start_step(trainer.optimizers, scale)
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if not self.rewarmup_steps or not self.events:
-            return
-        since = trainer.global_step - self.events[-1]["step"]
-        if not 0 <= since < self.rewarmup_steps:
-            return
-        scale = (since + 1) / self.rewarmup_steps
-        for group in optimizer.param_groups:
-            self._saved_lrs.append((group, group["lr"]))
-            group["lr"] = group["lr"] * scale
+        self._rewarmup.before_step(optimizer)
 
-    def _restore_lrs(self, optimizer: torch.optim.Optimizer, *args: Any) -> None:
-        # Runs right after optimizer.step(), before the scheduler steps: the scaled value
-        # never reaches the scheduler, a checkpoint or the logs.
-        for group, lr in self._saved_lrs:
-            group["lr"] = lr
-        self._saved_lrs.clear()
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
+    ) -> None:
+        self._rewarmup.end_batch()
+
+
+def _run_before_lr_monitors(trainer: L.Trainer, callback: L.Callback) -> None:
+    """Move ``callback`` before any ``LearningRateMonitor``: the monitor reads the LR at
+    batch start, after this callback has scaled it for re-warmup."""
+    callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]
+    monitors = [i for i, c in enumerate(callbacks) if isinstance(c, LearningRateMonitor)]
+    if monitors and callbacks.index(callback) > monitors[0]:
+        callbacks.remove(callback)
+        callbacks.insert(monitors[0], callback)
 
 
 __all__ = ["GrowthCallback", "probe_tokens", "stage_seed"]
