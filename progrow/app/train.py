@@ -80,7 +80,8 @@ def run(settings: RunSettings) -> dict[str, Any]:
     try:
         datamodule = LMDataModule(**settings.data)
         vocab_size = datamodule.vocab_size  # loads (or builds the cache of) the corpus
-    except TypeError as err:
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        # A bad data.* value or a missing data.path: a config error, one line on the CLI.
         raise ConfigError(f"data: {err}") from None
     model_cfg = model_config(settings, vocab_size, datamodule.seq_len)
     budget_flops = None
