@@ -155,3 +155,94 @@ def our_logits(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
+
+
+# --- growth and refusal registries (tests and experiments/hf_preservation.py) ---------
+
+#: (family, variant, growth) that the family can represent after growth. Sizes are odd
+#: where the family allows it; Llama's head counts must divide its hidden size.
+EXPORTABLE: list[tuple[str, str, dict[str, Any]]] = [
+    ("llama", "gqa_untied", {"d_mlp": 37}),
+    ("llama", "gqa_untied", {"n_heads": 6}),
+    ("llama", "gqa_untied", {"n_kv_heads": 4}),
+    ("llama", "gqa_untied", {"d_qk": 12, "d_v": 12}),
+    ("llama", "gqa_untied", {"d_model": 36}),
+    ("llama", "gqa_untied", {"n_layers": 3}),
+    ("llama", "gqa_untied", {"n_layers": 4, "layer_positions": "interleave"}),
+    (
+        "llama",
+        "gqa_untied",
+        {"d_mlp": 37, "n_heads": 8, "n_kv_heads": 4, "d_qk": 18, "d_v": 18, "d_model": 40},
+    ),
+    (
+        "llama",
+        "mqa_headdim_bias_tied",
+        {"d_mlp": 41, "n_heads": 4, "d_qk": 28, "d_v": 28, "d_model": 28, "n_layers": 3},
+    ),
+    ("llama", "mha_tied", {"n_heads": 4, "d_model": 20, "n_layers": 3}),
+    ("gpt2", "tied", {"d_mlp": 101}),
+    ("gpt2", "tied", {"n_layers": 3}),
+    ("gpt2", "untied_odd", {"n_layers": 4, "layer_positions": "interleave"}),
+    ("gpt2", "untied_odd", {"d_mlp": 31, "n_layers": 3}),
+]
+
+
+def grow_id(case: tuple[str, str, dict[str, Any]]) -> str:
+    family, variant, sizes = case
+    return f"{family}-{variant}-" + "-".join(f"{k}{v}" for k, v in sizes.items())
+
+
+#: (family, variant, growth, what the refusal names) for layouts the family cannot hold.
+REFUSED: list[tuple[str, str, dict[str, Any], str]] = [
+    ("llama", "gqa_untied", {"d_v": 9}, "d_qk=6 != d_v=9"),
+    ("llama", "gqa_untied", {"d_qk": 12}, "d_qk=12 != d_v=6"),
+    ("llama", "gqa_untied", {"d_qk": 10, "d_v": 10}, "rope_inv_freq: d_qk=10"),
+    ("llama", "mha_tied", {"n_heads": 3}, "n_heads=3 does not divide d_model=16"),
+    ("gpt2", "tied", {"n_heads": 5}, "n_heads=5 x d_qk=6 != d_model=24"),
+    ("gpt2", "tied", {"d_v": 8}, "d_qk=6 != d_v=8"),
+    ("gpt2", "tied", {"d_qk": 8, "d_v": 8}, "n_heads=4 x d_qk=8 != d_model=24"),
+]
+
+
+LLAMA_LIKE: dict[str, Any] = dict(
+    vocab_size=11, d_model=8, d_mlp=6, n_heads=2, d_qk=4, d_v=4, n_layers=1, positions="rope"
+)
+GPT2_LIKE: dict[str, Any] = dict(
+    vocab_size=11, d_model=8, d_mlp=6, n_heads=2, d_qk=4, d_v=4, n_layers=1, norm="layernorm"
+)
+#: (family, config fields, what the refusal names).
+LAYOUT_REFUSALS: list[tuple[str, dict[str, Any], str]] = [
+    ("llama", {**LLAMA_LIKE, "positions": "learned", "mlp_gated": True}, "positions='learned'"),
+    ("llama", {**LLAMA_LIKE, "mlp_gated": False}, "mlp_gated=False"),
+    ("llama", {**LLAMA_LIKE, "mlp_gated": True, "norm": "layernorm"}, "norm='layernorm'"),
+    ("llama", {**LLAMA_LIKE, "mlp_gated": True, "final_norm": False}, "final_norm=False"),
+    ("gpt2", {**GPT2_LIKE, "norm": "rmsnorm"}, "norm='rmsnorm'"),
+    ("gpt2", {**GPT2_LIKE, "mlp_gated": True}, "mlp_gated=True"),
+    ("gpt2", {**GPT2_LIKE, "positions": "rope"}, "positions='rope'"),
+    ("gpt2", {**GPT2_LIKE, "n_kv_heads": 1}, "n_kv_heads=1 != n_heads=2"),
+    ("gpt2", {**GPT2_LIKE, "d_qk": 6, "d_v": 6}, "n_heads=2 x d_qk=6 != d_model=8"),
+    ("gpt2", {**GPT2_LIKE, "final_norm": False}, "final_norm=False"),
+]
+
+
+def hf_refusals() -> list[tuple[str, Any, str]]:
+    from transformers import LlamaConfig, LlamaModel
+
+    linear = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
+    return [
+        ("base_model", lambda: LlamaModel(LlamaConfig(**SMALL_LLAMA)), "LlamaModel"),
+        ("rope_scaling", lambda: tiny_llama(rope_parameters=linear), "rope_type='linear'"),
+        ("activation", lambda: tiny_llama(hidden_act="gelu_fast"), "hidden_act='gelu_fast'"),
+        (
+            "gpt2_layer_scale",
+            lambda: tiny_gpt2(scale_attn_by_inverse_layer_idx=True),
+            "scale_attn_by_inverse_layer_idx=True",
+        ),
+        ("gpt2_unscaled", lambda: tiny_gpt2(scale_attn_weights=False), "scale_attn_weights=False"),
+        ("gpt2_cross", lambda: tiny_gpt2(add_cross_attention=True), "add_cross_attention=True"),
+    ]
+
+
+SMALL_LLAMA: dict[str, Any] = dict(
+    vocab_size=11, hidden_size=8, intermediate_size=6, num_hidden_layers=1, num_attention_heads=2
+)

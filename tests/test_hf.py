@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,14 +25,14 @@ transformers = pytest.importorskip("transformers")
 from hf_utils import (  # noqa: E402
     CASES,
     DTYPES,
+    LAYOUT_REFUSALS,
     TOL,
     build,
     exact_llama_norm,
     hf_logits,
+    hf_refusals,
     max_diff,
     our_logits,
-    tiny_gpt2,
-    tiny_llama,
     tokens_for,
 )
 
@@ -130,31 +131,12 @@ def test_to_hf_same_logits(family: str, variant: str, dtype: torch.dtype) -> Non
     model = from_hf(hf)
     exported = to_hf(model)
     assert next(exported.parameters()).dtype == dtype and not exported.training
+    assert exported.config.eos_token_id is None  # no base_config: token ids not guessed
     tokens = tokens_for(hf)
     assert max_diff(hf_logits(exported, tokens), our_logits(model, tokens)) <= TOL[dtype]
 
 
 # --- refusals on progrow layouts and on HF models -------------------------------------------
-
-_LLAMA_LIKE = dict(
-    vocab_size=11, d_model=8, d_mlp=6, n_heads=2, d_qk=4, d_v=4, n_layers=1, positions="rope"
-)
-_GPT2_LIKE = dict(
-    vocab_size=11, d_model=8, d_mlp=6, n_heads=2, d_qk=4, d_v=4, n_layers=1, norm="layernorm"
-)
-#: (family, config fields, what the refusal names).
-LAYOUT_REFUSALS = [
-    ("llama", {**_LLAMA_LIKE, "positions": "learned", "mlp_gated": True}, "positions='learned'"),
-    ("llama", {**_LLAMA_LIKE, "mlp_gated": False}, "mlp_gated=False"),
-    ("llama", {**_LLAMA_LIKE, "mlp_gated": True, "norm": "layernorm"}, "norm='layernorm'"),
-    ("llama", {**_LLAMA_LIKE, "mlp_gated": True, "final_norm": False}, "final_norm=False"),
-    ("gpt2", {**_GPT2_LIKE, "norm": "rmsnorm"}, "norm='rmsnorm'"),
-    ("gpt2", {**_GPT2_LIKE, "mlp_gated": True}, "mlp_gated=True"),
-    ("gpt2", {**_GPT2_LIKE, "positions": "rope"}, "positions='rope'"),
-    ("gpt2", {**_GPT2_LIKE, "n_kv_heads": 1}, "n_kv_heads=1 != n_heads=2"),
-    ("gpt2", {**_GPT2_LIKE, "d_qk": 6, "d_v": 6}, "n_heads=2 x d_qk=6 != d_model=8"),
-    ("gpt2", {**_GPT2_LIKE, "final_norm": False}, "final_norm=False"),
-]
 
 
 @pytest.mark.parametrize(
@@ -177,30 +159,7 @@ def test_default_progrow_model_lists_every_reason() -> None:
         to_hf(Transformer(TransformerConfig(n_layers=1)), family="bert")
 
 
-def _hf_refusals() -> list[tuple[str, Any, str]]:
-    from transformers import LlamaConfig, LlamaModel
-
-    linear = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
-    return [
-        ("base_model", lambda: LlamaModel(LlamaConfig(**_SMALL_LLAMA)), "LlamaModel"),
-        ("rope_scaling", lambda: tiny_llama(rope_parameters=linear), "rope_type='linear'"),
-        ("activation", lambda: tiny_llama(hidden_act="gelu_fast"), "hidden_act='gelu_fast'"),
-        (
-            "gpt2_layer_scale",
-            lambda: tiny_gpt2(scale_attn_by_inverse_layer_idx=True),
-            "scale_attn_by_inverse_layer_idx=True",
-        ),
-        ("gpt2_unscaled", lambda: tiny_gpt2(scale_attn_weights=False), "scale_attn_weights=False"),
-        ("gpt2_cross", lambda: tiny_gpt2(add_cross_attention=True), "add_cross_attention=True"),
-    ]
-
-
-_SMALL_LLAMA: dict[str, Any] = dict(
-    vocab_size=11, hidden_size=8, intermediate_size=6, num_hidden_layers=1, num_attention_heads=2
-)
-
-
-@pytest.mark.parametrize("case", _hf_refusals(), ids=lambda c: c[0])
+@pytest.mark.parametrize("case", hf_refusals(), ids=lambda c: c[0])
 def test_from_hf_refuses_unsupported_models_naming_the_field(case: tuple[str, Any, str]) -> None:
     _, make, message = case
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -232,3 +191,34 @@ def test_save_hf_loads_with_auto_class_and_generates(
     assert out.shape == (3, 9)
     with torch.no_grad():  # the first greedy token is progrow's own argmax
         assert torch.equal(out[:, 4], model(tokens[:, :4])[:, -1].argmax(-1))
+
+
+# --- the README's example ------------------------------------------------------------------
+
+
+def test_docstring_examples_of_progrow_hf_run() -> None:
+    import doctest
+
+    import progrow.hf
+
+    result = doctest.testmod(progrow.hf)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def readme_section_code(heading: str) -> str:
+    """The first ```python block under ``## heading`` of the README."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_hugging_face_example_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # it writes ./grown-llama
+    exec(compile(readme_section_code("Grow a Hugging Face model"), "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "LlamaForCausalLM 96 4"
+    assert float(out[1].split(":")[1]) < 1e-5
+    assert out[2] == "torch.Size([2, 12])"
+    assert (tmp_path / "grown-llama" / "config.json").is_file()

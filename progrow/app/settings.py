@@ -131,6 +131,10 @@ class RunSettings:
     resume_allow_changes: bool = False
     """Resume even if the data, schedule, model, ``max_steps`` or seed differ from the
     checkpoint's run (default: refuse, naming what changed)."""
+    hf_init_from: Path | None = None
+    """``hf.init_from``: a Hugging Face model folder to start from (replaces ``model``)."""
+    hf_export_to: Path | None = None
+    """``hf.export_to``: a new folder that receives the final model in HF format."""
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> RunSettings:
@@ -185,7 +189,11 @@ class RunSettings:
             if not isinstance(budget_model, dict):
                 raise ConfigError(f"budget.model={budget_model!r}: must be a mapping of sizes")
             _check_keys("budget.model", budget_model, set(GROWABLE_DIMS))
+        hf = _section(raw, "hf")
+        _check_keys("hf", hf, {"init_from", "export_to"})
         return cls(
+            hf_init_from=_optional_path("hf.init_from", hf.get("init_from")),
+            hf_export_to=_optional_path("hf.export_to", hf.get("export_to")),
             budget_steps=budget_steps,
             budget_model=budget_model,
             resume_allow_changes=allow_changes,
@@ -206,6 +214,14 @@ class RunSettings:
             loggers=_targets("logger", _section(raw, "logger")),
             raw=raw,
         )
+
+
+def _optional_path(key: str, value: Any) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}={value!r}: must be a folder path or null")
+    return Path(value)
 
 
 def _growth(section: dict[str, Any], max_steps: int) -> GrowthSettings:

@@ -65,6 +65,8 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     head.add_row("run folder", summary["output_dir"])
     head.add_row("logs", "\n".join(summary["log_dirs"]) or "(no logger)")
     head.add_row("checkpoints", summary["ckpt_dir"])
+    if summary.get("hf_export"):
+        head.add_row("Hugging Face model", summary["hf_export"])
     if summary.get("resumed_from"):
         head.add_row("resumed from", summary["resumed_from"])
     console.print(head)

@@ -56,7 +56,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     import lightning as L
     from hydra.utils import instantiate
 
-    from progrow.app import wandb_extras
+    from progrow.app import hf_io, wandb_extras
     from progrow.app.checks import check_devices, resolve_ckpt_path
     from progrow.app.console import quiet_lightning
     from progrow.app.resume import RunIdentity, check_resume, run_identity
@@ -74,6 +74,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     quiet_lightning()
     check_devices(settings.trainer)
+    hf_io.check_folders(settings.hf_init_from, settings.hf_export_to)
     resume = resolve_ckpt_path(settings.ckpt_path, settings.ckpt_dir)
     L.seed_everything(settings.seed, workers=True)
 
@@ -83,13 +84,20 @@ def run(settings: RunSettings) -> dict[str, Any]:
     except (TypeError, ValueError, FileNotFoundError) as err:
         # A bad data.* value or a missing data.path: a config error, one line on the CLI.
         raise ConfigError(f"data: {err}") from None
-    model_cfg = model_config(settings, vocab_size, datamodule.seq_len)
+    hf_start = None
+    if settings.hf_init_from is not None:  # its architecture replaces cfg.model
+        hf_start = hf_io.load_start(settings.hf_init_from, vocab_size, datamodule.seq_len)
+        model_cfg = hf_start.model.config
+    else:
+        model_cfg = model_config(settings, vocab_size, datamodule.seq_len)
     budget_flops = None
     if settings.budget_steps is not None:
         settings, budget_flops = with_compute_budget(
             settings, model_cfg, datamodule.batch_size, datamodule.seq_len
         )
     validate_schedule(settings.growth, model_cfg, settings.max_steps)
+    if settings.hf_export_to is not None:
+        hf_io.check_export(settings.hf_export_to, model_cfg, settings.growth)
     try:
         optim = OptimConfig(**settings.optim, max_steps=settings.max_steps)
     except (TypeError, ValueError) as err:
@@ -105,6 +113,8 @@ def run(settings: RunSettings) -> dict[str, Any]:
     if resume is not None:
         for change in check_resume(resume, identity, settings.resume_allow_changes):
             log.warning("resuming with a changed config (resume_allow_changes=true): %s", change)
+    if hf_start is not None:
+        module.model.load_state_dict(hf_start.model.state_dict())
 
     callbacks = [instantiate(c) for c in settings.callbacks.values()] + [growth]
     callbacks.append(RunIdentity(identity))
@@ -138,6 +148,8 @@ def run(settings: RunSettings) -> dict[str, Any]:
         fit_s = time.perf_counter() - fit_started
         val_loss = _final_val_loss(trainer, module, datamodule)
         last_ckpt = _save_final_checkpoint(trainer)
+        if settings.hf_export_to is not None and trainer.is_global_zero:
+            hf_io.export(module.model, settings.hf_export_to, hf_start)
         failed = False
     finally:
         if trainer.is_global_zero:
@@ -167,6 +179,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
         "resumed_from": resume,
         "fingerprint": datamodule.fingerprint,
         "report_dir": str(_sweep_dir() or settings.output_dir),
+        "hf_export": None if settings.hf_export_to is None else str(settings.hf_export_to),
     }
     if trainer.is_global_zero:
         write_summary(settings.output_dir, summary)

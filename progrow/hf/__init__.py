@@ -52,12 +52,14 @@ def _require_transformers() -> Any:
 
 
 def _family_of_hf(hf_model: Any) -> Family:
-    name = type(hf_model).__name__
+    transformers = _require_transformers()
     for family in FAMILIES.values():
-        if name == family.hf_class:
+        if isinstance(hf_model, getattr(transformers, family.hf_class)):
             return family
     supported = ", ".join(f.hf_class for f in FAMILIES.values())
-    raise ValueError(f"from_hf: unsupported model class {name}; supported: {supported}")
+    raise ValueError(
+        f"from_hf: unsupported model class {type(hf_model).__name__}; supported: {supported}"
+    )
 
 
 def from_hf(hf_model: Any) -> Transformer:
@@ -121,6 +123,7 @@ def to_hf(model: Transformer, family: str | None = None, base_config: Any | None
         family: ``"llama"`` or ``"gpt2"``; default :func:`hf_family` of the config.
         base_config: An HF config (typically the imported model's ``.config``) whose
             fields other than the architecture (token ids, ``name_or_path``, ...) are kept.
+            Without it the token ids (bos, eos, pad) are left unset.
 
     Returns:
         A ``LlamaForCausalLM`` or ``GPT2LMHeadModel`` in eval mode, on the model's device
@@ -140,8 +143,8 @@ def to_hf(model: Transformer, family: str | None = None, base_config: Any | None
     with _no_init(transformers):
         hf_model = getattr(transformers, chosen.hf_class)(hf_config)
     hf_model.to(device=first.device, dtype=first.dtype)
-    # Tensors only: the state dict's config entry (``_extra_state``) has no HF counterpart.
-    state = {k: v.detach() for k, v in model.state_dict().items() if k != "_extra_state"}
+    # Parameters only (tied ones under both names): the state dict also holds the config.
+    state = {k: v.detach() for k, v in model.named_parameters(remove_duplicate=False)}
     _load_exactly(hf_model, chosen.params_to_hf(state, model.config), "Hugging Face")
     return hf_model.eval()
 

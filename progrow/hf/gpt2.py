@@ -140,6 +140,8 @@ def hf_config(config: TransformerConfig, base: dict[str, Any], transformers: Any
         "add_cross_attention": False,
     }
     fields = {k: v for k, v in base.items() if k not in ("model_type", "architectures")}
+    if not base:  # token ids belong to a tokenizer progrow does not know: unset, not guessed
+        fields = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     return transformers.GPT2Config(**{**fields, **arch, "architectures": ["GPT2LMHeadModel"]})
 
 
