@@ -152,6 +152,8 @@ def test_family_writes_one_branch_per_size(
         ({"d_mlp": 8}, "d_mlp=8 is below the checkpoint's d_mlp=12"),
         ({"n_layers": 2.5}, "n_layers=2.5: must be a positive integer"),
         ({"d_mlp": 12}, "nothing to grow"),
+        # Each size alone is fine; together the KV growth brings 5 query heads.
+        ({"n_kv_heads": 5, "n_heads": 4}, "n_heads=4 is below the model's n_heads=5"),
     ],
 )
 def test_bad_sizes_are_refused_before_writing(
