@@ -397,3 +397,19 @@ def test_compute_budget_needs_a_device_count(cache: Path, tmp_path: Path) -> Non
     cfg = compose_run(tmp_path, cache, "budget.steps=12", "trainer.devices=auto")
     with pytest.raises(ConfigError, match=r"budget.steps=12 with trainer.devices='auto'"):
         train(cfg)
+
+
+def test_llama_experiment_grows_all_seven_to_its_target(cache: Path, tmp_path: Path) -> None:
+    """experiment=llama: a Llama-style model (SwiGLU, RoPE, multi-query) grown through
+    every dimension, n_kv_heads included, ends at model=llama_target's architecture."""
+    result = train(compose_run(tmp_path, cache, "experiment=llama", max_steps=10))
+    assert result["growth"] == "llama"
+    assert [e["step"] for e in result["events"]] == [2, 4, 6]
+    assert all(abs(e["loss_delta"]) < 1e-4 for e in result["events"])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        target_cfg = compose("train", overrides=[*tiny(cache, 10), "model=llama_target"])
+    target_cfg.paths.output_dir = str(tmp_path / "unused")
+    target = model_config(RunSettings.from_config(target_cfg), 256, 16)
+    assert result["sizes"] == target.sizes()
+    assert result["sizes_start"]["n_kv_heads"] == 1 and result["sizes"]["n_kv_heads"] == 2
+    assert result["params"] == target.num_params()
