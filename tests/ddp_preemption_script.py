@@ -21,18 +21,12 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lit_utils import datamodule, growth, lm_module, params
+from lit_utils import SendSignal, datamodule, growth, lm_module, params
 
 from progrow.training import FitInterrupted, PreemptionCallback
 
 MAX_STEPS = 10
 SIGNAL_STEP = 4  # the first growth stage (lit_utils.TWO_STAGES)
-
-
-class SignalRankOne(L.Callback):
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step == SIGNAL_STEP and trainer.global_rank == 1:
-            os.kill(os.getpid(), signal.SIGUSR1)
 
 
 def fit(out: Path, callbacks: list[L.Callback], ckpt_path: str | None = None) -> L.LightningModule:
@@ -62,7 +56,14 @@ def main(out: Path) -> None:
     ckpt = out / "ckpt" / "last.ckpt"
     stopped: dict[str, Any] = {}
     try:
-        fit(out, [SignalRankOne(), growth(), PreemptionCallback(ckpt, requeue=False)])
+        fit(
+            out,
+            [
+                SendSignal(SIGNAL_STEP, signal.SIGUSR1, rank=1),
+                growth(),
+                PreemptionCallback(ckpt, requeue=False),
+            ],
+        )
     except FitInterrupted as err:
         stopped = {"signum": err.signum, "step": err.step, "ckpt_path": err.ckpt_path}
     resumed = params(fit(out, [growth(), PreemptionCallback()], ckpt_path=str(ckpt)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,38 @@ def growth(stages: list[dict[str, Any]] = TWO_STAGES, **kwargs: Any) -> GrowthCa
     kwargs.setdefault("loss_tolerance", 1e-5)
     kwargs.setdefault("on_loss_jump", "raise")
     return GrowthCallback(stages, seed=0, **kwargs)
+
+
+class SendSignal(L.Callback):
+    """Sends ``signum`` to this process at the start of optimizer step ``step`` (before a
+    growth callback listed after it grows at that step); on ``rank`` only if given.
+
+    Usable from an app config: ``+callbacks.signal._target_=lit_utils.SendSignal``.
+    """
+
+    def __init__(self, step: int, signum: int, rank: int | None = None) -> None:
+        self.step, self.signum, self.rank, self.sent = step, signum, rank, False
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.sent or trainer.global_step != self.step:
+            return
+        if self.rank is None or self.rank == trainer.global_rank:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+class Throttle(L.Callback):
+    """Sleeps after every training batch of a fresh start (not of a resumed fit), so that
+    a signal sent from outside lands in the middle of the first attempt of a run of a few
+    dozen steps and the resumed attempt finishes quickly
+    (``+callbacks.throttle._target_=lit_utils.Throttle``)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.ckpt_path is None:
+            time.sleep(self.seconds)
 
 
 def params(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -413,3 +413,35 @@ def test_llama_experiment_grows_all_seven_to_its_target(cache: Path, tmp_path: P
     assert result["sizes"] == target.sizes()
     assert result["sizes_start"]["n_kv_heads"] == 1 and result["sizes"]["n_kv_heads"] == 2
     assert result["params"] == target.num_params()
+
+
+def test_ctrl_c_saves_says_where_and_auto_resumes_bitwise(
+    full_run: dict[str, Any], cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C during step 7 (between the step-0 start and the step-10 checkpoint): the run
+    saves last.ckpt at step 8 and prints where and how to continue; ckpt_path=auto first
+    says it starts fresh, then resumes from that checkpoint and ends where the
+    uninterrupted run did."""
+    ctrl_c = ["+callbacks.ctrl_c._target_=lit_utils.SendSignal", "+callbacks.ctrl_c.step=7"]
+    with pytest.raises(SystemExit) as stopped:
+        train(compose_run(tmp_path, cache, "ckpt_path=auto", *ctrl_c, "+callbacks.ctrl_c.signum=2"))
+    assert stopped.value.code == 130
+    printed = capsys.readouterr().out
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert f"ckpt_path=auto: no checkpoint in {tmp_path / 'checkpoints'}; starting" in printed
+    assert f"Stopped by SIGINT at step 8; checkpoint saved: {last}" in printed
+    assert f"Continue with: python -m progrow.train hydra.run.dir={tmp_path} ckpt_path=auto" in (
+        printed
+    )
+    assert torch.load(last, weights_only=False)["global_step"] == 8
+    assert {p.name for p in last.parent.iterdir()} == {"last.ckpt"}
+
+    resumed = train(compose_run(tmp_path, cache, "ckpt_path=auto"))
+    assert f"ckpt_path=auto: resuming from {last}" in capsys.readouterr().out
+    assert resumed["resumed_from"] == str(last)
+    assert [e["step"] for e in resumed["events"]] == [4, 8, 12]
+    assert resumed["val_loss"] == full_run["val_loss"]
+    expected, got = state(full_run["last_ckpt"]), state(resumed["last_ckpt"])
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key

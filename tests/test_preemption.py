@@ -11,32 +11,26 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import pytest
 import torch
 from conftest import checkout_env
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lit_utils import assert_bitwise_equal, datamodule, growth, lm_module, params, trainer
+from lit_utils import (
+    SendSignal,
+    assert_bitwise_equal,
+    datamodule,
+    growth,
+    lm_module,
+    params,
+    trainer,
+)
 
 from progrow.training import FitInterrupted, PreemptionCallback
 from progrow.training.preemption import SignalLatch
 
 MAX_STEPS = 12  # growth stages at steps 4 and 8 (lit_utils.TWO_STAGES)
-
-
-class SendSignal(L.Callback):
-    """Sends ``signum`` to this process at the start of optimizer step ``step`` (before the
-    growth callback, which comes after it in the list, grows at that step)."""
-
-    def __init__(self, step: int, signum: int) -> None:
-        self.step, self.signum, self.sent = step, signum, False
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), self.signum)
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +51,18 @@ def uninterrupted(cache: Path) -> dict[int, dict[str, torch.Tensor]]:
     return finals
 
 
-def fake_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An ``scontrol`` on PATH that records its arguments, one call per line."""
+def fake_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str = "RUNNING") -> Path:
+    """An ``scontrol`` on PATH that records its arguments (one call per line) and reports
+    the job in ``state``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "scontrol_calls"
     script = bin_dir / "scontrol"
-    script.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    script.write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\n'
+        f'[ "$1" = show ] && echo "JobId=$4 JobName=x JobState={state} Reason=None"\n'
+        "exit 0\n"
+    )
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return calls
@@ -134,13 +133,27 @@ def test_signal_saves_at_next_step_and_resume_is_bitwise(
     assert_bitwise_equal(params(module), uninterrupted[accumulate])
 
 
+# USR1 (time limit) and TERM (preemption) requeue a running job; Ctrl-C never does; the
+# SIGTERM of `scancel` (the job is CANCELLED by then) must not undo the cancel.
 @pytest.mark.parametrize(
-    ("signum", "requeued"), [(signal.SIGUSR1, True), (signal.SIGINT, False)], ids=["USR1", "INT"]
+    ("signum", "state", "requeued"),
+    [
+        (signal.SIGUSR1, "RUNNING", True),
+        (signal.SIGTERM, "RUNNING", True),
+        (signal.SIGINT, "RUNNING", False),
+        (signal.SIGTERM, "CANCELLED", False),
+    ],
+    ids=["USR1", "TERM", "INT", "scancel"],
 )
 def test_slurm_job_is_requeued_by_progrow_not_lightning(
-    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int, requeued: bool
+    cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    signum: int,
+    state: str,
+    requeued: bool,
 ) -> None:
-    calls = fake_scontrol(tmp_path, monkeypatch)
+    calls = fake_scontrol(tmp_path, monkeypatch, state)
     fake_slurm_job(monkeypatch)
     ckpt_dir = tmp_path / "checkpoints"
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
@@ -156,8 +169,12 @@ def test_slurm_job_is_requeued_by_progrow_not_lightning(
     with pytest.raises(FitInterrupted) as stopped:
         fit.fit(lm_module(8), datamodule=datamodule(cache))
     assert stopped.value.requeued is requeued and stopped.value.step == 4
+    expected = {
+        "RUNNING": ["show job -o 4242", "requeue 4242"],
+        "CANCELLED": ["show job -o 4242"],
+    }[state]
     assert (calls.read_text().splitlines() if calls.exists() else []) == (
-        ["requeue 4242"] if requeued else []
+        [] if signum == signal.SIGINT else expected
     )
     # Lightning's handler would have written hpc_ckpt_1.ckpt and requeued a second time.
     assert not list(tmp_path.rglob("hpc_ckpt_*.ckpt"))

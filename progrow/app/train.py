@@ -22,12 +22,15 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig
 
 from progrow.app.settings import CONF_DIR, RunSettings
+
+if TYPE_CHECKING:  # the app imports Lightning lazily, inside the functions
+    from progrow.training import PreemptionCallback
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run(settings: RunSettings) -> dict[str, Any]:
+    """Train one job described by a :class:`progrow.app.RunSettings`; see :func:`_run`.
+
+    From the start (data loading and setup included), SIGUSR1 and SIGTERM are recorded by
+    a :class:`~progrow.training.PreemptionCallback`, which acts on them at the first
+    optimizer-step boundary: a checkpoint, a requeue of a SLURM job run with
+    ``ckpt_path=auto``, and :class:`~progrow.training.FitInterrupted` (a ``SystemExit``).
+    Ctrl-C is handled the same way once training has started.
+    """
+    from progrow.training import PreemptionCallback
+
+    # Requeue only a job whose next attempt resumes by itself.
+    preemption = PreemptionCallback(requeue=None if settings.ckpt_path == "auto" else False)
+    preemption.arm()
+    try:
+        return _run(settings, preemption)
+    finally:
+        preemption.disarm()
+
+
+def _run(settings: RunSettings, preemption: PreemptionCallback) -> dict[str, Any]:
     """Train one job described by a :class:`progrow.app.RunSettings`.
 
     Order: cheap checks (devices, resume target) -> seed -> data (its vocabulary sizes the
@@ -55,10 +78,12 @@ def run(settings: RunSettings) -> dict[str, Any]:
     """
     import lightning as L
     from hydra.utils import instantiate
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from progrow.app import hf_io, wandb_extras
     from progrow.app.checks import check_devices, resolve_ckpt_path
     from progrow.app.console import quiet_lightning
+    from progrow.app.interrupt import interrupted_message, resume_message, slurm_plugins
     from progrow.app.resume import RunIdentity, check_resume, run_identity
     from progrow.app.settings import (
         ConfigError,
@@ -68,7 +93,12 @@ def run(settings: RunSettings) -> dict[str, Any]:
     )
     from progrow.app.summary import append_summary_to_logs, print_summary, write_summary
     from progrow.optim import OptimConfig
-    from progrow.training import GrowthCallback, LMDataModule, LMModule
+    from progrow.training import (
+        FitInterrupted,
+        GrowthCallback,
+        LMDataModule,
+        LMModule,
+    )
 
     started = time.perf_counter()
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -76,6 +106,9 @@ def run(settings: RunSettings) -> dict[str, Any]:
     check_devices(settings.trainer)
     hf_io.check_folders(settings.hf_init_from, settings.hf_export_to)
     resume = resolve_ckpt_path(settings.ckpt_path, settings.ckpt_dir)
+    message = resume_message(settings.ckpt_path, resume, settings.ckpt_dir)
+    if message and getattr(rank_zero_only, "rank", 0) == 0:
+        print(message, flush=True)
     L.seed_everything(settings.seed, workers=True)
 
     try:
@@ -116,12 +149,20 @@ def run(settings: RunSettings) -> dict[str, Any]:
     if hf_start is not None:
         module.model.load_state_dict(hf_start.model.state_dict())
 
-    callbacks = [instantiate(c) for c in settings.callbacks.values()] + [growth]
-    callbacks.append(RunIdentity(identity))
+    # Ctrl-C, SIGTERM and SLURM's SIGUSR1 end in a checkpoint at a step boundary instead of
+    # lost work (the preemption callback).
+    callbacks = [instantiate(c) for c in settings.callbacks.values()]
+    callbacks += [growth, preemption, RunIdentity(identity)]
     loggers = [instantiate(c, **_logger_extras(c, settings)) for c in settings.loggers.values()]
     wandb_extras.define_compute_axis(loggers)
+    slurm = slurm_plugins(settings.trainer)
+    plugins = {"plugins": slurm} if slurm else {}
     trainer = instantiate(
-        settings.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all"
+        settings.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        _convert_="all",
+        **plugins,
     )
     hparams = {
         "task_name": settings.task_name,
@@ -151,10 +192,14 @@ def run(settings: RunSettings) -> dict[str, Any]:
         if settings.hf_export_to is not None and trainer.is_global_zero:
             hf_io.export(module.model, settings.hf_export_to, hf_start)
         failed = False
+    except FitInterrupted as stop:
+        if trainer.is_global_zero:
+            print(interrupted_message(stop, settings), flush=True)
+        raise
     finally:
         if trainer.is_global_zero:
             wandb_extras.log_events_table(loggers, growth.events)
-        wandb_extras.finish(loggers, failed)
+        wandb_extras.finish(loggers, failed, preempted=sys.exc_info()[0] is FitInterrupted)
     summary: dict[str, Any] = {
         "growth": settings.growth.name,
         "seed": settings.seed,

@@ -67,11 +67,14 @@ def log_events_table(loggers: list[Logger], events: list[dict[str, Any]]) -> Non
             logger.log_table("growth/events", columns=list(EVENT_COLUMNS), data=rows)
 
 
-def finish(loggers: list[Logger], failed: bool) -> None:
-    """End this job's W&B run (a multirun starts one run per job)."""
+def finish(loggers: list[Logger], failed: bool, preempted: bool = False) -> None:
+    """End this job's W&B run (a multirun starts one run per job). ``preempted``: stopped
+    by a signal after a checkpoint; W&B marks the run preempted, to be continued."""
     if not any(is_wandb(logger) for logger in loggers):
         return
     import wandb
 
     if wandb.run is not None:
+        if preempted:
+            wandb.run.mark_preempting()
         wandb.finish(exit_code=1 if failed else 0)

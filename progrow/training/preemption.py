@@ -111,23 +111,31 @@ class SignalLatch:
         self.received: list[signal.Signals] = []
         self._previous: dict[signal.Signals, Any] = {}
 
-    def install(self) -> None:
-        """Install the handlers (only the main thread can; elsewhere this does nothing)."""
-        if threading.current_thread() is not threading.main_thread() or self._previous:
+    def install(self, signals: Iterable[int] | None = None) -> None:
+        """Install the handlers for ``signals`` (default: all), again where another handler
+        replaced them since; only the main thread can (elsewhere this does nothing)."""
+        if threading.current_thread() is not threading.main_thread():
             return
-        for signum in self.signals:
-            self._previous[signum] = signal.signal(signum, self._handle)
+        for signum in self._select(signals):
+            current = signal.getsignal(signum)
+            if current != self._handle:
+                self._previous.setdefault(signum, current)
+                signal.signal(signum, self._handle)
 
-    def restore(self) -> None:
-        """Put back the handlers that were installed before :meth:`install`."""
-        previous, self._previous = self._previous, {}
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    def restore(self, signals: Iterable[int] | None = None) -> None:
+        """Put back the handlers found by the first :meth:`install` of ``signals``."""
+        for signum in self._select(signals):
+            if signum in self._previous:
+                handler = self._previous.pop(signum)
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def _select(self, signals: Iterable[int] | None) -> tuple[signal.Signals, ...]:
+        return self.signals if signals is None else tuple(signal.Signals(s) for s in signals)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         sig = signal.Signals(signum)
         if sig == signal.SIGINT and sig in self.received:
-            self.restore()
+            self.restore([signal.SIGINT])
             raise KeyboardInterrupt
         if sig not in self.received:
             self.received.append(sig)
@@ -142,24 +150,47 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID") or None
 
 
-def requeue_slurm_job(job_id: str, timeout_s: float = 60.0) -> bool:
-    """``scontrol requeue <job_id>``; returns whether it succeeded (failures are logged).
+#: Job states in which a requeue would undo a decision already taken: the user cancelled
+#: the job (``scancel`` also sends SIGTERM), or SLURM has requeued it itself (preemption
+#: with ``PreemptMode=REQUEUE``).
+NO_REQUEUE_STATES = frozenset(
+    {"CANCELLED", "COMPLETED", "PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"}
+)
 
-    SLURM then ends the running job and queues it again under the same id (it starts once
-    its begin time, about two minutes later on most sites, has passed).
+
+def _scontrol(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(
+            ["scontrol", *args], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.error("scontrol %s: %s", " ".join(args), err)
+        return None
+
+
+def slurm_job_state(job_id: str) -> str | None:
+    """The job's ``JobState`` (``RUNNING``, ``CANCELLED``, ...) from ``scontrol``, or
+    ``None`` if it cannot be read."""
+    result = _scontrol("show", "job", "-o", job_id)
+    match = re.search(r"\bJobState=(\S+)", result.stdout) if result else None
+    return match.group(1) if match else None
+
+
+def requeue_slurm_job(job_id: str) -> bool:
+    """``scontrol requeue <job_id>`` unless the job was cancelled or is already requeued
+    (see :data:`NO_REQUEUE_STATES`); returns whether it requeued (reasons are logged).
+
+    SLURM then ends the running job and queues it again under the same id (it becomes
+    eligible after a begin-time delay, about two minutes on SLURM 22.05).
     """
     if not re.fullmatch(r"[0-9]+(_[0-9]+)?", job_id):
         raise ValueError(f"job_id={job_id!r}: not a SLURM job id")
-    try:
-        result = subprocess.run(
-            ["scontrol", "requeue", job_id],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        log.error("could not requeue SLURM job %s: %s", job_id, err)
+    state = slurm_job_state(job_id)
+    if state in NO_REQUEUE_STATES:
+        log.warning("SLURM job %s is %s: not requeued", job_id, state)
+        return False
+    result = _scontrol("requeue", job_id)
+    if result is None:
         return False
     if result.returncode != 0:
         log.error(
@@ -236,7 +267,23 @@ class PreemptionCallback(L.Callback):
         if not self.signals:
             raise ValueError("signals is empty: give at least one signal to handle")
         self._latch = SignalLatch(self.signals)
+        self._armed: tuple[signal.Signals, ...] = ()
         self._last_step = -1
+
+    def arm(self) -> None:
+        """Record SIGUSR1/SIGTERM from now on, before ``fit`` (data loading and setup can
+        take minutes: by default these signals would end the process there, and the SLURM
+        job would neither save nor requeue). A signal recorded before training stops the
+        run at its first optimizer step. Call :meth:`disarm` when the run is over.
+        """
+        self._armed = tuple(s for s in self.signals if s in REQUEUE_SIGNALS)
+        self._latch.install(self._armed)
+
+    def disarm(self) -> None:
+        """Undo :meth:`arm`: the handlers found before it are back."""
+        self._latch.restore(self._armed)
+        self._armed = ()
+        self._latch.received.clear()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         environment = getattr(trainer.strategy, "cluster_environment", None)
@@ -246,20 +293,25 @@ class PreemptionCallback(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning installs its handlers just before the training loop starts; this hook
-        # runs after that, so these replace them.
-        self._latch = SignalLatch(self.signals)
+        # runs after that, so these replace them. Signals recorded since arm() count.
         self._latch.install()
         self._last_step = trainer.global_step
         if trainer.ckpt_path and trainer.is_global_zero:
             log.info("resumed from %s at step %d", trainer.ckpt_path, trainer.global_step)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._latch.restore()
+        self._end_training()
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        self._latch.restore()
+        self._end_training()
+
+    def _end_training(self) -> None:
+        # Armed signals stay recorded (not acted upon) until disarm().
+        self._latch.restore([s for s in self.signals if s not in self._armed])
+        if not self._armed:
+            self._latch.received.clear()
 
     def on_train_batch_end(
         self,
@@ -295,19 +347,24 @@ class PreemptionCallback(L.Callback):
             # So that the checkpoint callback of the resumed run keeps writing this file.
             checkpoint.last_model_path = str(path)
         save_checkpoint_atomically(trainer, path)
-        requeued = False
+        for logger in trainer.loggers:
+            logger.save()  # the metrics up to this step, before anything can kill us
         job_id = slurm_job_id()
-        want_requeue = self.requeue if self.requeue is not None else job_id is not None
-        if signum in REQUEUE_SIGNALS and want_requeue and trainer.is_global_zero:
-            requeued = job_id is not None and requeue_slurm_job(job_id)
+        want = self.requeue if self.requeue is not None else job_id is not None
+        requeue = signum in REQUEUE_SIGNALS and want and job_id is not None
         if trainer.is_global_zero:
             log.warning(
                 "%s: saved a checkpoint at step %d to %s%s",
                 _REASONS.get(signal.Signals(signum), signal_name(signum)),
                 trainer.global_step,
                 path,
-                f"; requeued SLURM job {job_id}" if requeued else "",
+                f"; requeueing SLURM job {job_id}" if requeue else "",
             )
+        # SLURM ends the job's processes when it requeues it: nothing may follow that
+        # matters. No rank exits before it is done (`srun --kill-on-bad-exit` would end
+        # rank 0 when another rank exits first).
+        requeued = bool(requeue and trainer.is_global_zero and requeue_slurm_job(str(job_id)))
+        trainer.strategy.barrier("progrow.requeue")
         raise FitInterrupted(signum, trainer.global_step, str(path), requeued)
 
     def _target(self, trainer: L.Trainer) -> Path:
@@ -328,6 +385,7 @@ def _dirpath(checkpoint: ModelCheckpoint) -> Path | None:
 
 __all__ = [
     "DEFAULT_SIGNALS",
+    "NO_REQUEUE_STATES",
     "REQUEUE_SIGNALS",
     "FitInterrupted",
     "PreemptionCallback",
@@ -336,4 +394,5 @@ __all__ = [
     "save_checkpoint_atomically",
     "signal_name",
     "slurm_job_id",
+    "slurm_job_state",
 ]
