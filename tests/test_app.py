@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from progrow.app import ConfigError, RunSettings
 from progrow.app.report import main as report_main
-from progrow.app.report import summarize
+from progrow.app.report import read_metrics, summarize
 from progrow.app.settings import model_config
 from progrow.app.train import CONF_DIR, train
 from progrow.flops import train_flops_per_token
@@ -445,3 +445,11 @@ def test_ctrl_c_saves_says_where_and_auto_resumes_bitwise(
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+
+    # One CSV run continued: the two attempts' train/loss rows are the uninterrupted run's,
+    # the stopping step's included.
+    def train_losses(run: Path) -> list[tuple[float, float]]:
+        return [(r["step"], r["train/loss"]) for r in read_metrics(run) if "train/loss" in r]
+
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["version_0", "version_1"]
+    assert train_losses(tmp_path) == train_losses(Path(full_run["output_dir"]))

@@ -258,3 +258,28 @@ def test_ddp_ranks_agree_and_resume_is_bitwise(tmp_path: Path) -> None:
         }
         assert_bitwise_equal(rank["resumed"], rank["reference"])
     assert_bitwise_equal(ranks[0]["resumed"], ranks[1]["resumed"])
+
+
+def test_armed_signal_before_training_stops_at_the_first_step(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGUSR1 during data loading or setup (before fit): recorded by arm() instead of
+    ending the process (SIGUSR1's default); the run stops after its first optimizer step,
+    saves and requeues."""
+    calls = fake_scontrol(tmp_path, monkeypatch)
+    fake_slurm_job(monkeypatch)
+    ckpt = tmp_path / "last.ckpt"
+    cb = PreemptionCallback(ckpt)
+    before = signal.getsignal(signal.SIGUSR1)
+    cb.arm()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)  # would end pytest without arm()
+        with pytest.raises(FitInterrupted) as stopped:
+            trainer(8, [cb]).fit(lm_module(8), datamodule=datamodule(cache))
+        assert signal.getsignal(signal.SIGUSR1) != before  # still recording until disarm
+    finally:
+        cb.disarm()
+    assert signal.getsignal(signal.SIGUSR1) == before
+    assert (stopped.value.signum, stopped.value.step, stopped.value.requeued) == (10, 1, True)
+    assert calls.read_text().splitlines() == ["show job -o 4242", "requeue 4242"]
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 1

@@ -7,7 +7,7 @@ these tests are skipped, unless ``PROGROW_REQUIRE_SLURM=1`` (CI) makes that a fa
 The requeue test interrupts a 2-task DDP job with SIGUSR1 from ``scancel --signal=USR1``
 (what SLURM sends before the time limit with ``--signal=SIGUSR1@N``; the time limit itself
 has a granularity of a minute, too slow for CI). ``PROGROW_SLURM_TIME_LIMIT=1`` runs the
-same test with the real time limit instead (``--time=2 --signal=SIGUSR1@70``, ~4 minutes).
+same test with the real time limit instead (``--time=3 --signal=SIGUSR1@120``, ~4 minutes).
 """
 
 from __future__ import annotations
@@ -127,7 +127,9 @@ def test_sbatch_ddp_job_requeues_once_and_resumes_exactly(
         "+callbacks.throttle._target_=lit_utils.Throttle",
         "+callbacks.throttle.seconds=0.2",
     ]
-    limits = ["--time=2", "--signal=SIGUSR1@70"] if TIME_LIMIT else ["--time=10"]
+    # Time-limit mode: SIGUSR1 60-90 s into each attempt; the (unthrottled) second one ends
+    # before that.
+    limits = ["--time=3", "--signal=SIGUSR1@120"] if TIME_LIMIT else ["--time=10"]
     if TIME_LIMIT:
         throttle[-1] = "+callbacks.throttle.seconds=2.0"  # attempt 1 outlives the signal
     job_id = sbatch(slurm_env, run_dir, *limits, overrides=[*overrides, *throttle])
@@ -142,7 +144,11 @@ def test_sbatch_ddp_job_requeues_once_and_resumes_exactly(
         return info.get("JobState") == "PENDING" and info.get("Restarts") == "1"
 
     wait_for("the requeue", requeued, 300 if TIME_LIMIT else 120, log)
-    # A requeued job waits for a begin time (about 2 minutes): release it now.
+    # A requeued job waits for a begin time (about 2 minutes): release it as soon as the
+    # first attempt's processes are gone and its credential, revoked at a 1 s resolution,
+    # cannot be confused with the new one (else: "Job credential revoked", job FAILED).
+    wait_for("the node to be idle", lambda: _sinfo_states(slurm_env) == {"idle"}, 120, log)
+    time.sleep(2)
     subprocess.run(
         ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm_env, check=True
     )
@@ -153,6 +159,7 @@ def test_sbatch_ddp_job_requeues_once_and_resumes_exactly(
     info, output = job_info(job_id, slurm_env), log.read_text()
     print(f"--- job {job_id}, both attempts ({time.monotonic() - started:.0f} s) ---")
     print("\n".join(line for line in output.splitlines() if _progrow_line(line)))
+    print(f"job {job_id}: JobState={info['JobState']} Restarts={info['Restarts']}")
     assert (info["JobState"], info["Restarts"], info["ExitCode"]) == ("COMPLETED", "1", "0:0")
 
     # Attempt 1: fresh start, stopped by SIGUSR1 after the step-10 checkpoint; attempt 2:
@@ -167,7 +174,7 @@ def test_sbatch_ddp_job_requeues_once_and_resumes_exactly(
     step = int(stopped[0][0])
     assert resumed == [(last, str(step))]
     # Before the end; with scancel, after the periodic step-10 checkpoint. (SLURM's own
-    # SIGUSR1 comes 40-70 s into the job: a step that depends on the machine's speed.)
+    # SIGUSR1 comes 60-90 s into the job: a step that depends on the machine's speed.)
     assert (0 if TIME_LIMIT else CKPT_EVERY) < step < MAX_STEPS
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from"] == last and summary["global_step"] == MAX_STEPS

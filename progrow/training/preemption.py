@@ -234,7 +234,8 @@ class PreemptionCallback(L.Callback):
 
     The handlers are installed when training starts, replacing Lightning's own (its SIGTERM
     handler broadcasts inside the handler; its SLURM auto-requeue saves inside it), and
-    restored when training ends. Lightning's SLURM auto-requeue is also switched off in
+    restored when training ends; :meth:`arm` installs the SIGUSR1/SIGTERM ones earlier, to
+    cover data loading and setup too. Lightning's SLURM auto-requeue is also switched off in
     ``setup`` where the strategy exposes its cluster environment; pass
     ``plugins=[SLURMEnvironment(auto_requeue=False)]`` to the Trainer to make that explicit.
 
@@ -330,10 +331,10 @@ class PreemptionCallback(L.Callback):
 
     def _agree(self, trainer: L.Trainer) -> int:
         """The signal to act on (0: none), the same on every rank: a requeue signal that any
-        rank received, else SIGINT if any rank received it."""
+        rank received, else any other handled signal (SIGINT) that any rank received."""
         received = self._latch.received
         flags = [max((int(s) for s in received if s in REQUEUE_SIGNALS), default=0)]
-        flags.append(int(signal.SIGINT) if signal.SIGINT in received else 0)
+        flags.append(max((int(s) for s in received if s not in REQUEUE_SIGNALS), default=0))
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             tensor = torch.tensor(flags, dtype=torch.int32, device=trainer.strategy.root_device)
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
@@ -347,8 +348,15 @@ class PreemptionCallback(L.Callback):
             # So that the checkpoint callback of the resumed run keeps writing this file.
             checkpoint.last_model_path = str(path)
         save_checkpoint_atomically(trainer, path)
+        # This step's metrics, which the loop would log right after this hook (Lightning
+        # has no public call for it; tests/test_app.py checks the CSV has no gap), then
+        # flushed, before anything can kill the process.
+        connector = getattr(trainer, "_logger_connector", None)
+        log_step_metrics = getattr(connector, "update_train_step_metrics", None)
+        if callable(log_step_metrics):
+            log_step_metrics()
         for logger in trainer.loggers:
-            logger.save()  # the metrics up to this step, before anything can kill us
+            logger.save()
         job_id = slurm_job_id()
         want = self.requeue if self.requeue is not None else job_id is not None
         requeue = signum in REQUEUE_SIGNALS and want and job_id is not None
