@@ -4,6 +4,7 @@ config as one clean line instead of a traceback."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -36,8 +37,10 @@ def quiet_lightning() -> None:
         rank_zero.addFilter(_not_noise)
     # torch deprecated pytree's LeafSpec, which Lightning's own code still uses.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    # Only relevant when a job meant for SLURM is started without srun (sbatch uses srun).
-    warnings.filterwarnings("ignore", message=r".*The `srun` command is available.*")
+    if "SLURM_JOB_ID" not in os.environ:
+        # Lightning suggests srun whenever it is on PATH (a cluster's login node); the hint
+        # only matters inside a SLURM allocation, where it stays.
+        warnings.filterwarnings("ignore", message=r".*The `srun` command is available.*")
 
 
 def user_error(err: BaseException) -> str | None:
