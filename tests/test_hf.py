@@ -166,6 +166,13 @@ def test_from_hf_refuses_unsupported_models_naming_the_field(case: tuple[str, An
         from_hf(make())
 
 
+def test_to_hf_refuses_a_base_config_of_another_family() -> None:
+    model = from_hf(build("llama", "gqa_untied"))
+    gpt2_config = build("gpt2", "tied").config
+    with pytest.raises(ValueError, match=r"base_config\.model_type='gpt2'"):
+        to_hf(model, base_config=gpt2_config)
+
+
 def test_save_hf_refuses_a_non_empty_folder(tmp_path: Any) -> None:
     model = from_hf(build("gpt2", "tied"))
     (tmp_path / "keep.txt").write_text("mine")

@@ -131,13 +131,19 @@ def to_hf(model: Transformer, family: str | None = None, base_config: Any | None
 
     Raises:
         ValueError: The family cannot represent the model's layout (every reason, each
-            naming the field and its value), before anything is built.
+            naming the field and its value), or ``base_config`` is of another family;
+            before anything is built.
     """
     name = check_exportable(model.config, family)
     chosen = FAMILIES[name]
+    base = base_config.to_dict() if base_config is not None else {}
+    if base.get("model_type", name) != name:  # the families' names are HF's model types
+        raise ValueError(
+            f"to_hf: base_config.model_type={base['model_type']!r} does not match the "
+            f"family {name!r}"
+        )
     transformers = _require_transformers()
     first = next(iter(model.parameters()))
-    base = base_config.to_dict() if base_config is not None else {}
     hf_config = chosen.hf_config(model.config, base, transformers)
     hf_config.dtype = first.dtype
     with _no_init(transformers):
