@@ -67,9 +67,10 @@ def user_error(err: BaseException) -> str | None:
             return f"YAML syntax error in {where}: {what}"
         if isinstance(current, yaml.YAMLError):
             return f"YAML syntax error: {current}"
-        if isinstance(
-            current, (ConfigCompositionException, MissingConfigException, OverrideParseException)
-        ):
+        if isinstance(current, OverrideParseException):
+            message = " ".join(current.message.split())
+            return f"cannot parse the override {current.override!r}: {message}"
+        if isinstance(current, (ConfigCompositionException, MissingConfigException)):
             return " ".join(str(current).split("Config search path:")[0].split())
         current = current.__cause__ or current.__context__
     return None

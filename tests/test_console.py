@@ -1,0 +1,63 @@
+"""The app's console helpers: config errors as one line, unused run folders removed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.errors import ConfigCompositionException, OverrideParseException
+
+from progrow.app.console import remove_if_unused, user_error
+from progrow.app.settings import ConfigError
+
+
+def _raised_from(cause: BaseException) -> BaseException:
+    try:
+        try:
+            raise cause
+        except BaseException as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        return outer
+
+
+def test_config_errors_become_one_line() -> None:
+    assert user_error(ConfigError("trainer.max_steps=0: must be positive")) == (
+        "trainer.max_steps=0: must be positive"
+    )
+    try:
+        yaml.safe_load("stages:\n  - {step: 0.5, d_mlp: 128\n")
+    except yaml.YAMLError as err:
+        message = user_error(_raised_from(err))
+    assert message is not None and message.startswith("YAML syntax error in ")
+    assert "line 3" in message and "\n" not in message
+    parse = OverrideParseException("growth.stages=[{", "no viable alternative\nSee the docs")
+    assert user_error(parse) == (
+        "cannot parse the override 'growth.stages=[{': no viable alternative See the docs"
+    )
+    composition = ConfigCompositionException("Could not find 'growth/x'\nConfig search path:\n a")
+    assert user_error(composition) == "Could not find 'growth/x'"
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), KeyError("x"), ZeroDivisionError()])
+def test_other_errors_keep_their_traceback(error: Exception) -> None:
+    assert user_error(error) is None
+
+
+def test_only_a_folder_holding_nothing_but_hydra_files_is_removed(tmp_path: Path) -> None:
+    unused = tmp_path / "unused"
+    (unused / ".hydra").mkdir(parents=True)
+    (unused / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (unused / "train.log").write_text("Seed set to 0\n")
+    assert remove_if_unused(unused) and not unused.exists()
+    used = tmp_path / "used"
+    (used / ".hydra").mkdir(parents=True)
+    (used / "checkpoints").mkdir()
+    (used / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert not remove_if_unused(used) and (used / "checkpoints" / "last.ckpt").is_file()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file\n")
+    assert not remove_if_unused(mine) and (mine / "notes.txt").is_file()
+    assert not remove_if_unused(tmp_path / "missing")
