@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig
+from progrow.events import GrowthEvent, events_from_dicts
 from progrow.expand.layers import Positions
 from progrow.model import Transformer
 from progrow.schedule import stage_seed
@@ -205,7 +206,7 @@ def grow_checkpoint(
     optimizers = _load_optimizers(checkpoint, entry.get("optimizer_params"), holder)
     callbacks = dict(checkpoint.get("callbacks", {}))
     growth_state = dict(callbacks.get(CALLBACK_KEY, {"events": [], "schedule": []}))
-    events = list(growth_state.get("events", []))
+    events = events_from_dicts(growth_state.get("events"))
     index = len(events) if stage is None else stage
 
     loss_before = None if probe_batch is None else _probe_loss(model, probe_batch)
@@ -223,24 +224,21 @@ def grow_checkpoint(
     seconds = time.perf_counter() - started
     loss_after = None if probe_batch is None else _probe_loss(model, probe_batch)
 
-    # The in-loop event's fields (GrowthCallback), so reports read both alike.
+    # The in-loop event's record (GrowthCallback), so reports read both alike.
     events.append(
-        {
-            "stage": index,
-            "step": int(checkpoint.get("global_step", 0)),
-            "loss_before": loss_before,
-            "loss_after": loss_after,
-            "loss_delta": None
-            if loss_before is None or loss_after is None
-            else loss_after - loss_before,
-            "params_before": params_before,
-            "params": model.num_params(),
-            "sizes": model.config.sizes(),
-            "seconds": seconds,
-            "flops": float(entry.get("flops", 0.0)),
-        }
+        GrowthEvent(
+            stage=index,
+            step=int(checkpoint.get("global_step", 0)),
+            params_before=params_before,
+            params=model.num_params(),
+            sizes=model.config.sizes(),
+            loss_before=loss_before,
+            loss_after=loss_after,
+            seconds=seconds,
+            flops=float(entry.get("flops", 0.0)),
+        )
     )
-    callbacks[CALLBACK_KEY] = {**growth_state, "events": events}
+    callbacks[CALLBACK_KEY] = {**growth_state, "events": [e.to_dict() for e in events]}
     state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefix)}
     state.update({prefix + k: v for k, v in model.state_dict().items()})
     names = param_names(holder)
@@ -283,7 +281,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def grow_family(
     src: str | Path, branches: Mapping[Any, Mapping[str, Any]], **options: Any
-) -> dict[Path, dict[str, Any]]:
+) -> dict[Path, GrowthEvent]:
     """Grow one checkpoint into several sized branches, one file each.
 
     Every output is checked to be new and every branch's sizes valid before anything is
@@ -311,12 +309,15 @@ def grow_family(
     grown = {Path(p): grow_checkpoint(checkpoint, s, **options) for p, s in branches.items()}
     for path, ckpt in grown.items():
         _write(ckpt, path)
-    return {path: ckpt["callbacks"][CALLBACK_KEY]["events"][-1] for path, ckpt in grown.items()}
+    return {
+        path: GrowthEvent.from_dict(ckpt["callbacks"][CALLBACK_KEY]["events"][-1])
+        for path, ckpt in grown.items()
+    }
 
 
 def grow_checkpoint_file(
     src: str | Path, dst: str | Path, sizes: Mapping[str, int], **options: Any
-) -> dict[str, Any]:
+) -> GrowthEvent:
     """Grow the checkpoint file ``src`` into the new file ``dst``; returns the event.
 
     ``dst`` must not exist (checked before anything is read); ``src`` is only read.

@@ -87,7 +87,7 @@ def main(out: Path, find_unused: bool) -> None:
     torch.save(
         {
             "params": state,
-            "events": cb.events,
+            "events": [e.to_dict() for e in cb.events],
             "config": module.model.config.to_dict(),
             "tokens": module.tokens,
             "flops": module.flops,

@@ -86,7 +86,7 @@ def fit(out: Path, name: str, *, distributed: bool, ckpt_path: Path | None = Non
         "final": full_params(module),
         "after_growth": after.params,
         "local": after.local,
-        "events": cb.events,
+        "events": [e.to_dict() for e in cb.events],
         "config": module.model.config.to_dict(),
     }
 

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from progrow import GrowthCallback, LMModule
+from progrow.events import GrowthEvent
 from progrow.training import LMDataModule
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -149,3 +150,18 @@ def app_overrides(cache: Path, *, max_steps: int | None = None, val_every: int =
         "optim.warmup_steps=3",
         "logger=csv",
     ]
+
+
+def measured(event: GrowthEvent) -> GrowthEvent:
+    """``event``, checked to carry both probe losses and the delta (in-loop events do)."""
+    assert event.loss_before is not None and event.loss_after is not None, event
+    assert event.loss_delta is not None and event.params is not None, event
+    assert event.params_before is not None, event
+    return event
+
+
+def small_delta(event: GrowthEvent, tolerance: float = 1e-5) -> bool:
+    """Whether the probe loss barely moved across ``event`` (it must have been measured)."""
+    delta = measured(event).loss_delta
+    assert delta is not None
+    return abs(delta) <= tolerance

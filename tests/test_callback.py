@@ -16,7 +16,9 @@ from lit_utils import (
     datamodule,
     growth,
     lm_module,
+    measured,
     params,
+    small_delta,
     trainer,
 )
 
@@ -65,7 +67,7 @@ def test_fires_at_the_scheduled_optimizer_step(cache: Path, accumulate: int) -> 
     trainer(10, [cb, rec], accumulate_grad_batches=accumulate).fit(
         lm_module(10), datamodule=datamodule(cache)
     )
-    assert [e["step"] for e in cb.events] == [4, 7]
+    assert [e.step for e in cb.events] == [4, 7]
     d_mlp = [s["d_mlp"] for s in rec.sizes]
     assert d_mlp == [12] * 4 + [20] * 6  # the update of step 4 is the first at the new size
     n_layers = [s["n_layers"] for s in rec.sizes]
@@ -84,10 +86,10 @@ def test_loss_continuity_logged_and_within_tolerance(cache: Path, tmp_path: Path
     module = lm_module(12)
     trainer(12, [cb], logger=logger, log_every_n_steps=1).fit(module, datamodule=datamodule(cache))
     assert len(cb.events) == 2
-    for event in cb.events:
-        assert abs(event["loss_delta"]) <= 1e-5
-        assert event["params"] > event["params_before"]
-        assert 3.0 < event["loss_before"] < 7.0  # a real loss (vocab 256: ln 256 = 5.5)
+    for event in map(measured, cb.events):
+        assert small_delta(event)
+        assert event.params > event.params_before  # type: ignore[operator]
+        assert 3.0 < event.loss_before < 7.0  # type: ignore[operator]  # a real loss (ln 256 = 5.5)
     assert module.model.config.sizes() == {
         "d_mlp": 20, "n_kv_heads": 3, "n_heads": 3, "d_v": 4, "d_qk": 5, "d_model": 12,
         "n_layers": 3,
@@ -230,14 +232,14 @@ def test_bf16_mixed_precision(cache: Path) -> None:
     trainer(10, [cb], precision="bf16-mixed").fit(module, datamodule=datamodule(cache))
     assert len(cb.events) == 2
     assert all(p.dtype == torch.float32 for p in module.parameters())
-    assert all(abs(e["loss_delta"]) <= 5e-2 for e in cb.events)
+    assert all(small_delta(e, 5e-2) for e in cb.events)
 
 
 def test_stage_at_step_zero_and_noop_stage(cache: Path) -> None:
     cb = growth([{"step": 0, "d_mlp": 20}, {"step": 3, "d_mlp": 20, "n_heads": 2}])
     module = lm_module(5)
     trainer(5, [cb]).fit(module, datamodule=datamodule(cache))
-    assert [e["step"] for e in cb.events] == [0]  # stage 1 asks for sizes already reached
+    assert [e.step for e in cb.events] == [0]  # stage 1 asks for sizes already reached
     assert module.model.config.d_mlp == 20
 
 
@@ -261,8 +263,8 @@ def test_compiled_model_grows_and_recompiles(cache: Path) -> None:
     module = CompiledModule()
     cb = growth()
     trainer(10, [cb]).fit(module, datamodule=datamodule(cache))
-    assert [e["step"] for e in cb.events] == [4, 8]
-    assert all(abs(e["loss_delta"]) <= 1e-5 for e in cb.events)
+    assert [e.step for e in cb.events] == [4, 8]
+    assert all(small_delta(e) for e in cb.events)
     assert module.model._orig_mod.config.n_layers == 3
 
 
@@ -290,8 +292,8 @@ def test_llama_blocks_grow_kv_heads_inside_fit_and_resume_exactly(
     config = module.model.config
     assert (config.n_kv_heads, config.n_heads, config.d_qk, config.d_model) == (3, 9, 6, 12)
     assert config.rope_inv_freq is not None and len(config.rope_inv_freq) == 3
-    assert [e["step"] for e in cb.events] == [3, 6]
-    assert all(abs(e["loss_delta"]) <= 1e-5 for e in cb.events)
+    assert [e.step for e in cb.events] == [3, 6]
+    assert all(small_delta(e) for e in cb.events)
     # Resumed between the stages (from the checkpoint at step 4): bitwise the same run.
     resumed = lm_module(9, seed=123, **LLAMA_MODEL)
     trainer(9, [growth(LLAMA_STAGES)]).fit(

@@ -24,6 +24,7 @@ CORE = [
     "progrow.model",
     "progrow.expand",
     "progrow.record",
+    "progrow.events",
     "progrow.surgery",
     "progrow.offline",
     "progrow.schedule",

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from progrow import LMModule
 from progrow.app.grow import main as grow_main
+from progrow.events import GrowthEvent
 from progrow.model import config_from_tensor
 from progrow.offline import (
     grow_checkpoint,
@@ -45,7 +46,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def in_loop(
     cache: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]]:
+) -> tuple[Path, dict[str, torch.Tensor], list[GrowthEvent]]:
     """The reference: both stages grown in the loop; checkpoints every 4 steps (the one
     at step 4 is written before that step's growth)."""
     ckpt_dir = tmp_path_factory.mktemp("ckpt")
@@ -65,7 +66,7 @@ def _digest(path: Path) -> str:
 
 
 def test_offline_growth_resumes_like_in_loop_growth(
-    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]],
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[GrowthEvent]],
     cache: Path,
     tmp_path: Path,
 ) -> None:
@@ -77,21 +78,21 @@ def test_offline_growth_resumes_like_in_loop_growth(
         src, out, STAGE0, seed=0, probe_batch=datamodule(cache).probe_batch()
     )
     assert _digest(src) == before  # the input is only read
-    assert event.keys() == events[0].keys()
+    offline, in_loop_event = event.to_dict(), events[0].to_dict()
     for key in ("stage", "step", "params_before", "params", "sizes", "loss_before", "loss_after"):
-        assert event[key] == events[0][key], key
-    assert abs(event["loss_delta"]) <= 1e-5
+        assert offline[key] == in_loop_event[key], key
+    assert event.loss_delta is not None and abs(event.loss_delta) <= 1e-5
 
     # Resumed with the same schedule: stage 0 is already reached, stage 1 grows at step 8.
     cb = growth()
     module = lm_module(MAX_STEPS, seed=123)
     trainer(MAX_STEPS, [cb]).fit(module, datamodule=datamodule(cache), ckpt_path=str(out))
     assert_bitwise_equal(params(module), expected)
-    assert [e["step"] for e in cb.events] == [4, 8]
+    assert [e.step for e in cb.events] == [4, 8]
 
 
 def test_offline_growth_resumes_without_the_callback(
-    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]],
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[GrowthEvent]],
     cache: Path,
     tmp_path: Path,
 ) -> None:
@@ -106,7 +107,7 @@ def test_offline_growth_resumes_without_the_callback(
 
 
 def test_offline_growth_carries_every_optimizer_entry(
-    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]],
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[GrowthEvent]],
 ) -> None:
     ckpt_dir, _, _ = in_loop
     ckpt = load_checkpoint(ckpt_dir / "step=4.ckpt")
@@ -131,7 +132,7 @@ def test_offline_growth_carries_every_optimizer_entry(
 
 
 def test_family_writes_one_branch_per_size(
-    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]], tmp_path: Path
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[GrowthEvent]], tmp_path: Path
 ) -> None:
     ckpt_dir, _, _ = in_loop
     branches: dict[str | Path, dict[str, Any]] = {
@@ -139,8 +140,8 @@ def test_family_writes_one_branch_per_size(
         tmp_path / "deep.ckpt": {"n_layers": 4},
     }
     events = grow_family(ckpt_dir / "step=12.ckpt", branches)
-    assert events[tmp_path / "wide.ckpt"]["sizes"]["d_mlp"] == 24
-    assert events[tmp_path / "deep.ckpt"]["sizes"]["n_layers"] == 4
+    assert events[tmp_path / "wide.ckpt"].sizes["d_mlp"] == 24
+    assert events[tmp_path / "deep.ckpt"].sizes["n_layers"] == 4
     deep = LMModule.load_from_checkpoint(tmp_path / "deep.ckpt")
     assert deep.model.config.n_layers == 4 and deep.model.config.d_mlp == 20
 
@@ -157,7 +158,7 @@ def test_family_writes_one_branch_per_size(
     ],
 )
 def test_bad_sizes_are_refused_before_writing(
-    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]],
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[GrowthEvent]],
     tmp_path: Path,
     sizes: dict[str, Any],
     match: str,
@@ -171,7 +172,7 @@ def test_bad_sizes_are_refused_before_writing(
 
 
 def test_existing_output_and_foreign_checkpoint_are_refused(
-    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]], tmp_path: Path
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[GrowthEvent]], tmp_path: Path
 ) -> None:
     ckpt_dir, _, _ = in_loop
     src = ckpt_dir / "step=4.ckpt"
@@ -194,7 +195,7 @@ def test_existing_output_and_foreign_checkpoint_are_refused(
 
 
 def test_command_line(
-    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]],
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[GrowthEvent]],
     cache: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -211,7 +212,7 @@ def test_command_line(
     assert grow_main(argv) == 0
     event = json.loads(capsys.readouterr().out)
     assert event["sizes"]["n_layers"] == 2
-    assert event["loss_before"] == events[0]["loss_before"]  # the same probe batch
+    assert event["loss_before"] == events[0].loss_before  # the same probe batch
     assert abs(event["loss_delta"]) <= 1e-5
     assert load_checkpoint(out)["progrow"]["model_config"]["n_layers"] == 2
 

@@ -129,7 +129,7 @@ def test_signal_saves_at_next_step_and_resume_is_bitwise(
     trainer(MAX_STEPS, [cb, PreemptionCallback()], accumulate_grad_batches=accumulate).fit(
         module, datamodule=datamodule(cache), ckpt_path=str(ckpt)
     )
-    assert [e["step"] for e in cb.events] == [4, 8]
+    assert [e.step for e in cb.events] == [4, 8]
     assert_bitwise_equal(params(module), uninterrupted[accumulate])
 
 

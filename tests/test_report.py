@@ -22,6 +22,7 @@ from progrow.app.report import (
     summarize,
 )
 from progrow.app.train import CONF_DIR, train
+from progrow.events import GrowthEvent
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -56,7 +57,8 @@ def test_summarize_finds_both_runs_and_computes_the_saving(sweep: Path) -> None:
     expected = 100 * (1 - grown.flops_to_baseline / base.curve[-1][0])
     assert grown.saving_pct == pytest.approx(expected)
     assert grown.wall_s is not None and grown.wall_s > 0
-    assert [e["flops"] for e in grown.events] == sorted(e["flops"] for e in grown.events)
+    flops = [e.flops for e in grown.events]
+    assert all(f is not None for f in flops) and flops == sorted(flops)  # type: ignore[type-var]
 
 
 def test_cli_prints_table_and_writes_png(sweep: Path, capsys: pytest.CaptureFixture) -> None:
@@ -124,9 +126,9 @@ def test_only_a_fixed_size_run_of_the_final_size_is_a_baseline(
     tiny = {"d_model": 32, "n_layers": 1}
     grown = _summary("width_first", 0, 1.0)
     assert pick_baseline(grown, [_summary("none", 0, 5.0, sizes=tiny)]) is None
-    grown.events = [{"step": 1}]
+    grown.events = [GrowthEvent(stage=0, step=1)]
     fake_none = _summary("none", 0, 5.0)
-    fake_none.events = [{"step": 2}]  # called "none" but it grew: not fixed-size
+    fake_none.events = [GrowthEvent(stage=0, step=2)]  # called "none" but it grew: not fixed-size
     assert pick_baseline(grown, [fake_none]) is None
     assert [n.split(":")[0] for n in baseline_notes([grown])] == ["width_first"]
     assert "no fixed-size run (growth=none) of its final size (d_model=64 n_layers=2)" in (

@@ -54,7 +54,7 @@ def test_resume_is_bitwise_exact(
     assert module.model.config == full.model.config
     assert_bitwise_equal(params(module), expected)
     assert module.flops == full.flops and module.tokens == full.tokens
-    assert [e["step"] for e in cb.events] == [4, 8]
+    assert [e.step for e in cb.events] == [4, 8]
 
 
 def test_load_from_checkpoint_returns_grown_model(

@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"progrow-grow: {err}", file=sys.stderr)
         return 2
     for path, event in events.items():
-        print(json.dumps({"out": str(path), **event}))
+        print(json.dumps({"out": str(path), **event.to_dict()}))
     return 0
 
 

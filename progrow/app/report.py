@@ -38,6 +38,8 @@ from typing import Any
 
 import yaml
 
+from progrow.events import GrowthEvent, events_from_dicts
+
 BASELINE_SCHEDULE = "none"
 
 
@@ -61,8 +63,9 @@ class RunSummary:
     """Wall time of the training (all resumed attempts that finished), from summary.json."""
     curve: list[tuple[float, float]] = field(default_factory=list)
     """``(flops, val_loss)`` at each validation."""
-    events: list[dict[str, Any]] = field(default_factory=list)
-    """Growth events: step, flops, loss_delta, params (and more when summary.json has them)."""
+    events: list[GrowthEvent] = field(default_factory=list)
+    """Growth events (from summary.json; from the CSV log, only stage, step, flops,
+    loss_delta and params)."""
     baseline: str | None = None
     """Path of the baseline run compared against."""
     flops_to_baseline: float | None = None
@@ -176,14 +179,14 @@ def load_run(run: Path, name: str | None = None) -> RunSummary:
     ]
     flops = [r["compute/flops"] for r in rows if "compute/flops" in r]
     tokens = [r["compute/tokens"] for r in rows if "compute/tokens" in r]
-    events = summary.get("events") or [
-        {
-            "stage": int(r["growth/stage"]),
-            "step": int(r.get("step", -1)),
-            "flops": r.get("compute/flops"),
-            "loss_delta": r.get("growth/loss_delta"),
-            "params": r.get("growth/params"),
-        }
+    events = events_from_dicts(summary.get("events")) or [
+        GrowthEvent(
+            stage=int(r["growth/stage"]),
+            step=int(r.get("step", -1)),
+            flops=r.get("compute/flops"),
+            loss_delta=r.get("growth/loss_delta"),
+            params=None if r.get("growth/params") is None else int(r["growth/params"]),
+        )
         for r in rows
         if "growth/stage" in r
     ]
@@ -333,7 +336,7 @@ def _rows(runs: Sequence[RunSummary]) -> list[list[str]]:
     rows = []
     used = {run.baseline for run in runs}
     for run in runs:
-        deltas = [e.get("loss_delta") for e in run.events]
+        deltas = [e.loss_delta for e in run.events]
         worst = max((abs(d) for d in deltas if d is not None), default=None)
         if run.is_baseline:
             reach, saving = ("(baseline)" if run.path in used else "(fixed size)"), "-"
@@ -412,8 +415,8 @@ def plot(runs: Sequence[RunSummary], out: str | Path) -> Path:
         seed = "" if run.seed is None else f" seed {run.seed}"
         ax.plot(xs, ys, style, color=color, marker=".", label=f"{run.growth}{seed} ({run.name})")
         for event in run.events:
-            if event.get("flops"):
-                ax.axvline(float(event["flops"]), color=color, alpha=0.35, linestyle=":")
+            if event.flops:
+                ax.axvline(float(event.flops), color=color, alpha=0.35, linestyle=":")
         if run.is_baseline and run.final_val_loss is not None:
             ax.axhline(run.final_val_loss, color=color, alpha=0.3, linewidth=0.8)
     ax.set_xscale("log")

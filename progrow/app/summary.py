@@ -8,7 +8,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+from progrow.events import GrowthEvent, events_from_dicts
+
 SUMMARY_FILE = "summary.json"
+
+
+def _fmt(value: float | None, spec: str | Any) -> str:
+    """``value`` formatted with a format spec or a function; ``-`` for ``None``."""
+    if value is None:
+        return "-"
+    return spec(value) if callable(spec) else format(value, spec)
 
 
 def human(n: float) -> str:
@@ -70,7 +79,7 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     if summary.get("resumed_from"):
         head.add_row("resumed from", summary["resumed_from"])
     console.print(head)
-    events = summary.get("events") or []
+    events = events_from_dicts(summary.get("events"))
     if events:
         console.print(_events_table(summary, events))
     else:
@@ -80,7 +89,7 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     console.print(f"report: progrow-report {report_dir}{whole}", soft_wrap=True)
 
 
-def _events_table(summary: dict[str, Any], events: list[dict[str, Any]]) -> Any:
+def _events_table(summary: dict[str, Any], events: list[GrowthEvent]) -> Any:
     from rich.table import Table
 
     table = Table(title="growth events (loss on a fixed probe batch, before/after)")
@@ -88,7 +97,7 @@ def _events_table(summary: dict[str, Any], events: list[dict[str, Any]]) -> Any:
         table.add_column(col, justify="right" if col != "sizes" else "left")
     previous = dict(summary.get("sizes_start") or {})
     for e in events:
-        now = e.get("sizes", {})
+        now = dict(e.sizes)
         sizes = " ".join(
             f"{k} {previous[k]}->{v}" if k in previous else f"{k}={v}"
             for k, v in now.items()
@@ -96,12 +105,12 @@ def _events_table(summary: dict[str, Any], events: list[dict[str, Any]]) -> Any:
         )
         previous = dict(now)
         table.add_row(
-            str(e["stage"]),
-            str(e["step"]),
-            f"{human(e['params_before'])} -> {human(e['params'])}",
-            f"{e['loss_before']:.6f}",
-            f"{e['loss_after']:.6f}",
-            f"{e['loss_delta']:+.2e}",
+            str(e.stage),
+            str(e.step),
+            f"{_fmt(e.params_before, human)} -> {_fmt(e.params, human)}",
+            _fmt(e.loss_before, ".6f"),
+            _fmt(e.loss_after, ".6f"),
+            _fmt(e.loss_delta, "+.2e"),
             sizes,
         )
     return table

@@ -204,7 +204,7 @@ def _run(settings: RunSettings, preemption: PreemptionCallback) -> dict[str, Any
         "growth": settings.growth.name,
         "seed": settings.seed,
         "val_loss": val_loss,
-        "events": growth.events,
+        "events": [event.to_dict() for event in growth.events],
         "flops": module.flops,
         "budget_flops": budget_flops,
         "tokens": module.tokens,

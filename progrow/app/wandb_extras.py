@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
 
 from lightning.pytorch.loggers import Logger
+
+from progrow.events import GrowthEvent
 
 #: Metrics plotted against cumulative training FLOPs, so growing and fixed-size runs line
 #: up by compute. Exact names win over W&B's glob rules set by Lightning ("*" -> step).
@@ -59,9 +60,9 @@ def define_compute_axis(loggers: list[Logger]) -> None:
             define(name, step_metric="compute/flops")
 
 
-def log_events_table(loggers: list[Logger], events: list[dict[str, Any]]) -> None:
+def log_events_table(loggers: list[Logger], events: list[GrowthEvent]) -> None:
     """Log the growth events as a ``growth/events`` table."""
-    rows = [[event.get(col) for col in EVENT_COLUMNS] for event in events]
+    rows = [[getattr(event, col) for col in EVENT_COLUMNS] for event in events]
     for logger in loggers:
         if is_wandb(logger) and hasattr(logger, "log_table"):
             logger.log_table("growth/events", columns=list(EVENT_COLUMNS), data=rows)

@@ -21,11 +21,13 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from progrow.data.cache import TokenSource, as_array
 
 
-def _check_window(num_tokens: int, seq_len: int, what: str) -> None:
+def check_window(num_tokens: int, seq_len: int, what: str, where: str = "") -> None:
+    """Raise ``ValueError`` if a split of ``num_tokens`` cannot hold one window of
+    ``seq_len + 1`` tokens; ``where`` (e.g. the data source) prefixes the message."""
     if num_tokens < seq_len + 1:
         raise ValueError(
-            f"the {what} split has {num_tokens} tokens, too few for one window of "
-            f"data.seq_len + 1 = {seq_len + 1} tokens"
+            f"{where + ': ' if where else ''}the {what} split has {num_tokens} tokens, too few "
+            f"for one window of data.seq_len + 1 = {seq_len + 1} tokens"
         )
 
 
@@ -58,7 +60,7 @@ def sample_batch(
     if index < 0 or seed < 0:
         raise ValueError(f"index and seed must be non-negative, got index={index}, seed={seed}")
     arr = as_array(tokens)
-    _check_window(arr.shape[0], seq_len, "train")
+    check_window(arr.shape[0], seq_len, "train")
     rng = np.random.default_rng([seed, index * world_size + rank])
     starts = rng.integers(0, arr.shape[0] - seq_len, size=batch_size, dtype=np.int64)
     windows = arr[starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)]
@@ -107,7 +109,7 @@ class TrainStream(IterableDataset[Tensor]):
         world_size: int = 1,
         start: int = 0,
     ) -> None:
-        _check_window(len(tokens), seq_len, "train")
+        check_window(len(tokens), seq_len, "train")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.tokens = tokens
@@ -155,7 +157,7 @@ class ValBatches(Dataset[Tensor]):
     def __init__(
         self, tokens: TokenSource, *, seq_len: int, batch_size: int, num_batches: int
     ) -> None:
-        _check_window(len(tokens), seq_len, "validation")
+        check_window(len(tokens), seq_len, "validation")
         available = (len(tokens) - 1) // seq_len
         wanted = batch_size * num_batches
         if available < wanted:

@@ -27,6 +27,7 @@ from lightning.pytorch.strategies import (
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
+from progrow.events import GrowthEvent, events_from_dicts
 from progrow.model import Transformer
 from progrow.schedule import GrowthSchedule, GrowthStage, stage_seed
 from progrow.surgery import (
@@ -203,7 +204,7 @@ class GrowthCallback(L.Callback):
         self.rewarmup_steps = rewarmup_steps
         self.group_for_new = group_for_new
         self.param_order = param_order
-        self.events: list[dict[str, Any]] = []
+        self.events: list[GrowthEvent] = []
         self._probe: Any = None  # this fit's probe batch, on the CPU
         self._rewarmup = Rewarmup()
 
@@ -225,10 +226,11 @@ class GrowthCallback(L.Callback):
         save_architecture(pl_module, checkpoint, self.model_attr, optimizers=trainer.optimizers)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"events": list(self.events), "schedule": self.schedule.to_list()}
+        # The dict form: checkpoints hold plain data, and the keys of every release.
+        return {"events": [e.to_dict() for e in self.events], "schedule": self.schedule.to_list()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.events = list(state_dict.get("events", []))
+        self.events = events_from_dicts(state_dict.get("events"))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._attach_rewarmup(trainer)
@@ -356,18 +358,17 @@ class GrowthCallback(L.Callback):
             # Every rank records and decides on rank 0's numbers: a jump seen on one rank
             # only would raise there and leave the other ranks waiting in a collective.
             loss_before, loss_after = trainer.strategy.broadcast((loss_before, loss_after), 0)
-        event = {
-            "stage": index,
-            "step": trainer.global_step,
-            "loss_before": loss_before,
-            "loss_after": loss_after,
-            "loss_delta": loss_after - loss_before,
-            "params_before": params_before,
-            "params": model.num_params(),
-            "sizes": model.config.sizes(),
-            "seconds": seconds,
-            "flops": float(getattr(pl_module, "flops", 0.0)),
-        }
+        event = GrowthEvent(
+            stage=index,
+            step=trainer.global_step,
+            params_before=params_before,
+            params=model.num_params(),
+            sizes=model.config.sizes(),
+            loss_before=loss_before,
+            loss_after=loss_after,
+            seconds=seconds,
+            flops=float(getattr(pl_module, "flops", 0.0)),
+        )
         self.events.append(event)
         self._log(trainer, event)
         self._check_delta(event)
@@ -384,28 +385,29 @@ class GrowthCallback(L.Callback):
             )
         return optimizer_param_names(pl_module, optimizers)
 
-    def _log(self, trainer: L.Trainer, event: dict[str, Any]) -> None:
-        metrics = {
-            "growth/stage": float(event["stage"]),
-            "growth/loss_before": event["loss_before"],
-            "growth/loss_after": event["loss_after"],
-            "growth/loss_delta": event["loss_delta"],
-            "growth/params": float(event["params"]),
-            "growth/seconds": event["seconds"],
+    def _log(self, trainer: L.Trainer, event: GrowthEvent) -> None:
+        metrics: dict[str, float | None] = {
+            "growth/stage": float(event.stage),
+            "growth/loss_before": event.loss_before,
+            "growth/loss_after": event.loss_after,
+            "growth/loss_delta": event.loss_delta,
+            "growth/params": float(event.params or 0),
+            "growth/seconds": event.seconds,
         }
-        if event["flops"]:
-            metrics["compute/flops"] = event["flops"]
+        if event.flops:
+            metrics["compute/flops"] = event.flops
+        logged = {k: v for k, v in metrics.items() if v is not None}
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.log_metrics(logged, step=trainer.global_step)
 
-    def _check_delta(self, event: dict[str, Any]) -> None:
-        delta = abs(event["loss_delta"])
-        if delta <= self.loss_tolerance or self.on_loss_jump == "ignore":
+    def _check_delta(self, event: GrowthEvent) -> None:
+        assert event.loss_delta is not None, "in-loop events measure both losses"
+        if abs(event.loss_delta) <= self.loss_tolerance or self.on_loss_jump == "ignore":
             return
         message = (
-            f"growth stage {event['stage']} at step {event['step']} changed the probe loss by "
-            f"{event['loss_delta']:+.3e} ({event['loss_before']:.6f} -> "
-            f"{event['loss_after']:.6f}), above loss_tolerance={self.loss_tolerance:g}"
+            f"growth stage {event.stage} at step {event.step} changed the probe loss by "
+            f"{event.loss_delta:+.3e} ({event.loss_before:.6f} -> "
+            f"{event.loss_after:.6f}), above loss_tolerance={self.loss_tolerance:g}"
         )
         if self.on_loss_jump == "raise":
             raise RuntimeError(message)
@@ -416,7 +418,7 @@ class GrowthCallback(L.Callback):
     def _start_rewarmup(self, trainer: L.Trainer) -> None:
         if not self.events:
             return
-        since = trainer.global_step - self.events[-1]["step"]
+        since = trainer.global_step - self.events[-1].step
         scale = rewarmup_scale(since, self.rewarmup_steps)
         if scale is not None:
             self._rewarmup.start_step(trainer.optimizers, scale)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from progrow.data.batches import ResumableLoader, TrainStream, ValBatches
+from progrow.data.batches import ResumableLoader, TrainStream, ValBatches, check_window
 from progrow.data.corpus import DEFAULT_VAL_FRACTION, Corpus
 from progrow.data.files import load_stdlib, load_text
 from progrow.data.hf import LoadDatasetFn, Tokenizer, load_hf
@@ -195,11 +195,7 @@ class LMDataModule(L.LightningDataModule):
         if self.max_bytes is not None:
             where += f", data.max_bytes={self.max_bytes}"
         for split, count in (("train", corpus.train_tokens), ("validation", corpus.val_tokens)):
-            if count < self.seq_len + 1:
-                raise ValueError(
-                    f"{where}: the {split} split has {count} tokens, too few for one window "
-                    f"of data.seq_len + 1 = {self.seq_len + 1} tokens"
-                )
+            check_window(count, self.seq_len, split, where)
 
     @property
     def corpus(self) -> Corpus:
