@@ -212,9 +212,9 @@ def test_growth_callback_grows_an_imported_model_which_then_exports(
     module = HFImportLM(model)
     loader = torch.utils.data.DataLoader(TensorDataset(torch.stack(batches)), batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
-    assert [e["step"] for e in growth.events] == [2, 4]
+    assert [e.step for e in growth.events] == [2, 4]
     for event in growth.events:
-        assert abs(event["loss_delta"]) <= 1e-4
+        assert event.loss_delta is not None and abs(event.loss_delta) <= 1e-4
     grown = module.model.eval()
     exported = to_hf(grown, base_config=hf.config)
     tokens = batches[0]
