@@ -192,7 +192,7 @@ def test_sbatch_ddp_job_requeues_once_and_resumes_exactly(
     ref_run, run = load_run(ref_dir), load_run(run_dir)
     assert len(run.curve) == MAX_STEPS // CKPT_EVERY and run.curve == ref_run.curve
     assert run.final_val_loss == ref_run.final_val_loss == summary["val_loss"]
-    assert [e["step"] for e in run.events] == [8, 16, 24]
+    assert [e.step for e in run.events] == [8, 16, 24]
 
 
 def _progrow_line(line: str) -> bool:
