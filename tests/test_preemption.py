@@ -217,7 +217,7 @@ def free_port() -> int:
 def test_ddp_ranks_agree_and_resume_is_bitwise(tmp_path: Path) -> None:
     """Two gloo ranks started from outside (like srun); only rank 1 gets SIGUSR1, in the
     step of a growth. Both stop after that step with one checkpoint, and resuming from it
-    ends bitwise where the uninterrupted run did, on both ranks."""
+    ends bitwise where the uninterrupted run did, on both ranks; under DDP, then FSDP2."""
     base = {
         **os.environ,
         "PYTHONWARNINGS": "ignore",
@@ -257,7 +257,18 @@ def test_ddp_ranks_agree_and_resume_is_bitwise(tmp_path: Path) -> None:
             "ckpt_path": str(tmp_path / "ckpt" / "last.ckpt"),
         }
         assert_bitwise_equal(rank["resumed"], rank["reference"])
+        # FSDP2: the sharded last.ckpt folder of the ModelCheckpoint replaced by the one of
+        # step 5 (the ModelCheckpoint wrote step 4's), then resumed bitwise.
+        assert rank["fsdp"]["stopped"] == {
+            "signum": signal.SIGUSR1,
+            "step": 5,
+            "ckpt_path": str(tmp_path / "fsdp" / "last.ckpt"),
+        }
+        assert_bitwise_equal(rank["fsdp"]["resumed"], rank["fsdp"]["reference"])
     assert_bitwise_equal(ranks[0]["resumed"], ranks[1]["resumed"])
+    meta = torch.load(tmp_path / "fsdp" / "last.ckpt" / "meta.pt", weights_only=False)
+    assert meta["global_step"] == 5  # step 4's folder was replaced
+    assert not list((tmp_path / "fsdp").glob(".*"))  # no temporary or moved-aside folder
 
 
 def test_armed_signal_before_training_stops_at_the_first_step(

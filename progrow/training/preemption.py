@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -204,15 +205,36 @@ def requeue_slurm_job(job_id: str) -> bool:
 
 
 def save_checkpoint_atomically(trainer: L.Trainer, path: Path) -> None:
-    """``trainer.save_checkpoint(path)`` (collective: call on every rank) such that ``path``
-    is either the complete new checkpoint or what it was before, never a torn file."""
+    """``trainer.save_checkpoint(path)`` (collective: call on every rank), written under a
+    temporary name and renamed, so ``path`` is never a torn checkpoint.
+
+    A file replaces the old one in one step. A sharded checkpoint (a folder, written by
+    every rank under FSDP) cannot replace a folder in one step: the old one is moved aside
+    first and deleted after, so a crash in between leaves ``.<name>.old`` next to it.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     if trainer.is_global_zero:
         path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(tmp)  # every rank; rank 0 writes; ends with a barrier
+        _remove(tmp)  # left by a crash: a sharded save must not mix with old shards
+    trainer.strategy.barrier("progrow.save_checkpoint_atomically")
+    trainer.save_checkpoint(tmp)  # every rank; ends with a barrier
     if trainer.is_global_zero:
-        os.replace(tmp, path)
-    trainer.strategy.barrier("progrow.save_checkpoint_atomically")  # all see the new file
+        if path.exists() and (tmp.is_dir() or path.is_dir()):
+            old = path.with_name(f".{path.name}.old")
+            _remove(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    trainer.strategy.barrier("progrow.save_checkpoint_atomically")  # all see the new one
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 class PreemptionCallback(L.Callback):
