@@ -21,6 +21,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from omegaconf import DictConfig
 from progrow.app.settings import CONF_DIR, RunSettings
 
 if TYPE_CHECKING:  # the app imports Lightning lazily, inside the functions
+    from progrow.config import TransformerConfig
     from progrow.training import PreemptionCallback
 
 log = logging.getLogger(__name__)
@@ -60,47 +62,69 @@ def run(settings: RunSettings) -> dict[str, Any]:
         preemption.disarm()
 
 
+@dataclass
+class _Job:
+    """What a launch has prepared, and checked, before the Trainer exists."""
+
+    settings: RunSettings
+    """The settings, with ``max_steps`` derived from a compute budget if one was given."""
+    resume: str | None
+    """Checkpoint to resume from."""
+    datamodule: Any
+    model_cfg: TransformerConfig
+    """The starting architecture."""
+    module: Any
+    growth: Any
+    budget_flops: float | None
+    hf_start: Any
+    """The imported Hugging Face model (``hf.init_from``), or ``None``."""
+    identity: dict[str, Any]
+    """What checkpoints record about the run (:mod:`progrow.app.resume`)."""
+
+
 def _run(settings: RunSettings, preemption: PreemptionCallback) -> dict[str, Any]:
     """Train one job described by a :class:`progrow.app.RunSettings`.
 
     Order: cheap checks (devices, resume target) -> seed -> data (its vocabulary sizes the
-    model) -> model -> schedule checked against the model and ``max_steps`` -> callbacks,
-    loggers, trainer -> fit. Anything wrong in the config raises
-    :class:`progrow.app.ConfigError` before the Trainer exists.
+    model) -> model -> schedule checked against the model and ``max_steps`` -> resume
+    checked against the checkpoint's run -> callbacks, loggers, trainer -> fit. Anything
+    wrong in the config raises :class:`progrow.app.ConfigError` before the Trainer exists.
 
     Returns:
         ``val_loss`` (final validation loss), ``events`` (growth events), ``flops``,
         ``tokens``, ``params``/``params_start``, ``sizes``/``sizes_start``,
         ``global_step``, ``wall_s`` (this launch, data loading included), ``fit_s``
         (``trainer.fit`` alone), ``output_dir``, ``ckpt_dir``, ``last_ckpt``,
-        ``log_dirs``, ``resumed_from``, ``growth`` (schedule name), ``seed`` and
-        ``fingerprint`` (of the data).
+        ``log_dirs``, ``resumed_from``, ``growth`` (schedule name), ``seed``,
+        ``fingerprint`` (of the data) and ``report_dir`` (the sweep folder in a multirun).
     """
-    import lightning as L
-    from hydra.utils import instantiate
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    from progrow.app import hf_io, wandb_extras
-    from progrow.app.checks import check_devices, resolve_ckpt_path
-    from progrow.app.console import quiet_lightning
-    from progrow.app.interrupt import interrupted_message, resume_message, slurm_plugins
-    from progrow.app.resume import RunIdentity, check_resume, run_identity
-    from progrow.app.settings import (
-        ConfigError,
-        model_config,
-        validate_schedule,
-        with_compute_budget,
-    )
     from progrow.app.summary import append_summary_to_logs, print_summary, write_summary
-    from progrow.optim import OptimConfig
-    from progrow.training import (
-        FitInterrupted,
-        GrowthCallback,
-        LMDataModule,
-        LMModule,
-    )
 
     started = time.perf_counter()
+    job = _prepare(settings)
+    trainer, loggers = _build_trainer(job, preemption)
+    fit_s, val_loss, last_ckpt = _fit(job, trainer, loggers)
+    summary = _summary(job, trainer, val_loss, last_ckpt, fit_s, time.perf_counter() - started)
+    if trainer.is_global_zero:
+        write_summary(job.settings.output_dir, summary)
+        print_summary(summary)
+        append_summary_to_logs(summary)
+    return summary
+
+
+def _prepare(settings: RunSettings) -> _Job:
+    """Everything up to the Trainer: checks, seed, data, model, schedule, resume target."""
+    import lightning as L
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from progrow.app import hf_io
+    from progrow.app.checks import check_devices, resolve_ckpt_path
+    from progrow.app.console import quiet_lightning
+    from progrow.app.interrupt import resume_message
+    from progrow.app.resume import check_resume, run_identity
+    from progrow.app.settings import validate_schedule, with_compute_budget
+    from progrow.training import LMModule
+
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     quiet_lightning()
     check_devices(settings.trainer)
@@ -111,18 +135,8 @@ def _run(settings: RunSettings, preemption: PreemptionCallback) -> dict[str, Any
         print(message, flush=True)
     L.seed_everything(settings.seed, workers=True)
 
-    try:
-        datamodule = LMDataModule(**settings.data)
-        vocab_size = datamodule.vocab_size  # loads (or builds the cache of) the corpus
-    except (TypeError, ValueError, FileNotFoundError) as err:
-        # A bad data.* value or a missing data.path: a config error, one line on the CLI.
-        raise ConfigError(f"data: {err}") from None
-    hf_start = None
-    if settings.hf_init_from is not None:  # its architecture replaces cfg.model
-        hf_start = hf_io.load_start(settings.hf_init_from, vocab_size, datamodule.seq_len)
-        model_cfg = hf_start.model.config
-    else:
-        model_cfg = model_config(settings, vocab_size, datamodule.seq_len)
+    datamodule = _datamodule(settings)
+    model_cfg, hf_start = _start_model(settings, datamodule)
     budget_flops = None
     if settings.budget_steps is not None:
         settings, budget_flops = with_compute_budget(
@@ -131,6 +145,53 @@ def _run(settings: RunSettings, preemption: PreemptionCallback) -> dict[str, Any
     validate_schedule(settings.growth, model_cfg, settings.max_steps)
     if settings.hf_export_to is not None:
         hf_io.check_export(settings.hf_export_to, model_cfg, settings.growth)
+    optim, growth = _optimizer_and_growth(settings)
+    module = LMModule(model_cfg, optim)
+    identity = run_identity(settings, model_cfg, datamodule.fingerprint)
+    if resume is not None:
+        for change in check_resume(resume, identity, settings.resume_allow_changes):
+            log.warning("resuming with a changed config (resume_allow_changes=true): %s", change)
+    if hf_start is not None:
+        module.model.load_state_dict(hf_start.model.state_dict())
+    return _Job(
+        settings, resume, datamodule, model_cfg, module, growth, budget_flops, hf_start, identity
+    )
+
+
+def _datamodule(settings: RunSettings) -> Any:
+    """The data module, its corpus loaded (or its cache built): the vocabulary sizes the
+    model."""
+    from progrow.app.settings import ConfigError
+    from progrow.training import LMDataModule
+
+    try:
+        datamodule = LMDataModule(**settings.data)
+        datamodule.vocab_size  # noqa: B018  (loads the corpus)
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        # A bad data.* value or a missing data.path: a config error, one line on the CLI.
+        raise ConfigError(f"data: {err}") from None
+    return datamodule
+
+
+def _start_model(settings: RunSettings, datamodule: Any) -> tuple[TransformerConfig, Any]:
+    """The starting architecture: an imported model's (``hf.init_from``), else
+    ``cfg.model`` with the data's vocabulary and sequence length."""
+    from progrow.app import hf_io
+    from progrow.app.settings import model_config
+
+    vocab_size, seq_len = datamodule.vocab_size, datamodule.seq_len
+    if settings.hf_init_from is not None:  # its architecture replaces cfg.model
+        hf_start = hf_io.load_start(settings.hf_init_from, vocab_size, seq_len)
+        return hf_start.model.config, hf_start
+    return model_config(settings, vocab_size, seq_len), None
+
+
+def _optimizer_and_growth(settings: RunSettings) -> tuple[Any, Any]:
+    """The optimizer config and the growth callback, their errors named by config key."""
+    from progrow.app.settings import ConfigError
+    from progrow.optim import OptimConfig
+    from progrow.training import GrowthCallback
+
     try:
         optim = OptimConfig(**settings.optim, max_steps=settings.max_steps)
     except (TypeError, ValueError) as err:
@@ -141,18 +202,22 @@ def _run(settings: RunSettings, preemption: PreemptionCallback) -> dict[str, Any
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"growth: {err}") from None
-    module = LMModule(model_cfg, optim)
-    identity = run_identity(settings, model_cfg, datamodule.fingerprint)
-    if resume is not None:
-        for change in check_resume(resume, identity, settings.resume_allow_changes):
-            log.warning("resuming with a changed config (resume_allow_changes=true): %s", change)
-    if hf_start is not None:
-        module.model.load_state_dict(hf_start.model.state_dict())
+    return optim, growth
 
+
+def _build_trainer(job: _Job, preemption: PreemptionCallback) -> tuple[Any, list[Any]]:
+    """The Trainer with the configured callbacks and loggers, hyperparameters logged."""
+    from hydra.utils import instantiate
+
+    from progrow.app import wandb_extras
+    from progrow.app.interrupt import slurm_plugins
+    from progrow.app.resume import RunIdentity
+
+    settings = job.settings
     # Ctrl-C, SIGTERM and SLURM's SIGUSR1 end in a checkpoint at a step boundary instead of
     # lost work (the preemption callback).
     callbacks = [instantiate(c) for c in settings.callbacks.values()]
-    callbacks += [growth, preemption, RunIdentity(identity)]
+    callbacks += [job.growth, preemption, RunIdentity(job.identity)]
     loggers = [instantiate(c, **_logger_extras(c, settings)) for c in settings.loggers.values()]
     wandb_extras.define_compute_axis(loggers)
     slurm = slurm_plugins(settings.trainer)
@@ -164,33 +229,47 @@ def _run(settings: RunSettings, preemption: PreemptionCallback) -> dict[str, Any
         _convert_="all",
         **plugins,
     )
-    hparams = {
+    for logger in trainer.loggers:
+        logger.log_hyperparams(_hparams(job))
+    return trainer, loggers
+
+
+def _hparams(job: _Job) -> dict[str, Any]:
+    settings = job.settings
+    return {
         "task_name": settings.task_name,
         "tags": settings.tags,
         "seed": settings.seed,
         "max_steps": settings.max_steps,
-        "budget_flops": budget_flops,
+        "budget_flops": job.budget_flops,
         "growth": {
             "name": settings.growth.name,
             "stages": settings.growth.schedule.to_list(),
-            "final_sizes": settings.growth.schedule.final_sizes(model_cfg),
+            "final_sizes": settings.growth.schedule.final_sizes(job.model_cfg),
             **settings.growth.options,
         },
-        "data": datamodule.describe(),
+        "data": job.datamodule.describe(),
         "trainer": {k: v for k, v in settings.trainer.items() if k != "_target_"},
     }
-    for logger in trainer.loggers:
-        logger.log_hyperparams(hparams)
 
+
+def _fit(job: _Job, trainer: Any, loggers: list[Any]) -> tuple[float, float | None, str | None]:
+    """``trainer.fit``, the final validation and checkpoint (and export); returns the fit's
+    seconds, the final validation loss and the last checkpoint."""
+    from progrow.app import hf_io, wandb_extras
+    from progrow.app.interrupt import interrupted_message
+    from progrow.training import FitInterrupted
+
+    settings = job.settings
     fit_started = time.perf_counter()
     failed = True
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=job.resume)
         fit_s = time.perf_counter() - fit_started
-        val_loss = _final_val_loss(trainer, module, datamodule)
+        val_loss = _final_val_loss(trainer, job.module, job.datamodule)
         last_ckpt = _save_final_checkpoint(trainer)
         if settings.hf_export_to is not None and trainer.is_global_zero:
-            hf_io.export(module.model, settings.hf_export_to, hf_start)
+            hf_io.export(job.module.model, settings.hf_export_to, job.hf_start)
         failed = False
     except FitInterrupted as stop:
         if trainer.is_global_zero:
@@ -198,39 +277,46 @@ def _run(settings: RunSettings, preemption: PreemptionCallback) -> dict[str, Any
         raise
     finally:
         if trainer.is_global_zero:
-            wandb_extras.log_events_table(loggers, growth.events)
+            wandb_extras.log_events_table(loggers, job.growth.events)
         wandb_extras.finish(loggers, failed, preempted=sys.exc_info()[0] is FitInterrupted)
-    summary: dict[str, Any] = {
+    return fit_s, val_loss, last_ckpt
+
+
+def _summary(
+    job: _Job,
+    trainer: Any,
+    val_loss: float | None,
+    last_ckpt: str | None,
+    fit_s: float,
+    wall_s: float,
+) -> dict[str, Any]:
+    settings, module = job.settings, job.module
+    return {
         "growth": settings.growth.name,
         "seed": settings.seed,
         "val_loss": val_loss,
-        "events": [event.to_dict() for event in growth.events],
+        "events": [event.to_dict() for event in job.growth.events],
         "flops": module.flops,
-        "budget_flops": budget_flops,
+        "budget_flops": job.budget_flops,
         "tokens": module.tokens,
         "train_s": module.train_seconds,
         "max_steps": settings.max_steps,
-        "params_start": model_cfg.num_params(),
-        "sizes_start": model_cfg.sizes(),
+        "params_start": job.model_cfg.num_params(),
+        "sizes_start": job.model_cfg.sizes(),
         "params": module.model.num_params(),
         "sizes": module.model.config.sizes(),
         "global_step": trainer.global_step,
-        "wall_s": time.perf_counter() - started,
+        "wall_s": wall_s,
         "fit_s": fit_s,
         "output_dir": str(settings.output_dir),
         "ckpt_dir": str(settings.ckpt_dir),
         "last_ckpt": last_ckpt,
         "log_dirs": [str(d) for d in (_log_dir(lg) for lg in trainer.loggers) if d],
-        "resumed_from": resume,
-        "fingerprint": datamodule.fingerprint,
+        "resumed_from": job.resume,
+        "fingerprint": job.datamodule.fingerprint,
         "report_dir": str(_sweep_dir() or settings.output_dir),
         "hf_export": None if settings.hf_export_to is None else str(settings.hf_export_to),
     }
-    if trainer.is_global_zero:
-        write_summary(settings.output_dir, summary)
-        print_summary(summary)
-        append_summary_to_logs(summary)
-    return summary
 
 
 def _sweep_dir() -> Path | None:
