@@ -335,6 +335,23 @@ def test_ddp_cpu_two_processes(cache: Path, tmp_path: Path) -> None:
     assert len(summary["events"]) == 3 and summary["tokens"] == 10 * 2 * 4 * 16
 
 
+@pytest.mark.slow
+def test_fsdp_cpu_two_processes_grow_and_resume(cache: Path, tmp_path: Path) -> None:
+    """trainer=fsdp_cpu: growth under FSDP2 through the app, then ckpt_path=auto resumes
+    from the sharded (folder) checkpoint of the grown model, in the same run folder."""
+    run = tmp_path / "run"
+    args = [*tiny(cache, max_steps=10), "trainer=fsdp_cpu", f"hydra.run.dir={run}"]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(summary["events"]) == 3 and summary["tokens"] == 10 * 2 * 4 * 16
+    assert (run / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # sharded: a folder
+    again = run_cli(*args, "trainer.max_steps=12", "ckpt_path=auto", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads((run / "summary.json").read_text())
+    assert resumed["global_step"] == 12 and resumed["sizes"] == summary["sizes"]
+
+
 def test_wandb_offline_run_writes_files(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -84,7 +84,7 @@ def _step_of(path: Path) -> int:
 
 
 def existing_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Checkpoint files already in ``ckpt_dir`` (empty if it does not exist)."""
+    """Checkpoints already in ``ckpt_dir``: files, or folders of sharded ones (FSDP)."""
     if not ckpt_dir.is_dir():
         return []
     return sorted(ckpt_dir.glob("*.ckpt"))
@@ -121,8 +121,8 @@ def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: Path) -> str | None:
         steps = sorted(existing, key=_step_of)
         return str(steps[-1]) if steps else None
     path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
+    if not path.exists():  # a file, or a folder (a distributed checkpoint under FSDP)
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: no such checkpoint file or folder")
     newest = {p.resolve() for p in ckpt_dir.glob("last*.ckpt")}
     if existing:
         newest.add(max(existing, key=_step_of).resolve())
