@@ -346,7 +346,8 @@ def test_fsdp_cpu_two_processes_grow_and_resume(cache: Path, tmp_path: Path) -> 
     summary = json.loads((run / "summary.json").read_text())
     assert len(summary["events"]) == 3 and summary["tokens"] == 10 * 2 * 4 * 16
     assert (run / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # sharded: a folder
-    again = run_cli(*args, "trainer.max_steps=12", "ckpt_path=auto", cwd=tmp_path)
+    longer = ["trainer.max_steps=12", "resume_allow_changes=true", "ckpt_path=auto"]
+    again = run_cli(*args, *longer, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = json.loads((run / "summary.json").read_text())
     assert resumed["global_step"] == 12 and resumed["sizes"] == summary["sizes"]

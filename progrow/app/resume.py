@@ -38,7 +38,10 @@ class RunIdentity(L.Callback):
 def saved_identity(ckpt_path: str | Path) -> dict[str, Any] | None:
     """The run identity stored in a checkpoint (``None`` if it has none); memory-mapped,
     so a large checkpoint is not read into memory for this."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    path = Path(ckpt_path)
+    if path.is_dir():  # a distributed checkpoint (FSDP): all but the tensors is in meta.pt
+        path = path / "meta.pt"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     entry = checkpoint.get(RUN_KEY) if isinstance(checkpoint, dict) else None
     return dict(entry) if isinstance(entry, dict) else None
 
