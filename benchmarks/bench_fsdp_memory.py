@@ -108,10 +108,10 @@ def worker(strategy_name: str, out: Path, quick: bool) -> None:
         "steady_peak": max(steady) - base_rss,
         "growth_peak": rss.peak(times["growth_start"], times["growth_end"]) - base_rss,
         "after_peak": max(after) - base_rss,
-        "growth_event_s": growth.events[0]["seconds"],
+        "growth_event_s": growth.events[0].seconds,
         "growth_with_probes_s": times["growth_end"] - times["growth_start"],
         "step_s": C.median([times[f"end{s}"] - times[f"start{s}"] for s in range(1, GROW_STEP)]),
-        "loss_delta": growth.events[0]["loss_delta"],
+        "loss_delta": growth.events[0].loss_delta,
     }
     (out / f"{strategy_name}_rank{trainer.global_rank}.json").write_text(json.dumps(result))
 
