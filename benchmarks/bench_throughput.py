@@ -117,7 +117,11 @@ def grown_vs_fresh(
     train_steps(a, opt_a, batches[:3])  # optimizer state exists and step > 0
     names = param_names(a)
     record = grow(
-        a, **big, layer_positions="interleave", generator=torch.Generator().manual_seed(1)
+        a,
+        **big,
+        layer_positions="interleave",
+        hidden_factor_at="gains",
+        generator=torch.Generator().manual_seed(1),
     )
     update_optimizer(opt_a, record, names, a)
     del record, names

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.events import GrowthEvent, events_from_dicts
+from progrow.expand.hidden import FactorAt, check_factor_at
 from progrow.expand.layers import Positions
 from progrow.model import Transformer
 from progrow.schedule import stage_seed
@@ -163,6 +164,7 @@ def grow_checkpoint(
     sizes: Mapping[str, int],
     *,
     layer_positions: Positions = "append",
+    hidden_factor_at: FactorAt = "gains",
     seed: int = 0,
     stage: int | None = None,
     probe_batch: Tensor | None = None,
@@ -175,6 +177,8 @@ def grow_checkpoint(
         checkpoint: a loaded Lightning checkpoint with progrow's ``progrow`` entry.
         sizes: target sizes, e.g. ``{"d_mlp": 512, "n_layers": 4}``; never smaller.
         layer_positions: where new layers go ("append", "interleave" or indices).
+        hidden_factor_at: where a hidden-size growth puts its ``sqrt(h / h')`` factor,
+            "gains" or "readers" (see :func:`progrow.expand_hidden`).
         seed: the run's seed (``GrowthCallback(seed=...)``, the app's ``seed``).
         stage: stage index for the seed of the new values; default: the number of growth
             events already in the checkpoint (the next stage of the run).
@@ -198,6 +202,7 @@ def grow_checkpoint(
     """
     config = checkpoint_config(checkpoint)
     todo = check_sizes(config, sizes)
+    check_factor_at(hidden_factor_at, "hidden_factor_at")
     entry = dict(checkpoint[CHECKPOINT_KEY])
     prefix = f"{model_attr}." if model_attr else ""
     holder = _load_model(checkpoint["state_dict"], config, prefix)
@@ -218,6 +223,7 @@ def grow_checkpoint(
         optimizers,
         todo,
         layer_positions=layer_positions,
+        hidden_factor_at=hidden_factor_at,
         generator=torch.Generator().manual_seed(stage_seed(seed, index)),
         new_moments=new_moments,
     )

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig, check_positive_int
+from progrow.expand.hidden import FactorAt, check_factor_at
 
-_STAGE_KEYS = ("step", *GROWABLE_DIMS, "layer_positions")
+_STAGE_KEYS = ("step", *GROWABLE_DIMS, "layer_positions", "hidden_factor_at")
 
 
 def stage_seed(seed: int, stage_index: int) -> int:
@@ -34,12 +35,17 @@ class GrowthStage:
     """Target sizes by dimension name (a subset of ``GROWABLE_DIMS``)."""
     layer_positions: Literal["append", "interleave"] | tuple[int, ...] = "append"
     """Where new layers go: "append", "interleave" or explicit indices."""
+    hidden_factor_at: FactorAt = "gains"
+    """Where a hidden-size growth puts its ``sqrt(h / h')`` factor: "gains" (the paper's)
+    or "readers" (see :func:`progrow.expand_hidden`)."""
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"step": self.step, **self.sizes}
         if "n_layers" in self.sizes:
             lp = self.layer_positions
             out["layer_positions"] = lp if isinstance(lp, str) else list(lp)
+        if self.hidden_factor_at != "gains":  # the default is left out: older lists match
+            out["hidden_factor_at"] = self.hidden_factor_at
         return out
 
 
@@ -182,6 +188,7 @@ def _build_stage(
             f"growth stage {i}: layer_positions={positions!r}; use 'append', 'interleave' or "
             "a list of indices"
         )
+    factor_at = _factor_at(i, raw.pop("hidden_factor_at", None), raw.get("d_model"))
     sizes = {k: v for k, v in raw.items() if v is not None}
     if not sizes:
         raise ValueError(f"growth stage {i}: no target size given (one of {list(GROWABLE_DIMS)})")
@@ -190,7 +197,27 @@ def _build_stage(
             check_positive_int(dim, size)
         except ValueError as err:
             raise ValueError(f"growth stage {i}: {err}") from None
-    return GrowthStage(step=step, sizes=sizes, layer_positions=cast(Any, positions))
+    return GrowthStage(
+        step=step,
+        sizes=sizes,
+        layer_positions=cast(Any, positions),
+        hidden_factor_at=factor_at,
+    )
+
+
+def _factor_at(i: int, value: Any, d_model: Any) -> FactorAt:
+    if value is None:
+        return "gains"
+    if d_model is None:
+        raise ValueError(
+            f"growth stage {i}: hidden_factor_at={value!r} given without d_model (it places "
+            "the hidden growth's factor, and this stage grows no hidden size); add d_model "
+            "or drop it"
+        )
+    try:
+        return check_factor_at(value, "hidden_factor_at")
+    except ValueError as err:
+        raise ValueError(f"growth stage {i}: {err}") from None
 
 
 def _resolve_step(i: int, step: Any, max_steps: int | None) -> int:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from progrow.expand import grow
+from progrow.expand.hidden import FactorAt
 from progrow.expand.layers import Positions
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord, ParamChange
@@ -89,6 +90,7 @@ def grow_with_optimizers(
     sizes: Mapping[str, int],
     *,
     layer_positions: Positions = "append",
+    hidden_factor_at: FactorAt = "gains",
     generator: torch.Generator | None = None,
     new_moments: NewMoments = "zero",
     group_for_new: GroupForNew | None = None,
@@ -102,6 +104,7 @@ def grow_with_optimizers(
     :func:`update_optimizer` per optimizer with the record's names made relative to
     ``module``. Returns the record (names relative to ``model``).
 
+    ``layer_positions`` and ``hidden_factor_at`` go to :func:`progrow.grow`.
     ``group_for_new`` and ``param_order`` go to every :func:`update_optimizer` call.
     Without them, ``layout(module)``, called once the module has grown, gives per
     optimizer the groups it must end with (:func:`layout_options`), e.g. the names of the
@@ -117,7 +120,13 @@ def grow_with_optimizers(
     """
     old_names = param_names(module)
     prefix = prefix_of(module, model)
-    record = grow(model, **sizes, layer_positions=layer_positions, generator=generator)
+    record = grow(
+        model,
+        **sizes,
+        layer_positions=layer_positions,
+        hidden_factor_at=hidden_factor_at,
+        generator=generator,
+    )
     outer = record.prefixed(prefix)
     options: list[dict[str, Any]] = [
         {"group_for_new": group_for_new, "param_order": param_order} for _ in optimizers

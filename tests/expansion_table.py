@@ -189,16 +189,27 @@ HIDDEN = ExpansionCase(
         "lm_head.weight": "fresh",
     },
 )
+# The same growth with the factor sqrt(h/h') on the readers instead of the norm gains.
+HIDDEN_READERS = ExpansionCase(
+    "d_model-readers",
+    expand_hidden,
+    "d_model",
+    HIDDEN.target,
+    {"factor_at": "readers"},
+    HIDDEN.new_blocks,
+)
 LAYERS_APPEND = _layers("n_layers-append", "append")
 LAYERS_INTERLEAVE = _layers("n_layers-interleave", "interleave")
 LAYERS_EXPLICIT = _layers("n_layers-at-0-and-2", [0, 2])
 
 #: The seven expansions, one each, in ``GROWABLE_DIMS`` order.
 EXPANSIONS: tuple[ExpansionCase, ...] = (MLP, KV_HEADS, HEADS, VALUE, QK, HIDDEN, LAYERS_APPEND)
-#: The seven plus the other layer-insertion modes and the integer-factor key/query growth.
+#: The seven plus the other layer-insertion modes, the integer-factor key/query growth and
+#: the hidden growth with its factor on the readers.
 ALL_CASES: tuple[ExpansionCase, ...] = (
     *EXPANSIONS,
     QK_DOUBLE,
+    HIDDEN_READERS,
     LAYERS_INTERLEAVE,
     LAYERS_EXPLICIT,
 )
@@ -299,6 +310,7 @@ def _grow_twice(model: Transformer, gen: torch.Generator | None) -> ExpansionRec
         d_qk=2 * c.d_qk + 4,
         d_model=c.d_model + 6,
         n_layers=n + 3,
+        hidden_factor_at="readers",  # after a growth with the factor on the gains
         generator=gen,
     )
     return first.then(second)
@@ -318,9 +330,10 @@ def _layers_first(model: Transformer, gen: torch.Generator | None) -> ExpansionR
 
 
 def _hidden_first(model: Transformer, gen: torch.Generator | None) -> ExpansionRecord:
-    """Hidden first and last, layers interleaved in the middle."""
+    """Hidden first (factor on the readers) and last (on the gains), layers interleaved in
+    the middle."""
     c = model.config
-    record = expand_hidden(model, c.d_model + 6, generator=gen)
+    record = expand_hidden(model, c.d_model + 6, factor_at="readers", generator=gen)
     record = record.then(expand_mlp(model, 2 * c.d_mlp + 1, generator=gen))
     record = record.then(
         add_layers(model, 2 * c.n_layers + 1, positions="interleave", generator=gen)

@@ -182,3 +182,16 @@ def test_block_layout_refusals_change_nothing(fn: Any, value: Any, sizes: Any, m
     assert_unchanged(model, before_call)
     with pytest.raises(ValueError, match=rf"growth stage 0: {match}"):
         GrowthSchedule([{"step": 1, **sizes}]).validate_for(model.config)
+
+
+@pytest.mark.parametrize("value", ["Readers", "norms", None, 1])
+def test_bad_hidden_factor_placement_raises_and_changes_nothing(value: Any) -> None:
+    model = make_model(tiny_config())
+    before_call = capture(model)
+    with pytest.raises(ValueError, match=rf"factor_at={re.escape(repr(value))}.*readers"):
+        expand_hidden(model, 13, factor_at=value)
+    assert_unchanged(model, before_call)
+    # Through grow(), with other targets that come first: nothing at all is applied.
+    with pytest.raises(ValueError, match=rf"hidden_factor_at={re.escape(repr(value))}"):
+        grow(model, d_mlp=11, d_model=13, hidden_factor_at=value)
+    assert_unchanged(model, before_call)

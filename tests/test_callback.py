@@ -134,6 +134,14 @@ def test_loss_jump_raises_or_warns(cache: Path) -> None:
             [{"step": 3, "d_mlp": 20, "layer_positions": "interleave"}],
             r"stage 0: layer_positions='interleave' given without n_layers",
         ),
+        (
+            [{"step": 3, "d_model": 12, "hidden_factor_at": "norms"}],
+            r"stage 0: hidden_factor_at='norms': use one of \['gains', 'readers'\]",
+        ),
+        (
+            [{"step": 3, "d_mlp": 20, "hidden_factor_at": "readers"}],
+            r"stage 0: hidden_factor_at='readers' given without d_model",
+        ),
     ],
 )
 def test_bad_schedule_fails_when_built(stages: list[dict[str, Any]], match: str) -> None:
@@ -241,6 +249,31 @@ def test_stage_at_step_zero_and_noop_stage(cache: Path) -> None:
     trainer(5, [cb]).fit(module, datamodule=datamodule(cache))
     assert [e.step for e in cb.events] == [0]  # stage 1 asks for sizes already reached
     assert module.model.config.d_mlp == 20
+
+
+class GainRecorder(L.Callback):
+    """The first block's attention-norm gain at each update (after growth, before the
+    optimizer moves it)."""
+
+    def __init__(self) -> None:
+        self.gains: list[torch.Tensor] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
+        self.gains.append(pl_module.model.blocks[0].norm_attn.weight.detach().clone())
+
+
+@pytest.mark.parametrize("factor_at", ["gains", "readers"])
+def test_stage_places_the_hidden_factor(cache: Path, factor_at: str) -> None:
+    """A stage's hidden_factor_at reaches the expansion inside fit: the new gain entries
+    are sqrt(h/h') on the gains, a fresh 1 when the readers carry the factor."""
+    stage = {"step": 2, "d_model": 12, "hidden_factor_at": factor_at}
+    rec = GainRecorder()
+    cb = growth([stage])
+    trainer(3, [cb, rec]).fit(lm_module(3), datamodule=datamodule(cache))
+    assert cb.schedule.to_list()[0].get("hidden_factor_at", "gains") == factor_at
+    new_entries = rec.gains[2][8:]
+    expected = (8 / 12) ** 0.5 if factor_at == "gains" else 1.0
+    assert torch.equal(new_entries, torch.full_like(new_entries, expected))
 
 
 class CompiledModule(L.LightningModule):

@@ -196,6 +196,11 @@ def test_unknown_group_option_names_it() -> None:
             ["growth.stages=[{step:0.5,d_mlp:128,layer_positions:interleave}]"],
             r"growth\.stages.*layer_positions='interleave'.*n_layers",
         ),
+        (["growth.hidden_factor_at=norms"], r"growth\.hidden_factor_at='norms'.*readers"),
+        (
+            ["growth.stages=[{step:0.5,d_model:64,hidden_factor_at:Readers}]"],
+            r"growth\.stages.*stage 0: hidden_factor_at='Readers'",
+        ),
     ],
 )
 def test_bad_config_names_key_and_value(overrides: list[str], match: str, tmp_path: Path) -> None:
@@ -224,3 +229,17 @@ def test_llama_schedule_is_checked_against_the_model(
     start = model_config(settings, vocab_size=256, seq_len=64)
     with pytest.raises(ConfigError, match=r"growth\.stages \(growth=custom\): " + match):
         validate_schedule(settings.growth, start, settings.max_steps)
+
+
+def test_growth_hidden_factor_at_places_every_hidden_stage(tmp_path: Path) -> None:
+    """growth.hidden_factor_at reaches every stage that grows d_model and only those; a
+    stage's own key wins. The default keeps the schedule as it was."""
+    default = settings_of(compose_train(), tmp_path).growth.schedule
+    assert all(stage.hidden_factor_at == "gains" for stage in default)
+    assert all("hidden_factor_at" not in stage for stage in default.to_list())
+    readers = settings_of(compose_train("growth.hidden_factor_at=readers"), tmp_path)
+    placed = [(("d_model" in s.sizes), s.hidden_factor_at) for s in readers.growth.schedule]
+    assert placed == [(False, "gains"), (True, "readers"), (True, "readers")]
+    own = "growth.stages=[{step:0.2,d_model:48,hidden_factor_at:gains},{step:0.5,d_model:64}]"
+    mixed = settings_of(compose_train("growth.hidden_factor_at=readers", own), tmp_path)
+    assert [s.hidden_factor_at for s in mixed.growth.schedule] == ["gains", "readers"]

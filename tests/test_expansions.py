@@ -399,6 +399,62 @@ def test_hidden_expansion_new_gain_entries() -> None:
             assert_close(p[7:], torch.full((6,), math.sqrt(7 / 13), dtype=p.dtype))
 
 
+_GAINS = ("norm_attn.weight", "norm_mlp.weight", "norm_f.weight")
+_READER_WEIGHTS = ("attn.q.weight", "attn.k.weight", "attn.v.weight", "mlp.fc.weight")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "head", "final_gain"),
+    [
+        (dict(), math.sqrt(7 / 13), 1.0),  # untied, final norm: the unembedding reads it
+        (dict(tie_embeddings=True), 1.0, math.sqrt(7 / 13)),  # tied: the final gain does
+        (dict(final_norm=False), 1.0, None),  # the unembedding reads the raw stream
+        (dict(mlp_gated=True, tie_embeddings=True, final_norm=False), 1.0, None),
+    ],
+    ids=["untied", "tied", "no-final-norm", "gated-tied-no-final-norm"],
+)
+def test_hidden_factor_on_readers(overrides, head: float, final_gain: float | None) -> None:
+    """factor_at="readers": block gains keep their values (new entries 1), the old columns
+    of every reader are multiplied by sqrt(h/h'), and the record says so tensor by tensor."""
+    cfg = tiny_config(**overrides)
+    model = make_model(cfg)
+    before = snapshot(model)
+    record = expand_hidden(model, 13, factor_at="readers", generator=gen())
+    after = snapshot(model)
+    a = math.sqrt(7 / 13)
+    readers = (*_READER_WEIGHTS, "mlp.gate.weight") if cfg.mlp_gated else _READER_WEIGHTS
+    for name, change in record.changes.items():
+        if name.endswith(readers):
+            expected = a
+        elif name == "lm_head.weight":
+            expected = head
+        elif name == "norm_f.weight":
+            assert final_gain is not None
+            expected = final_gain
+        else:
+            expected = 1.0
+        assert change.factor == expected, name
+        assert_close(change.take(after[name]), before[name] * expected, rtol=0, atol=0)
+    for name in after:
+        if name.endswith(_GAINS[:2]):
+            assert torch.equal(after[name][7:], torch.ones(6, dtype=after[name].dtype)), name
+    assert sum(n.endswith(readers) for n in record.changes) == len(readers) * cfg.n_layers
+    assert model.config.norm_eps == cfg.norm_eps * 7 / 13  # eps is rescaled either way
+
+
+def test_hidden_factor_placements_differ_only_in_parameters() -> None:
+    """Same function, different parameters: the placement is a real choice."""
+    cfg = tiny_config()
+    gains, readers = make_model(cfg), make_model(cfg)
+    tokens = make_tokens(cfg)
+    expand_hidden(gains, 13, generator=gen())
+    expand_hidden(readers, 13, factor_at="readers", generator=gen())
+    assert_close(logits(readers, tokens), logits(gains, tokens), rtol=0, atol=1e-10)
+    g, r = snapshot(gains), snapshot(readers)
+    assert not torch.equal(g["blocks.0.norm_attn.weight"], r["blocks.0.norm_attn.weight"])
+    assert not torch.equal(g["blocks.0.attn.q.weight"], r["blocks.0.attn.q.weight"])
+
+
 def test_new_layer_gains_are_ones_and_biases_zero() -> None:
     model = make_model(tiny_config(norm="layernorm"))
     record = add_layers(model, 4, positions=[0, 2], generator=gen())

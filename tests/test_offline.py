@@ -224,3 +224,35 @@ def test_command_line(
     argv = [src, "--branch", "wide:d_mlp=24", "--branch", "deep:n_layers=3", "-o", str(family)]
     assert grow_main(argv) == 0
     assert sorted(p.name for p in family.iterdir()) == ["deep.ckpt", "wide.ckpt"]
+
+
+def test_command_line_places_the_hidden_factor(
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """--hidden_factor_at readers: the old gains are kept and the readers' old columns
+    (weights and first moments alike) carry sqrt(h/h'); gains is the paper's placement."""
+    ckpt_dir, _, _ = in_loop
+    src = ckpt_dir / "step=4.ckpt"  # d_model 8, before the in-loop growth
+    old = load_checkpoint(src)["state_dict"]
+    grown = {}
+    for place in ("gains", "readers"):
+        out = tmp_path / f"{place}.ckpt"
+        assert (
+            grow_main([str(src), "--d_model", "18", "--hidden_factor_at", place, "-o", str(out)])
+            == 0
+        )
+        grown[place] = load_checkpoint(out)
+    a = (8 / 18) ** 0.5
+    gain, q = "model.blocks.0.norm_attn.weight", "model.blocks.0.attn.q.weight"
+    readers, gains = grown["readers"]["state_dict"], grown["gains"]["state_dict"]
+    assert torch.equal(readers[gain][:8], old[gain])
+    assert torch.allclose(gains[gain][:8], old[gain] * a, rtol=0, atol=1e-7)
+    assert torch.allclose(readers[q][:, :8], old[q] * a, rtol=0, atol=1e-7)
+    assert torch.equal(gains[q][:, :8], old[q])
+    module = LMModule.load_from_checkpoint(tmp_path / "readers.ckpt")
+    index = [n for n, _ in module.named_parameters()].index(q)
+    moments = {p: g["optimizer_states"][0]["state"][index]["exp_avg"] for p, g in grown.items()}
+    assert torch.allclose(moments["readers"][:, :8], moments["gains"][:, :8] / a, atol=1e-7)
+    argv = [str(src), "--d_model", "18", "--hidden_factor_at", "norms", "-o", str(tmp_path / "x")]
+    with pytest.raises(SystemExit):
+        grow_main(argv)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from progrow.config import GROWABLE_DIMS
+from progrow.expand.hidden import FACTOR_PLACEMENTS
 from progrow.offline import grow_family
 
 
@@ -75,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
     for dim in GROWABLE_DIMS:
         p.add_argument(f"--{dim}", type=int, metavar="N", help=f"target {dim}")
     p.add_argument("--layer_positions", type=_positions, default="append")
+    p.add_argument(
+        "--hidden_factor_at",
+        choices=FACTOR_PLACEMENTS,
+        default="gains",
+        help="where a --d_model growth puts its sqrt(h/h') factor (default: gains)",
+    )
     p.add_argument("--branch", type=_branch, action="append", default=[], metavar="NAME:SIZES")
     p.add_argument("-o", "--out", required=True, help="output file (a folder with --branch)")
     p.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
@@ -104,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.checkpoint,
             branches,
             layer_positions=args.layer_positions,
+            hidden_factor_at=args.hidden_factor_at,
             seed=args.seed,
             stage=args.stage,
             probe_batch=probe,

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig
+from progrow.expand.hidden import check_factor_at
 from progrow.schedule import GrowthSchedule
 
 #: Keys of ``cfg.growth`` that are GrowthCallback options (the rest: ``name``, ``stages``).
@@ -227,14 +228,28 @@ def _optional_path(key: str, value: Any) -> Path | None:
 def _growth(section: dict[str, Any], max_steps: int) -> GrowthSettings:
     stages = section.pop("stages", None) or []
     name = schedule_label(str(section.pop("name", CUSTOM_SCHEDULE)), stages)
+    factor_at = section.pop("hidden_factor_at", "gains")
     _check_keys("growth", section, set(GROWTH_OPTIONS))
     if not isinstance(stages, list):
         raise ConfigError(f"growth.stages={stages!r}: must be a list of stages")
+    try:
+        check_factor_at(factor_at, "growth.hidden_factor_at")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    stages = [_place_hidden_factor(stage, factor_at) for stage in stages]
     try:
         schedule = GrowthSchedule(stages, max_steps=max_steps)
     except ValueError as err:
         raise ConfigError(f"growth.stages (growth={name}): {err}") from None
     return GrowthSettings(name=name, schedule=schedule, options=section)
+
+
+def _place_hidden_factor(stage: Any, factor_at: str) -> Any:
+    """``stage`` with ``growth.hidden_factor_at`` as its placement if it grows the hidden
+    size and sets none of its own (a stage's own key wins)."""
+    if not isinstance(stage, dict) or stage.get("d_model") is None or factor_at == "gains":
+        return stage
+    return {"hidden_factor_at": factor_at, **stage}
 
 
 def schedule_label(name: str, stages: Any, conf_dir: Path = CONF_DIR) -> str:

@@ -6,13 +6,15 @@ and returns an :class:`progrow.ExpansionRecord` saying what happened to every pa
 """
 
 from progrow.expand.grow import GROW_ORDER, grow
-from progrow.expand.hidden import expand_hidden
+from progrow.expand.hidden import FACTOR_PLACEMENTS, FactorAt, expand_hidden
 from progrow.expand.layers import add_layers, new_layer_positions
 from progrow.expand.plan import expanded_config, grown_config
 from progrow.expand.widths import add_heads, expand_kv_heads, expand_mlp, expand_qk, expand_value
 
 __all__ = [
+    "FACTOR_PLACEMENTS",
     "GROW_ORDER",
+    "FactorAt",
     "add_heads",
     "add_layers",
     "expand_hidden",

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from progrow.config import GROWABLE_DIMS
-from progrow.expand.hidden import expand_hidden
+from progrow.expand.hidden import FactorAt, check_factor_at, expand_hidden
 from progrow.expand.layers import Positions, add_layers, new_layer_positions
 from progrow.expand.plan import grown_config, pins_kv_heads
 from progrow.expand.widths import add_heads, expand_kv_heads, expand_mlp, expand_qk, expand_value
@@ -51,6 +51,7 @@ def grow(
     d_model: int | None = None,
     n_layers: int | None = None,
     layer_positions: Positions = "append",
+    hidden_factor_at: FactorAt = "gains",
     generator: torch.Generator | None = None,
     **unknown: Any,
 ) -> ExpansionRecord:
@@ -67,6 +68,9 @@ def grow(
     count explicit first: ``grow(model, n_kv_heads=4, n_heads=8)`` on 4 heads gives 4 KV
     heads with 2 query heads each.
 
+    ``hidden_factor_at`` is :func:`expand_hidden`'s ``factor_at``: where the hidden
+    expansion puts its ``sqrt(h / h')`` factor ("gains", the paper's, or "readers").
+
     Example:
         >>> from progrow import Transformer, TransformerConfig
         >>> model = Transformer(TransformerConfig(d_model=8, n_layers=1))
@@ -77,7 +81,8 @@ def grow(
     if unknown:
         raise ValueError(
             f"grow() got unknown dimension(s) {sorted(unknown)}; the growable dimensions "
-            f"are {list(GROWABLE_DIMS)} (other keywords: layer_positions, generator)"
+            f"are {list(GROWABLE_DIMS)} (other keywords: layer_positions, hidden_factor_at, "
+            "generator)"
         )
     if not isinstance(model, Transformer):
         raise TypeError(f"expected a progrow.Transformer, got {type(model).__name__}")
@@ -91,6 +96,7 @@ def grow(
         n_layers=n_layers,
     )
     todo = {dim: value for dim, value in targets.items() if value is not None}
+    factor_at: FactorAt = check_factor_at(hidden_factor_at, "hidden_factor_at")
     grown_config(model.config, todo)  # validates every target, in order
     if "n_layers" in todo and todo["n_layers"] != model.config.n_layers:
         new_layer_positions(model.config.n_layers, todo["n_layers"], layer_positions)
@@ -101,7 +107,11 @@ def grow(
             record = record.then(_pin_kv_heads(model))
         if dim not in todo:
             continue
-        kwargs = {"positions": layer_positions} if dim == "n_layers" else {}
+        kwargs: dict[str, Any] = {}
+        if dim == "n_layers":
+            kwargs["positions"] = layer_positions
+        elif dim == "d_model":
+            kwargs["factor_at"] = factor_at
         step = expansion(model, todo[dim], generator=generator, **kwargs)
         record = record.then(step)
     return record

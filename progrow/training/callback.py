@@ -328,6 +328,7 @@ class GrowthCallback(L.Callback):
         generator = torch.Generator().manual_seed(stage_seed(self.seed, index))
         surgery: dict[str, Any] = {
             "layer_positions": stage.layer_positions,
+            "hidden_factor_at": stage.hidden_factor_at,
             "generator": generator,
             "new_moments": self.new_moments,
             "group_for_new": self.group_for_new,
