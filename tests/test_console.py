@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,34 @@ def test_only_a_folder_holding_nothing_but_hydra_files_is_removed(tmp_path: Path
     (mine / "notes.txt").write_text("a user's file\n")
     assert not remove_if_unused(mine) and (mine / "notes.txt").is_file()
     assert not remove_if_unused(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_main_reports_a_config_error_in_one_line_unless_full_errors_were_asked_for(
+    full: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """In-process ``progrow-train trainer.max_steps=0``. A DDP rank re-runs the command
+    with the HYDRA_FULL_ERROR=1 its parent set, so the user's choice travels in its own
+    variable; neither is left behind."""
+    from progrow.app.train import FULL_ERROR_ENV, main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROGROW_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.delenv(FULL_ERROR_ENV, raising=False)
+    if full:
+        monkeypatch.setenv(FULL_ERROR_ENV, "1")  # as a rank started by a full-error launch
+    monkeypatch.setattr("sys.argv", ["progrow-train", "trainer.max_steps=0"])
+    if full:
+        with pytest.raises(ConfigError, match=r"trainer\.max_steps=0"):
+            main()
+    else:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == (
+            "progrow-train: error: trainer.max_steps=0: must be a positive integer\n"
+        )
+        assert FULL_ERROR_ENV not in os.environ
+    assert "HYDRA_FULL_ERROR" not in os.environ
+    assert not list((tmp_path / "logs").rglob("*.log"))  # no run folder left behind

@@ -380,6 +380,8 @@ def _log_dir(logger: Any) -> str | None:
 
 #: Config errors of this process's jobs (a multirun goes on with its other jobs).
 _config_errors: list[str] = []
+#: Whether the user asked for full tracebacks (``HYDRA_FULL_ERROR=1`` at launch).
+FULL_ERROR_ENV = "PROGROW_FULL_ERROR"
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
@@ -399,7 +401,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except Exception as err:
         remove_if_unused(Path(HydraConfig.get().runtime.output_dir))
         message = user_error(err)
-        if message is None or os.environ.get("PROGROW_FULL_ERROR") == "1":
+        if message is None or os.environ.get(FULL_ERROR_ENV) == "1":
             raise
         print(f"progrow-train: error: {message}", file=sys.stderr)
         _config_errors.append(message)
@@ -414,9 +416,11 @@ def main() -> None:
     from progrow.app.console import user_error
 
     previous = os.environ.get("HYDRA_FULL_ERROR")
-    full = previous == "1"
+    # The user's choice, kept for the processes this one starts (DDP ranks re-run this
+    # command and inherit the HYDRA_FULL_ERROR=1 set just below).
+    set_here = FULL_ERROR_ENV not in os.environ
+    full = os.environ.setdefault(FULL_ERROR_ENV, "1" if previous == "1" else "0") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach this function, not Hydra's printer
-    os.environ["PROGROW_FULL_ERROR"] = "1" if full else "0"
     try:
         hydra_main()
     except Exception as err:
@@ -430,6 +434,8 @@ def main() -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = previous
+        if set_here:
+            os.environ.pop(FULL_ERROR_ENV, None)
     if _config_errors:
         sys.exit(2)
 
