@@ -1,12 +1,18 @@
-"""AdamW with decay / no-decay groups, and linear warmup then cosine decay."""
+"""AdamW with decay / no-decay groups, and the learning-rate schedules: linear warmup,
+then a cosine decay or a warmup-stable-decay (constant, then a linear decay at the end)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
+
+#: The learning-rate schedules after warmup (see :func:`lr_multiplier`).
+Schedule = Literal["cosine", "wsd"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 @dataclass(frozen=True)
@@ -22,9 +28,15 @@ class OptimConfig:
     warmup_steps: int = 20
     """Linear warmup from ~0 to ``lr``."""
     max_steps: int = 1000
-    """Length of the cosine decay (the run's optimizer steps)."""
+    """The run's optimizer steps: the schedule ends (at its floor) there."""
     min_lr_ratio: float = 0.1
-    """The cosine ends at ``lr * min_lr_ratio``."""
+    """The decay (cosine or WSD's linear one) ends at ``lr * min_lr_ratio``."""
+    schedule: Schedule = "cosine"
+    """After warmup: "cosine" decays from ``lr`` to the floor over the rest of the run;
+    "wsd" (warmup-stable-decay) holds ``lr``, then decays linearly to the floor over the
+    last ``decay_fraction`` of the run."""
+    decay_fraction: float = 0.2
+    """WSD only: the fraction of ``max_steps`` spent decaying, in (0, 1]."""
     foreach: bool | None = None
     fused: bool | None = None
 
@@ -39,7 +51,33 @@ class OptimConfig:
             raise ValueError(f"optim.max_steps must be > 0, got {self.max_steps!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        self._check_schedule()
         object.__setattr__(self, "betas", tuple(self.betas))
+
+    def _check_schedule(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule={self.schedule!r}: use one of {list(SCHEDULES)}")
+        fraction = self.decay_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise ValueError(f"optim.decay_fraction must be a number, got {fraction!r}")
+        if not 0 < fraction <= 1:
+            raise ValueError(f"optim.decay_fraction must be in (0, 1], got {fraction!r}")
+        if self.schedule == "wsd" and self.decay_start < self.warmup_steps:
+            raise ValueError(
+                f"optim.decay_fraction={fraction!r}: the decay would start at step "
+                f"{self.decay_start}, inside the warmup (optim.warmup_steps="
+                f"{self.warmup_steps}, max_steps={self.max_steps}); lower one of them"
+            )
+
+    @property
+    def decay_steps(self) -> int:
+        """WSD: how many steps the final linear decay lasts (at least 1)."""
+        return max(1, round(self.decay_fraction * self.max_steps))
+
+    @property
+    def decay_start(self) -> int:
+        """WSD: the first step of the final decay (the stable phase ends before it)."""
+        return self.max_steps - self.decay_steps
 
 
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
@@ -75,8 +113,42 @@ def build_adamw(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     )
 
 
+def lr_multiplier(step: int, cfg: OptimConfig) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based) under ``cfg.schedule``.
+
+    A pure function of the step, so a resumed run (whose scheduler restores its step
+    count) continues with the same values, and a growing run and its fixed-size baseline
+    of equal ``max_steps`` follow the same schedule.
+
+    Example:
+        >>> cfg = OptimConfig(warmup_steps=10, max_steps=100, schedule="wsd")
+        >>> [lr_multiplier(s, cfg) for s in (9, 50, 80, 90)]
+        [1.0, 1.0, 1.0, 0.55]
+    """
+    if cfg.schedule == "wsd":
+        return warmup_stable_decay(step, cfg)
+    return warmup_cosine(step, cfg)
+
+
+def warmup_stable_decay(step: int, cfg: OptimConfig) -> float:
+    """Warmup-stable-decay multiplier: linear warmup, 1 until ``cfg.decay_start``, then a
+    linear decay reaching ``cfg.min_lr_ratio`` at ``cfg.max_steps``.
+
+    The stable phase keeps the learning rate high for most of the run, so a model grown
+    part-way trains at the peak rate, and the decay (where most of the final loss drop
+    happens) is the same for every run of one length.
+    """
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if step < cfg.decay_start:
+        return 1.0
+    progress = min(1.0, (step - cfg.decay_start) / cfg.decay_steps)
+    return 1.0 - (1.0 - cfg.min_lr_ratio) * progress
+
+
 def warmup_cosine(step: int, cfg: OptimConfig) -> float:
-    """Learning-rate multiplier at optimizer step ``step`` (0-based)."""
+    """Learning-rate multiplier at optimizer step ``step`` (0-based): linear warmup, then
+    a cosine from 1 to ``cfg.min_lr_ratio`` at ``cfg.max_steps``."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     span = max(1, cfg.max_steps - cfg.warmup_steps)

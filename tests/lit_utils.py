@@ -52,11 +52,20 @@ def datamodule(cache_dir: Path, *, batch_size: int = 4, seed: int = 0) -> LMData
     )
 
 
-def lm_module(max_steps: int, seed: int = 0, **model: Any) -> LMModule:
+def lm_module(
+    max_steps: int, seed: int = 0, optim: dict[str, Any] | None = None, **model: Any
+) -> LMModule:
+    """A tiny LMModule; ``optim`` overrides its OptimConfig fields (e.g. the schedule)."""
     torch.manual_seed(seed)
     return LMModule(
         {**TINY_MODEL, **model},
-        {"lr": 1e-2, "warmup_steps": 3, "max_steps": max_steps, "weight_decay": 0.1},
+        {
+            "lr": 1e-2,
+            "warmup_steps": 3,
+            "max_steps": max_steps,
+            "weight_decay": 0.1,
+            **(optim or {}),
+        },
     )
 
 

@@ -50,11 +50,14 @@ class Recorder(L.Callback):
         self.sizes.append(pl_module.model.config.sizes())
 
 
-def test_lr_per_step_identical_to_run_without_growth(cache: Path) -> None:
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_lr_per_step_identical_to_run_without_growth(cache: Path, schedule: str) -> None:
     runs = {}
+    optim = {"schedule": schedule, "decay_fraction": 0.5}
     for name, callbacks in {"grow": [growth()], "fixed": []}.items():
         rec = Recorder()
-        trainer(12, [*callbacks, rec]).fit(lm_module(12), datamodule=datamodule(cache))
+        module = lm_module(12, optim=optim)
+        trainer(12, [*callbacks, rec]).fit(module, datamodule=datamodule(cache))
         runs[name] = rec
     assert len(runs["grow"].lrs) == 12
     assert runs["grow"].lrs == runs["fixed"].lrs

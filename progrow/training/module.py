@@ -16,7 +16,7 @@ from torchmetrics import MeanMetric
 from progrow.config import TransformerConfig
 from progrow.flops import train_flops_per_token
 from progrow.model import Transformer
-from progrow.optim import OptimConfig, build_adamw, warmup_cosine
+from progrow.optim import OptimConfig, build_adamw, lr_multiplier
 from progrow.training.architecture import (
     CHECKPOINT_KEY,
     save_architecture,
@@ -140,7 +140,7 @@ class LMModule(L.LightningModule):
         optimizer = build_adamw(self, self.optim_config)
         cfg = self.optim_config
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, cfg)
+            optimizer, lambda step: lr_multiplier(step, cfg)
         )
         return {
             "optimizer": optimizer,
