@@ -255,8 +255,35 @@ def grow_checkpoint(
     ]
     grown = {**checkpoint, "state_dict": state, CHECKPOINT_KEY: entry, "callbacks": callbacks}
     if "optimizer_states" in checkpoint:
-        grown["optimizer_states"] = [opt.state_dict() for opt in optimizers]
+        grown["optimizer_states"] = [
+            _keyed_like(saved, opt, holder)
+            for saved, opt in zip(checkpoint["optimizer_states"], optimizers, strict=True)
+        ]
     return grown
+
+
+def _keyed_like(
+    saved: Mapping[str, Any], optimizer: torch.optim.Optimizer, holder: nn.Module
+) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with its parameters numbered as in ``saved``.
+
+    Plain checkpoints number parameters in optimizer order (0, 1, ... across the groups);
+    full checkpoints of an FSDP2 run (``ModelParallelStrategy``) number them by their
+    position in the module's ``parameters()``, and are loaded back that way. The saved
+    numbering tells which: anything but 0, 1, ... in optimizer order is the latter (when
+    the optimizer lists the parameters in module order, both coincide).
+    """
+    out = optimizer.state_dict()
+    ids = [i for group in saved["param_groups"] for i in group["params"]]
+    if ids == list(range(len(ids))):
+        return out
+    position = {id(p): i for i, p in enumerate(holder.parameters())}
+    ordered = [p for group in optimizer.param_groups for p in group["params"]]
+    new_id = {old: position[id(p)] for old, p in enumerate(ordered)}
+    out["state"] = {new_id[k]: v for k, v in out["state"].items()}
+    for group in out["param_groups"]:
+        group["params"] = [new_id[i] for i in group["params"]]
+    return out
 
 
 def _refuse_existing(paths: list[Path]) -> None:

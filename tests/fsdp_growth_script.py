@@ -21,7 +21,9 @@ from torch.distributed.tensor import DTensor
 from progrow.training.fsdp import GrowableModelParallelStrategy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lit_utils import datamodule, growth, lm_module
+from lit_utils import TWO_STAGES, datamodule, growth, lm_module
+
+from progrow.offline import grow_checkpoint_file
 
 MAX_STEPS = 12  # stages at steps 4 and 8 (lit_utils.TWO_STAGES)
 
@@ -92,6 +94,9 @@ def fit(out: Path, name: str, *, distributed: bool, ckpt_path: Path | None = Non
 
 
 def main(out: Path) -> None:
+    """Runs: the uninterrupted one; resumes from its sharded checkpoints at steps 2, 6
+    and 10; a run writing full checkpoints and a resume from its step 6; a resume from
+    its step-4 checkpoint grown offline (single process, no Lightning)."""
     torch.set_num_threads(1)
     runs = {"full_run": fit(out, "sharded", distributed=True)}
     for step in (2, 6, 10):  # before, between and after the two stages
@@ -102,7 +107,15 @@ def main(out: Path) -> None:
     runs["full_6"] = fit(
         out, "resume_full", distributed=False, ckpt_path=out / "fullfmt" / "step=6.ckpt"
     )
+    # The first stage grown offline from the full checkpoint written just before it.
     rank = torch.distributed.get_rank()
+    if rank == 0:
+        stage0 = {k: v for k, v in TWO_STAGES[0].items() if k != "step"}
+        grow_checkpoint_file(out / "fullfmt" / "step=4.ckpt", out / "offline4.ckpt", stage0)
+    torch.distributed.barrier()
+    runs["offline_4"] = fit(
+        out, "resume_offline", distributed=True, ckpt_path=out / "offline4.ckpt"
+    )
     torch.save(runs, out / f"rank{rank}.pt")
 
 

@@ -4,7 +4,8 @@ of several fits (tests/fsdp_growth_script.py).
 Checks: every rank holds bitwise the same full parameters right after each growth and at
 the end; the grown parameters are really sharded; the probe loss is preserved; resuming
 from a sharded (distributed) checkpoint before, between and after the growth stages, and
-from a full checkpoint, ends bitwise where the uninterrupted run ends.
+from a full checkpoint, ends bitwise where the uninterrupted run ends; so does resuming
+from a full FSDP checkpoint grown offline (progrow-grow) at the first stage's step.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 SCRIPT = Path(__file__).parent / "fsdp_growth_script.py"
 TIMEOUT_S = 300
-RUNS = ("full_run", "sharded_2", "sharded_6", "sharded_10", "full_format", "full_6")
+RUNS = ("full_run", "sharded_2", "sharded_6", "sharded_10", "full_format", "full_6", "offline_4")
 
 
 @pytest.fixture(scope="module")
