@@ -245,10 +245,25 @@ def grow_checkpoint(
         )
     )
     callbacks[CALLBACK_KEY] = {**growth_state, "events": [e.to_dict() for e in events]}
+    return _assemble(checkpoint, holder, prefix, optimizers, {**entry, "callbacks": callbacks})
+
+
+def _assemble(
+    checkpoint: Mapping[str, Any],
+    holder: nn.Module,
+    prefix: str,
+    optimizers: list[torch.optim.Optimizer],
+    updates: dict[str, Any],
+) -> dict[str, Any]:
+    """The grown checkpoint: ``checkpoint`` with the grown weights, optimizer states,
+    progrow entry (``updates`` less its ``callbacks``) and callback states."""
+    model = holder.get_submodule(prefix.rstrip(".")) if prefix else holder
+    assert isinstance(model, Transformer)
+    callbacks = updates.pop("callbacks")
     state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefix)}
     state.update({prefix + k: v for k, v in model.state_dict().items()})
     names = param_names(holder)
-    entry["model_config"] = model.config.to_dict()
+    entry = {**updates, "model_config": model.config.to_dict()}
     entry["optimizer_params"] = [
         [[names[id(p)] for p in group["params"]] for group in opt.param_groups]
         for opt in optimizers
