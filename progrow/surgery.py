@@ -17,6 +17,7 @@ parameter multiplied by ``a`` has gradients divided by ``a``, so averages of gra
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -46,6 +47,22 @@ State = dict[str, Any]
 GroupForNew = Callable[[str, nn.Parameter], "int | None"]
 #: ``param_order(module)``: per group, its parameters' names in order.
 ParamOrder = Callable[[nn.Module], list[list[str]]]
+
+
+@dataclass(frozen=True)
+class StateTransport:
+    """How :func:`update_optimizer` reads a parameter's state and stores the carried one.
+
+    Default (no transport): the optimizer's own tensors, as they are. Sharded training
+    (FSDP2) gathers one parameter's state to full tensors on ``read`` and shards the
+    carried state like its new parameter on ``write``, so the rules run on full tensors
+    while no full copy of the whole optimizer state is ever held.
+    """
+
+    read: Callable[[Tensor, State], State]
+    """``(old parameter, its state) -> full state`` for the rules."""
+    write: Callable[[Tensor, State], State]
+    """``(new parameter, carried full state) -> the state the optimizer keeps``."""
 
 
 def check_new_moments(new_moments: Any) -> NewMoments:
@@ -127,7 +144,38 @@ def grow_with_optimizers(
         hidden_factor_at=hidden_factor_at,
         generator=generator,
     )
-    outer = record.prefixed(prefix)
+    carry_optimizers(
+        module,
+        record.prefixed(prefix),
+        old_names,
+        optimizers,
+        new_moments=new_moments,
+        group_for_new=group_for_new,
+        param_order=param_order,
+        layout=layout,
+    )
+    return record
+
+
+def carry_optimizers(
+    module: nn.Module,
+    record: ExpansionRecord,
+    old_names: dict[int, str],
+    optimizers: Sequence[torch.optim.Optimizer],
+    *,
+    new_moments: NewMoments = "zero",
+    group_for_new: GroupForNew | None = None,
+    param_order: ParamOrder | None = None,
+    layout: Callable[[nn.Module], Sequence[Sequence[Sequence[str]]]] | None = None,
+    transport: StateTransport | None = None,
+) -> None:
+    """:func:`update_optimizer` for each optimizer of a grown ``module``.
+
+    ``record`` names are relative to ``module``; ``old_names`` is ``param_names(module)``
+    from before the growth. ``group_for_new``/``param_order`` apply to every optimizer;
+    without them, ``layout(module)`` gives per optimizer the groups it must end with
+    (:func:`layout_options`). ``transport``: see :class:`StateTransport`.
+    """
     options: list[dict[str, Any]] = [
         {"group_for_new": group_for_new, "param_order": param_order} for _ in optimizers
     ]
@@ -139,8 +187,15 @@ def grow_with_optimizers(
             )
         options = [layout_options(g) for g in groups]
     for optimizer, opts in zip(optimizers, options, strict=True):
-        update_optimizer(optimizer, outer, old_names, module, new_moments=new_moments, **opts)
-    return record
+        update_optimizer(
+            optimizer,
+            record,
+            old_names,
+            module,
+            new_moments=new_moments,
+            transport=transport,
+            **opts,
+        )
 
 
 def optimizer_state_by_name(
@@ -174,6 +229,7 @@ def update_optimizer(
     group_for_new: GroupForNew | None = None,
     param_order: ParamOrder | None = None,
     new_moments: NewMoments = "zero",
+    transport: StateTransport | None = None,
 ) -> None:
     """Move ``optimizer`` onto the grown parameters of ``module``, in place.
 
@@ -217,6 +273,8 @@ def update_optimizer(
             new parameter (default: its siblings' group).
         param_order: the names of each group's params, in order (default: module order).
         new_moments: ``"zero"`` (default) or ``"bias_corrected"``.
+        transport: how state is read and stored (default: as it is); see
+            :class:`StateTransport`.
 
     Raises:
         TypeError: unsupported optimizer class (named).
@@ -245,7 +303,9 @@ def update_optimizer(
     names_per_group = _ordered(names_per_group, module, params, param_order)
     # 4. Stage the new state (nothing changed yet), 5. commit it (nothing can raise).
     fill_typical = new_moments == "bias_corrected"
-    staged = _stage_state(optimizer, record, old_by_new, names_per_group, params, fill_typical)
+    staged = _stage_state(
+        optimizer, record, old_by_new, names_per_group, params, fill_typical, transport
+    )
     _commit(optimizer, names_per_group, params, staged)
 
 
@@ -350,12 +410,16 @@ def _stage_state(
     names_per_group: list[list[str]],
     params: dict[str, nn.Parameter],
     fill_typical: bool,
+    transport: StateTransport | None = None,
 ) -> dict[str, State]:
     """The state of every grown parameter: existing ones first, then new ones (whose
-    state copies the group's step and, with ``fill_typical``, their siblings' moments)."""
+    state copies the group's step and, with ``fill_typical``, their siblings' moments).
+    With a ``transport``, each state is read just before and written just after its rule."""
     staged: dict[str, State] = {}
     for name, old_p in old_by_new.items():
         state = optimizer.state.get(old_p)
+        if state and transport is not None:
+            state = transport.read(old_p, state)
         change = record.changes.get(name)
         if state and change is not None and not change.is_identity:
             if tuple(params[name].shape) != change.new_shape:
@@ -366,6 +430,8 @@ def _stage_state(
             staged[name] = _carry(state, change, fill_typical)
         elif state:
             staged[name] = state  # same values and shape: keep the very same state
+        if name in staged and transport is not None:
+            staged[name] = transport.write(params[name], staged[name])
     for names in names_per_group:
         group_states = [staged[n] for n in names if n in staged]
         for name in names:
@@ -376,6 +442,8 @@ def _stage_state(
                 s for n, s in staged.items() if n in old_by_new and _layer_pattern(n) == key
             ]
             staged[name] = _fresh(params[name], group_states[0], siblings, fill_typical)
+            if transport is not None:
+                staged[name] = transport.write(params[name], staged[name])
     return staged
 
 

@@ -36,16 +36,54 @@ def full_params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def full_optimizer(module: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
+    """The optimizer as a plain ``state_dict()`` of full tensors, with its parameter names
+    (a collective: all ranks call it)."""
+    names = {id(p): n for n, p in module.named_parameters()}
+    order = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {
+        i: {k: (v.full_tensor() if isinstance(v, DTensor) else v).clone() for k, v in
+            optimizer.state[p].items()}
+        for i, p in enumerate(order)
+        if optimizer.state.get(p)
+    }  # fmt: skip
+    groups, start = [], 0
+    for group in optimizer.param_groups:
+        ids = list(range(start, start + len(group["params"])))
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
+        start += len(ids)
+    names_per_group = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+    return {"state_dict": {"state": state, "param_groups": groups}, "names": names_per_group}
+
+
+class BeforeGrowth(L.Callback):
+    """Gathers parameters and optimizer state right before the first growth (runs
+    before GrowthCallback), for an unsharded reference of that growth."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, Any] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, i: int) -> None:
+        if trainer.global_step == 4 and not self.saved:
+            self.saved = {
+                "params": full_params(pl_module),
+                "optimizer": full_optimizer(pl_module, trainer.optimizers[0]),
+            }
+
+
 class AfterGrowth(L.Callback):
     """Gathers the full parameters right after each growth (runs after GrowthCallback)."""
 
     def __init__(self) -> None:
         self.params: dict[int, dict[str, torch.Tensor]] = {}
+        self.optimizer: dict[str, Any] = {}
         self.local: dict[str, tuple[int, int]] = {}
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, i: int) -> None:
         if trainer.global_step in (4, 8) and trainer.global_step not in self.params:
             self.params[trainer.global_step] = full_params(pl_module)
+            if trainer.global_step == 4:
+                self.optimizer = full_optimizer(pl_module, trainer.optimizers[0])
             self.local = {
                 name: (p.to_local().numel(), p.numel())
                 for name, p in pl_module.named_parameters()
@@ -60,7 +98,7 @@ def fit(out: Path, name: str, *, distributed: bool, ckpt_path: Path | None = Non
         save_distributed_checkpoint=distributed,
         timeout=timedelta(seconds=60),  # a rank that never joins fails fast
     )
-    after = AfterGrowth()
+    before, after = BeforeGrowth(), AfterGrowth()
     cb = growth()
     ckpt = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=out / name, every_n_train_steps=2, save_top_k=-1, filename="{step}"
@@ -70,7 +108,7 @@ def fit(out: Path, name: str, *, distributed: bool, ckpt_path: Path | None = Non
         accelerator="cpu",
         devices=2,
         strategy=strategy,
-        callbacks=[cb, after, ckpt],
+        callbacks=[before, cb, after, ckpt],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -87,6 +125,8 @@ def fit(out: Path, name: str, *, distributed: bool, ckpt_path: Path | None = Non
     return {
         "final": full_params(module),
         "after_growth": after.params,
+        "before_growth": before.saved,
+        "optimizer_after_growth": after.optimizer,
         "local": after.local,
         "events": [e.to_dict() for e in cb.events],
         "config": module.model.config.to_dict(),

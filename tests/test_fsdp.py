@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from lit_utils import TWO_STAGES, lm_module
+
+from progrow.offline import grow_checkpoint
 
 SCRIPT = Path(__file__).parent / "fsdp_growth_script.py"
 TIMEOUT_S = 300
@@ -66,6 +69,31 @@ def test_growth_under_fsdp_keeps_ranks_identical_and_sharded(ranks: list[dict]) 
     assert local0.keys() == local1.keys()
     for name, (own, full) in local0.items():
         assert 0 < own < full and own + local1[name][0] == full, name
+
+
+def test_sharded_growth_equals_unsharded_growth(ranks: list[dict]) -> None:
+    """The state gathered right before the first growth, grown unsharded (the offline
+    path: plain tensors, the same surgery), equals what the sharded growth produced."""
+    run = ranks[0]["full_run"]
+    before = run["before_growth"]
+    checkpoint = {
+        "state_dict": before["params"],
+        "optimizer_states": [before["optimizer"]["state_dict"]],
+        "global_step": 4,
+        "progrow": {
+            "model_config": lm_module(12).model.config.to_dict(),
+            "optimizer_params": [before["optimizer"]["names"]],
+        },
+    }
+    stage0 = {k: v for k, v in TWO_STAGES[0].items() if k != "step"}
+    expected = grow_checkpoint(checkpoint, stage0, seed=0)
+    assert_same(expected["state_dict"], run["after_growth"][4], "parameters")
+    got = run["optimizer_after_growth"]
+    assert got["names"] == expected["progrow"]["optimizer_params"][0]
+    want_state = expected["optimizer_states"][0]["state"]
+    assert got["state_dict"]["state"].keys() == want_state.keys()
+    for index, state in want_state.items():
+        assert_same(state, got["state_dict"]["state"][index], f"optimizer state {index}")
 
 
 @pytest.mark.parametrize("run", RUNS[1:])

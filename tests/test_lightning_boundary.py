@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from progrow import LMModule, Transformer, TransformerConfig
 from progrow.training import lm_loss
 from progrow.training.architecture import optimizer_param_names
+from progrow.training.fsdp import GrowableModelParallelStrategy
 
 STAGES = [{"step": 2, "d_mlp": 16, "d_model": 10}, {"step": 4, "n_layers": 2}]
 
@@ -121,6 +122,16 @@ def test_spawn_launchers_are_refused_at_setup(strategy: str) -> None:
     torch.manual_seed(0)
     with pytest.raises(RuntimeError, match=r"start_method=.*Use strategy='ddp'"):
         growth(STAGES).setup(cpu_trainer, BatchModule(), "fit")
+
+
+def test_bias_corrected_moments_are_refused_under_fsdp_at_setup() -> None:
+    strategy = GrowableModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    cpu_trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=10,
+                            logger=False, enable_checkpointing=False)  # fmt: skip
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"new_moments='bias_corrected' is not supported"):
+        growth(STAGES, new_moments="bias_corrected").setup(cpu_trainer, BatchModule(), "fit")
+    growth(STAGES).setup(cpu_trainer, BatchModule(), "fit")  # "zero" passes
 
 
 def test_popen_ddp_passes_the_strategy_check() -> None:

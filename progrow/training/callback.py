@@ -214,6 +214,15 @@ class GrowthCallback(L.Callback):
         if stage != "fit":
             return
         _check_strategy(trainer.strategy)
+        if isinstance(trainer.strategy, GrowableModelParallelStrategy) and (
+            self.new_moments != "zero"
+        ):
+            # Sharded surgery sees one parameter's state at a time; sibling statistics
+            # would need the whole state gathered.
+            raise ValueError(
+                f"new_moments={self.new_moments!r} is not supported under FSDP2 "
+                "(GrowableModelParallelStrategy); use new_moments='zero'"
+            )
         model = find_transformer(pl_module, self.model_attr)
         self.schedule.validate_for(model.config, trainer.max_steps)
         self._probe = None

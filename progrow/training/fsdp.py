@@ -1,12 +1,13 @@
 """Growth under FSDP2 (``fully_shard``, Lightning's ``ModelParallelStrategy``).
 
 A sharded model cannot be grown in place: every parameter is a ``DTensor`` holding one
-shard per rank. :func:`grow_sharded` gathers the Transformer and its optimizer state into
-plain full tensors, runs the same growth and optimizer surgery as unsharded training
-(:func:`progrow.surgery.grow_with_optimizers`), shards the grown model again with the
-module's own policy (its ``configure_model``), and scatters the grown optimizer state onto
-the new shards in the live optimizer (so the LR scheduler stays attached). Every rank
-draws the same new values, so every rank ends with the same full parameters.
+shard per rank. :func:`grow_sharded` gathers the Transformer into a plain full model,
+grows it with the same expansions as unsharded training, shards the grown model again
+with the module's own policy (its ``configure_model``), and carries the live optimizer
+onto the new shards with the same optimizer surgery (:mod:`progrow.surgery`), gathering
+one parameter's state at a time and sharding its carried state at once (so the LR
+scheduler stays attached, and no full copy of the whole optimizer state exists). Every
+rank draws the same new values, so every rank ends with the same full parameters.
 
 :func:`shard_transformer` is the policy :class:`~progrow.training.LMModule` uses: each
 block is its own FSDP unit, then the whole Transformer (embeddings, final norm, head).
@@ -27,10 +28,11 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from progrow.config import TransformerConfig
+from progrow.expand import grow
 from progrow.model import Transformer
 from progrow.offline import CHECKPOINT_KEY, checkpoint_config
 from progrow.record import ExpansionRecord
-from progrow.surgery import grow_with_optimizers, param_names
+from progrow.surgery import StateTransport, carry_optimizers, param_names, prefix_of
 from progrow.training.architecture import find_transformer
 
 State = dict[str, Any]
@@ -74,10 +76,25 @@ def _full(value: Any) -> Any:
 
 
 def _shard_like(value: Any, param: Tensor) -> Any:
-    """``value`` (a full tensor of ``param``'s shape) sharded as ``param`` is."""
-    if isinstance(param, DTensor) and isinstance(value, Tensor) and value.shape == param.shape:
-        return distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
-    return value
+    """``value`` sharded as ``param`` is: a full tensor of ``param``'s shape is split
+    locally (every rank holds the same full values), a ``DTensor`` laid out otherwise is
+    redistributed, anything else (``step``) is kept."""
+    if not isinstance(param, DTensor) or not isinstance(value, Tensor):
+        return value
+    if isinstance(value, DTensor):
+        if value.placements == param.placements:
+            return value
+        return value.redistribute(param.device_mesh, param.placements)
+    if value.shape != param.shape:
+        return value
+    return distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+
+
+#: Optimizer surgery on sharded state: the rules see one parameter's full state at a time.
+SHARDED_STATE = StateTransport(
+    read=lambda param, state: {k: _full(v) for k, v in state.items()},
+    write=lambda param, state: {k: _shard_like(v, param) for k, v in state.items()},
+)
 
 
 def _empty_transformer(
@@ -108,53 +125,6 @@ def _gather_model(model: Transformer) -> Transformer:
     return plain.train(model.training)
 
 
-def _gather_optimizer(
-    optimizer: torch.optim.Optimizer, names: Mapping[int, str], plain: Mapping[str, Tensor]
-) -> torch.optim.Optimizer:
-    """A plain optimizer of the same class over ``plain`` params, with the full state.
-
-    The live optimizer's state is popped as it is gathered and its groups emptied, so the
-    old shards are freed while the full copies are built.
-    """
-    groups: list[dict[str, Any]] = []
-    states: dict[str, State] = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if id(p) not in names or names[id(p)] not in plain:
-                raise ValueError(
-                    f"an optimizer holds a parameter of shape {tuple(p.shape)} outside the "
-                    "Transformer: growth under FSDP only carries the Transformer's parameters"
-                )
-            states[names[id(p)]] = {k: _full(v) for k, v in optimizer.state.pop(p, {}).items()}
-        groups.append({**group, "params": [plain[names[id(p)]] for p in group["params"]]})
-        group["params"] = []
-    gathered = type(optimizer)(groups)  # type: ignore[call-arg]  # Adam, AdamW, SGD: no defaults
-    for name, state in states.items():
-        if state:
-            gathered.state[plain[name]] = state
-    return gathered
-
-
-def _scatter_optimizer(
-    optimizer: torch.optim.Optimizer,
-    gathered: torch.optim.Optimizer,
-    names: Mapping[int, str],
-    sharded: Mapping[str, Tensor],
-) -> None:
-    """Point ``optimizer`` at the ``sharded`` params, with ``gathered``'s state as shards."""
-    optimizer.state.clear()
-    for group, full_group in zip(optimizer.param_groups, gathered.param_groups, strict=True):
-        group_names = [names[id(p)] for p in full_group["params"]]
-        group.update({k: v for k, v in full_group.items() if k != "params"})
-        group["params"] = [sharded[n] for n in group_names]
-        for name, p in zip(group_names, full_group["params"], strict=True):
-            state = gathered.state.pop(p, None)
-            if state:
-                optimizer.state[sharded[name]] = {
-                    k: _shard_like(v, sharded[name]) for k, v in state.items()
-                }
-
-
 def grow_sharded(
     module: nn.Module,
     optimizers: Sequence[torch.optim.Optimizer],
@@ -166,18 +136,24 @@ def grow_sharded(
 ) -> ExpansionRecord:
     """Grow the FSDP2-sharded Transformer at ``module.<model_attr>`` and its optimizers.
 
-    Gather (full tensors on every rank), grow and carry the optimizers exactly as
-    unsharded training does, put the plain grown model in place, call ``reshard()``
-    (which must shard ``module.<model_attr>`` again, e.g. the module's ``configure_model``),
-    then move the grown state onto the new shards. Every rank must call this together.
-    ``options`` are :func:`~progrow.surgery.grow_with_optimizers`'s (``layer_positions``,
-    ``generator``, ``new_moments``, ``layout``, ...).
+    Gather the model (full tensors on every rank), grow it with :func:`progrow.grow`,
+    put it in place and call ``reshard()`` (which must shard ``module.<model_attr>``
+    again, e.g. the module's ``configure_model``); then carry every optimizer onto the new
+    shards with :func:`~progrow.surgery.carry_optimizers`, the same rules as unsharded
+    training, one parameter's state gathered at a time (:data:`SHARDED_STATE`). Every rank
+    must call this together. ``options`` are :func:`~progrow.surgery.grow_with_optimizers`'s
+    (``layer_positions``, ``generator``, ``layout``, ...; ``new_moments`` must be "zero").
 
     Returns:
         The expansion record (names relative to the Transformer).
     """
     from torch.distributed.fsdp import FSDPModule
 
+    if options.get("new_moments", "zero") != "zero":
+        raise ValueError(
+            f"new_moments={options['new_moments']!r} is not supported under FSDP2 (its "
+            "sibling statistics would need the whole state gathered); use 'zero'"
+        )
     sharded_model = find_transformer(module, model_attr)
     for sub in sharded_model.modules():
         if isinstance(sub, FSDPModule):
@@ -185,19 +161,21 @@ def grow_sharded(
             # unsharded; the optimizer holds the sharded ones.
             sub.reshard()
     old_names = param_names(module)
+    prefix = prefix_of(module, sharded_model)
     plain = _gather_model(sharded_model)
     _set_transformer(module, model_attr, plain)
-    del sharded_model  # the old shards are freed once the optimizers let go of them too
-    plain_params = dict(module.named_parameters())
-    gathered = [_gather_optimizer(opt, old_names, plain_params) for opt in optimizers]
-    record = grow_with_optimizers(module, plain, gathered, sizes, **options)
-    full_names = param_names(module)
+    del sharded_model  # its shards live on only in the optimizers, until they are carried
+    grow_keys = ("layer_positions", "hidden_factor_at", "generator")
+    grow_options: dict[str, Any] = {k: v for k, v in options.items() if k in grow_keys}
+    targets: dict[str, Any] = dict(sizes)
+    record = grow(plain, **targets, **grow_options)
     reshard()
     if not isinstance(next(find_transformer(module, model_attr).parameters()), DTensor):
         raise RuntimeError("reshard() left the grown Transformer unsharded")
-    sharded = dict(module.named_parameters())
-    for optimizer, full in zip(optimizers, gathered, strict=True):
-        _scatter_optimizer(optimizer, full, full_names, sharded)
+    carry = {k: v for k, v in options.items() if k not in grow_keys}
+    carry_optimizers(
+        module, record.prefixed(prefix), old_names, optimizers, transport=SHARDED_STATE, **carry
+    )
     return record
 
 
