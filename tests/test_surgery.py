@@ -24,6 +24,7 @@ from progrow import (
     grow,
 )
 from progrow.surgery import (
+    StateTransport,
     layout_options,
     optimizer_state_by_name,
     param_names,
@@ -428,3 +429,37 @@ def test_layout_options_give_a_fresh_optimizers_groups_and_leave_others_out() ->
     record = add_layers(model, CFG.n_layers + 2)
     update_optimizer(opts[1], record, names, model)
     assert not set(group_param_names(opts[1], model)[0]) & set(record.new)
+
+
+def test_transport_reads_and_writes_each_state_once_and_changes_no_value() -> None:
+    """A transport (as under FSDP2: gather on read, shard on write) sees every old state
+    once and every carried state once; a value-preserving one gives the plain result."""
+    plain_model, plain_opt = trained("adamw_foreach")
+    model, opt = trained("adamw_foreach")
+    names, plain_names = param_names(model), param_names(plain_model)
+    with_state = len(opt.state)
+    update_optimizer(
+        plain_opt, EXPANSIONS["all"](plain_model, torch.Generator().manual_seed(0)),
+        plain_names, plain_model,
+    )  # fmt: skip
+    reads: list[torch.Tensor] = []
+    writes: list[torch.Tensor] = []
+
+    def read(param: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
+        reads.append(param)
+        return {k: v.clone() for k, v in state.items()}
+
+    def write(param: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
+        writes.append(param)
+        return {k: v.clone() for k, v in state.items()}
+
+    record = EXPANSIONS["all"](model, torch.Generator().manual_seed(0))
+    update_optimizer(opt, record, names, model, transport=StateTransport(read, write))
+    assert len(reads) == with_state and len({id(p) for p in reads}) == with_state
+    assert len(writes) == len(opt.state) == len({id(p) for p in writes}) > with_state
+    expected = optimizer_state_by_name(plain_opt, plain_model)
+    got = optimizer_state_by_name(opt, model)
+    assert expected.keys() == got.keys()
+    for name, state in expected.items():
+        for key, value in state.items():
+            assert torch.equal(value, got[name][key]), (name, key)
