@@ -9,6 +9,7 @@ existing checkpoints and run folders load with :meth:`GrowthEvent.from_dict`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +52,11 @@ class GrowthEvent:
             delta = self.loss_after - self.loss_before
             if self.loss_delta is None:
                 object.__setattr__(self, "loss_delta", delta)
-            elif self.loss_delta != delta:
+            # NaN != NaN: a diverged probe loss (kept under on_loss_jump="warn") must
+            # still load from the checkpoint it was saved in.
+            elif self.loss_delta != delta and not (
+                math.isnan(delta) and math.isnan(self.loss_delta)
+            ):
                 raise ValueError(
                     f"growth event {self.stage}: loss_delta={self.loss_delta!r} is not "
                     f"loss_after - loss_before = {delta!r}"

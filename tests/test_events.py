@@ -42,3 +42,13 @@ def test_delta_from_the_losses_or_alone() -> None:
     assert GrowthEvent(stage=0, step=3, loss_before=2.0, loss_after=1.5).loss_delta == -0.5
     logged = GrowthEvent(stage=0, step=3, loss_delta=1e-6)  # a CSV log has only the delta
     assert logged.loss_before is None and logged.loss_delta == 1e-6
+
+
+def test_an_event_with_a_nan_loss_survives_its_checkpoint() -> None:
+    # A diverged probe loss is recorded (on_loss_jump="warn"/"ignore"); the run must resume.
+    event = GrowthEvent(stage=0, step=3, loss_before=2.0, loss_after=float("nan"))
+    stored = json.loads(json.dumps(event.to_dict()))
+    loaded = GrowthEvent.from_dict(stored)
+    assert loaded.loss_after != loaded.loss_after and loaded.loss_delta != loaded.loss_delta
+    with pytest.raises(ValueError, match=r"loss_delta=1\.0 is not"):
+        GrowthEvent.from_dict({**stored, "loss_delta": 1.0})
