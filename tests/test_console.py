@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 from hydra.errors import ConfigCompositionException, OverrideParseException
 
 from progrow.app.console import remove_if_unused, user_error
+from progrow.app.grow import main as grow_main
 from progrow.app.settings import ConfigError
 
 
@@ -93,3 +95,26 @@ def test_main_reports_a_config_error_in_one_line_unless_full_errors_were_asked_f
         assert FULL_ERROR_ENV not in os.environ
     assert "HYDRA_FULL_ERROR" not in os.environ
     assert not list((tmp_path / "logs").rglob("*.log"))  # no run folder left behind
+
+
+@pytest.mark.parametrize(
+    ("branches", "message"),
+    [
+        (["wide:d_mlp=24", "wide:d_mlp=32"], r"--branch name\(s\) \['wide'\] given more than once"),
+        (["../up:d_mlp=24"], r"--branch='\.\./up:d_mlp=24': expected NAME"),
+        (["a/b:d_mlp=24"], r"--branch='a/b:d_mlp=24': expected NAME"),
+    ],
+)
+def test_progrow_grow_refuses_branch_names_that_would_lose_an_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], branches: list[str], message: str
+) -> None:
+    """A repeated name would silently keep only its last sizes; a name with a folder in it
+    would write outside -o. Both are refused before the checkpoint is even read."""
+    argv = ["missing.ckpt", "-o", str(tmp_path / "family")]
+    for branch in branches:
+        argv += ["--branch", branch]
+    with pytest.raises(SystemExit) as exit_info:
+        grow_main(argv)
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "family").exists()

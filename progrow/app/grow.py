@@ -41,7 +41,8 @@ def _branch(value: str) -> tuple[str, dict[str, int]]:
     """``NAME:dim=N,dim=N`` -> (NAME, sizes)."""
     name, sep, spec = value.partition(":")
     try:
-        if not (sep and name and spec):
+        # The name becomes the file NAME.ckpt inside -o: no folders, no "..".
+        if not (sep and name and spec) or "/" in name or name.startswith("."):
             raise ValueError
         sizes = {dim.strip(): int(size) for dim, size in (p.split("=") for p in spec.split(","))}
     except ValueError:
@@ -101,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("give sizes either as --DIM flags (one output) or with --branch, not both")
     if not args.branch and not sizes:
         p.error(f"nothing to grow: give at least one of --{' --'.join(GROWABLE_DIMS)}")
+    names = [name for name, _ in args.branch]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        p.error(f"--branch name(s) {repeated} given more than once (one file each)")
     out = Path(args.out)
     branches: dict[str | Path, dict[str, int]] = (
         {out / f"{name}.ckpt": s for name, s in args.branch} if args.branch else {out: sizes}
