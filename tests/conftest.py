@@ -6,6 +6,10 @@ Kept generic on purpose: the table of expansions lives in ``expansion_table.py``
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,37 @@ def checkout_env() -> dict[str, str]:
     rather than an installed copy (whatever its working directory)."""
     path = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
+
+
+def run_process_groups(
+    commands: Sequence[tuple[list[str], dict[str, str]]], timeout_s: float, what: str
+) -> list[str]:
+    """Run each ``(argv, env)`` in its own session and return their combined outputs; a
+    failed process fails the test with its output's tail.
+
+    Every process leads a new process group, so a hang (e.g. a rank waiting in a collective)
+    is ended by killing each group, children included, after ``timeout_s`` in all.
+    """
+    procs = [
+        subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        for argv, env in commands
+    ]
+    deadline = time.monotonic() + timeout_s
+    outputs = []
+    try:
+        for proc in procs:
+            remaining = max(0.0, deadline - time.monotonic())
+            outputs.append(proc.communicate(timeout=remaining)[0].decode())
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        pytest.fail(f"{what} did not finish in {timeout_s} s (killed its process groups)")
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output[-4000:]
+    return outputs
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -17,6 +17,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lit_utils import TINY_MODEL, datamodule, growth, lm_module
+from lit_utils import trainer as cpu_trainer
 from torch.utils.data import DataLoader, Dataset
 
 from progrow.training import lm_loss
@@ -66,19 +67,7 @@ def main(out: Path, find_unused: bool) -> None:
         timeout=timedelta(seconds=60),  # a rank that never joins fails fast instead of hanging
         find_unused_parameters=find_unused,
     )
-    trainer = L.Trainer(
-        max_steps=10,
-        accelerator="cpu",
-        devices=2,
-        strategy=strategy,
-        callbacks=[cb, seen],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
+    trainer = cpu_trainer(10, [cb, seen], devices=2, strategy=strategy)
     if find_unused:
         trainer.fit(module, train_dataloaders=plain_loader)
     else:

@@ -24,7 +24,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lit_utils import SendSignal, datamodule, growth, lm_module, params
+from lit_utils import SendSignal, datamodule, growth, lm_module, params, trainer
 
 from progrow.training import FitInterrupted, PreemptionCallback
 from progrow.training.fsdp import GrowableModelParallelStrategy
@@ -35,21 +35,10 @@ SIGNAL_STEP = 4  # the first growth stage (lit_utils.TWO_STAGES)
 
 def fit(out: Path, callbacks: list[L.Callback], ckpt_path: str | None = None) -> L.LightningModule:
     module = lm_module(MAX_STEPS, seed=0 if ckpt_path is None else 123)
-    trainer = L.Trainer(
-        max_steps=MAX_STEPS,
-        accelerator="cpu",
-        devices=2,
-        strategy=DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=60)),
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        deterministic=True,
+    strategy = DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=60))
+    trainer(MAX_STEPS, callbacks, devices=2, strategy=strategy).fit(
+        module, datamodule=datamodule(out / "cache"), ckpt_path=ckpt_path
     )
-    trainer.fit(module, datamodule=datamodule(out / "cache"), ckpt_path=ckpt_path)
     return module
 
 
@@ -68,18 +57,12 @@ def fsdp_fit(
         dirpath=out / name, every_n_train_steps=2, save_top_k=-1, save_last=True
     )
     module = lm_module(MAX_STEPS, seed=0 if ckpt_path is None else 123)
-    L.Trainer(
-        max_steps=MAX_STEPS,
-        accelerator="cpu",
+    trainer(
+        MAX_STEPS,
+        [*callbacks, checkpoint],
         devices=2,
         strategy=strategy,
-        callbacks=[*callbacks, checkpoint],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        deterministic=True,
+        enable_checkpointing=True,
     ).fit(module, datamodule=datamodule(out / "cache"), ckpt_path=ckpt_path)
     return {
         k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()

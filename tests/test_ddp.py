@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import checkout_env
+from conftest import checkout_env, run_process_groups
 from lit_utils import SEQ_LEN, TINY_MODEL, TWO_STAGES
 
 from progrow import GROWABLE_DIMS, TransformerConfig
@@ -23,21 +21,8 @@ TIMEOUT_S = 240
 
 def run_ddp(out: Path, find_unused: bool) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **checkout_env()}
-    # A new session, so a hang is ended by killing the whole process group (both ranks).
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(out), "1" if find_unused else "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"DDP run did not finish in {TIMEOUT_S} s (killed its process group)")
-    assert proc.returncode == 0, output.decode()[-4000:]
+    argv = [sys.executable, str(SCRIPT), str(out), "1" if find_unused else "0"]
+    run_process_groups([(argv, env)], TIMEOUT_S, "DDP run")
 
 
 def check_compute_counts(ranks: list[dict[str, Any]]) -> None:

@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from conftest import checkout_env
+from conftest import checkout_env, run_process_groups
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lit_utils import (
     SendSignal,
@@ -228,27 +227,9 @@ def test_ddp_ranks_agree_and_resume_is_bitwise(tmp_path: Path) -> None:
         "NODE_RANK": "0",
         **checkout_env(),
     }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(DDP_SCRIPT), str(tmp_path)],
-            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a hang is ended by killing each rank's process group
-        )
-        for rank in (0, 1)
-    ]
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=DDP_TIMEOUT_S)[0].decode())
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        pytest.fail(f"DDP ranks did not finish in {DDP_TIMEOUT_S} s (killed)")
-    for proc, output in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, output[-4000:]
+    argv = [sys.executable, str(DDP_SCRIPT), str(tmp_path)]
+    ranks_env = [{**base, "RANK": str(r), "LOCAL_RANK": str(r)} for r in (0, 1)]
+    run_process_groups([(argv, env) for env in ranks_env], DDP_TIMEOUT_S, "DDP ranks")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     for rank in ranks:
         assert rank["stopped"] == {
