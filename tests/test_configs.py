@@ -243,3 +243,32 @@ def test_growth_hidden_factor_at_places_every_hidden_stage(tmp_path: Path) -> No
     own = "growth.stages=[{step:0.2,d_model:48,hidden_factor_at:gains},{step:0.5,d_model:64}]"
     mixed = settings_of(compose_train("growth.hidden_factor_at=readers", own), tmp_path)
     assert [s.hidden_factor_at for s in mixed.growth.schedule] == ["gains", "readers"]
+
+
+def sbatch_overrides() -> list[str]:
+    """The Hydra overrides ``slurm/train.sbatch`` passes itself, less those set from shell
+    variables (``trainer=$TRAINER``, devices, nodes) and ``hydra.*``."""
+    script = (CONF_DIR.parent / "slurm" / "train.sbatch").read_text()
+    block = script.split("-m progrow.train \\\n", 1)[1].split('"$@"', 1)[0]
+    words = [line.strip().rstrip("\\").strip() for line in block.splitlines()]
+    return [w for w in words if w and "$" not in w and not w.startswith("hydra.")]
+
+
+@pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["growth=width_first"],
+        ["model=medium", "growth=none"],
+        ["model=medium", "growth.stages=[{step: 0.5, d_mlp: 4096, n_layers: 12}]"],
+    ],
+    ids=["as_shipped", "width_first", "medium", "medium_grown"],
+)
+def test_the_slurm_script_runs_as_written(trainer: str, extra: list[str], tmp_path: Path) -> None:
+    """``sbatch slurm/train.sbatch [growth=...]`` (slurm/README.md) builds: its model and
+    the shipped growth schedules fit together (the SLURM test overrides the model)."""
+    overrides = sbatch_overrides()
+    assert "ckpt_path=auto" in overrides  # the script was read
+    cfg = compose_train(f"trainer={trainer}", *overrides, *extra)
+    build_all(settings_of(cfg, tmp_path))
