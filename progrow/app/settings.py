@@ -173,23 +173,9 @@ class RunSettings:
         for key in ("output_dir", "ckpt_dir"):
             if not paths.get(key):
                 raise ConfigError(f"paths.{key}={paths.get(key)!r}: must be a folder")
-        ckpt_path = raw.get("ckpt_path")
-        if ckpt_path is not None and not isinstance(ckpt_path, str):
-            raise ConfigError(f"ckpt_path={ckpt_path!r}: must be a file path, 'auto' or null")
-        allow_changes = raw.get("resume_allow_changes", False)
-        if not isinstance(allow_changes, bool):
-            raise ConfigError(f"resume_allow_changes={allow_changes!r}: must be true or false")
+        ckpt_path, allow_changes = _resume(raw)
         tags = raw.get("tags") or []
-        budget = _section(raw, "budget")
-        _check_keys("budget", budget, {"steps", "model"})
-        budget_steps = budget.get("steps")
-        if budget_steps is not None:
-            budget_steps = _positive_int("budget.steps", budget_steps)
-        budget_model = budget.get("model") or None
-        if budget_model is not None:
-            if not isinstance(budget_model, dict):
-                raise ConfigError(f"budget.model={budget_model!r}: must be a mapping of sizes")
-            _check_keys("budget.model", budget_model, set(GROWABLE_DIMS))
+        budget_steps, budget_model = _budget(_section(raw, "budget"))
         hf = _section(raw, "hf")
         _check_keys("hf", hf, {"init_from", "export_to"})
         return cls(
@@ -215,6 +201,31 @@ class RunSettings:
             loggers=_targets("logger", _section(raw, "logger")),
             raw=raw,
         )
+
+
+def _resume(raw: dict[str, Any]) -> tuple[str | None, bool]:
+    """``ckpt_path`` and ``resume_allow_changes``, checked."""
+    ckpt_path = raw.get("ckpt_path")
+    if ckpt_path is not None and not isinstance(ckpt_path, str):
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: must be a file path, 'auto' or null")
+    allow_changes = raw.get("resume_allow_changes", False)
+    if not isinstance(allow_changes, bool):
+        raise ConfigError(f"resume_allow_changes={allow_changes!r}: must be true or false")
+    return ckpt_path, allow_changes
+
+
+def _budget(budget: dict[str, Any]) -> tuple[int | None, dict[str, Any] | None]:
+    """``budget.steps`` and ``budget.model``, checked (``None`` where unset)."""
+    _check_keys("budget", budget, {"steps", "model"})
+    steps = budget.get("steps")
+    if steps is not None:
+        steps = _positive_int("budget.steps", steps)
+    model = budget.get("model") or None
+    if model is not None:
+        if not isinstance(model, dict):
+            raise ConfigError(f"budget.model={model!r}: must be a mapping of sizes")
+        _check_keys("budget.model", model, set(GROWABLE_DIMS))
+    return steps, model
 
 
 def _optional_path(key: str, value: Any) -> Path | None:
