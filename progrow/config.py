@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 Activation = Literal["relu", "gelu", "gelu_tanh", "silu"]
 Norm = Literal["rmsnorm", "layernorm"]
@@ -26,6 +30,19 @@ GROWABLE_DIMS: tuple[str, ...] = (
     "d_model",
     "n_layers",
 )
+
+
+_D = TypeVar("_D", bound="DataclassInstance")
+
+
+def from_known_fields(cls: type[_D], data: Mapping[str, Any], what: str) -> _D:
+    """``cls(**data)`` for a dataclass ``cls``; keys that are not its fields raise
+    ``ValueError`` naming them (``what``: how the message names the record)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} field(s) {unknown}; known: {sorted(known)}")
+    return cls(**data)
 
 
 def check_positive_int(field: str, value: Any) -> int:
@@ -192,13 +209,7 @@ class TransformerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransformerConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown TransformerConfig field(s) {unknown}; known: {sorted(known)}"
-            )
-        return cls(**data)
+        return from_known_fields(cls, data, "TransformerConfig")
 
     def num_params(self) -> int:
         """Number of parameters of a model with this config (tied weights counted once)."""

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from progrow.config import from_known_fields
+
 
 @dataclass(frozen=True)
 class GrowthEvent:
@@ -70,11 +72,7 @@ class GrowthEvent:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GrowthEvent:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown growth event field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return from_known_fields(cls, data, "growth event")
 
 
 def events_from_dicts(items: Any) -> list[GrowthEvent]:
