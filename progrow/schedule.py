@@ -105,23 +105,19 @@ class GrowthSchedule:
         return self.stages[i]
 
     def final_config(self, start: TransformerConfig) -> TransformerConfig:
-        """The config after every stage, starting from ``start`` (stages validated)."""
-        from progrow.expand.plan import grown_config
-
-        config = start
-        for i, stage in enumerate(self.stages):
-            try:
-                config = grown_config(config, stage.sizes)
-            except ValueError as err:
-                raise ValueError(f"growth stage {i}: {err}") from None
-        return config
+        """The config after every stage, starting from ``start`` (stages validated by
+        :meth:`validate_for`)."""
+        return self.validate_for(start)
 
     def final_sizes(self, start: TransformerConfig) -> dict[str, int]:
         """The sizes after every stage, starting from ``start``."""
         return self.final_config(start).sizes()
 
-    def validate_for(self, config: TransformerConfig, max_steps: int | None = None) -> None:
-        """Check the stages against a starting model and the run length.
+    def validate_for(
+        self, config: TransformerConfig, max_steps: int | None = None
+    ) -> TransformerConfig:
+        """Check the stages against a starting model and the run length; returns the
+        config after the last stage.
 
         Raises ``ValueError`` naming the stage and field for a target below the model's
         current size, a hidden expansion of a LayerNorm model, query heads the KV heads
@@ -148,6 +144,7 @@ class GrowthSchedule:
                 except ValueError as err:
                     raise ValueError(f"growth stage {i}: layer_positions: {err}") from None
             config = grown
+        return config
 
     def to_list(self) -> list[dict[str, Any]]:
         """Plain form (for logs and checkpoints); ``GrowthSchedule(s.to_list())`` rebuilds it."""
