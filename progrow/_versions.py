@@ -37,6 +37,22 @@ def check_torch(version: str) -> None:
         )
 
 
+#: Oldest supported transformers (the ``hf`` extra): Llama's RoPE settings are read from
+#: ``config.rope_parameters``, which transformers 4.x does not have (it would import a
+#: Llama 3 model with the default theta and its RoPE scaling silently ignored).
+MIN_TRANSFORMERS = (5, 0)
+
+
+def check_transformers(version: str) -> None:
+    """Raise ImportError, naming both versions, if ``version`` is older than the floor."""
+    if parse_version(version) < MIN_TRANSFORMERS:
+        floor = ".".join(map(str, MIN_TRANSFORMERS))
+        raise ImportError(
+            f"progrow.hf needs transformers>={floor} (config.rope_parameters); this "
+            f"environment has transformers {version}: pip install -e .[hf]"
+        )
+
+
 def _check_installed() -> None:
     import torch
 

@@ -200,6 +200,8 @@ def grow_checkpoint(
     Example:
         >>> grown = grow_checkpoint(torch.load("step=400.ckpt"), {"d_mlp": 512})  # doctest: +SKIP
     """
+    if stage is not None and (isinstance(stage, bool) or not isinstance(stage, int) or stage < 0):
+        raise ValueError(f"stage must be an integer >= 0 (or None: the next stage), got {stage!r}")
     config = checkpoint_config(checkpoint)
     todo = check_sizes(config, sizes)
     check_factor_at(hidden_factor_at, "hidden_factor_at")

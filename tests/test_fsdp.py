@@ -11,13 +11,12 @@ from a full FSDP checkpoint grown offline (progrow-grow) at the first stage's st
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import checkout_env, run_process_groups
 from lit_utils import TWO_STAGES, lm_module
 
 from progrow.offline import grow_checkpoint
@@ -30,22 +29,9 @@ RUNS = ("full_run", "sharded_2", "sharded_6", "sharded_10", "full_format", "full
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("fsdp")
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    # A new session, so a hang is ended by killing the whole process group (both ranks).
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(out)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"FSDP run did not finish in {TIMEOUT_S} s (killed its process group)")
-    assert proc.returncode == 0, output.decode()[-4000:]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **checkout_env()}
+    # Its own process group, so a hang is ended by killing both ranks.
+    run_process_groups([([sys.executable, str(SCRIPT), str(out)], env)], TIMEOUT_S, "FSDP run")
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
 

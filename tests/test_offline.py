@@ -226,6 +226,28 @@ def test_command_line(
     assert sorted(p.name for p in family.iterdir()) == ["deep.ckpt", "wide.ckpt"]
 
 
+def test_command_line_refuses_a_negative_stage_and_a_config_without_data(
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[GrowthEvent]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A negative --stage would seed the new values and label the event with a stage that
+    never exists; a --probe YAML with no `data` section is not a run's config. Both end in
+    one line on stderr, exit status 2, nothing written."""
+    ckpt_dir, _, _ = in_loop
+    src = str(ckpt_dir / "step=4.ckpt")
+    out = tmp_path / "x.ckpt"
+    assert grow_main([src, "--d_mlp", "24", "--stage", "-3", "-o", str(out)]) == 2
+    assert "stage must be an integer >= 0" in capsys.readouterr().err
+    no_data = tmp_path / "config.yaml"
+    OmegaConf.save(OmegaConf.create({"seed": 0}), no_data)
+    assert grow_main([src, "--d_mlp", "24", "--probe", str(no_data), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("progrow-grow: --probe") and "no `data` section" in err
+    assert err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_command_line_places_the_hidden_factor(
     in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]], tmp_path: Path
 ) -> None:

@@ -9,7 +9,13 @@ import pytest
 from conftest import REPO
 from packaging.requirements import Requirement
 
-from progrow._versions import MIN_TORCH, check_torch, parse_version
+from progrow._versions import (
+    MIN_TORCH,
+    MIN_TRANSFORMERS,
+    check_torch,
+    check_transformers,
+    parse_version,
+)
 
 
 def declared() -> dict[str, Requirement]:
@@ -53,3 +59,14 @@ def test_old_torch_is_refused_with_a_clear_message(torch_version: str, ok: bool)
             ImportError, match=rf"progrow needs torch>=2\.6 .*torch {torch_version}"
         ):
             check_torch(torch_version)
+
+
+def test_transformers_floor_is_the_hf_extras_and_old_ones_are_refused() -> None:
+    """progrow.hf reads Llama's rope_parameters (transformers 5): an older transformers
+    would import a Llama model with its RoPE settings ignored, so it is refused."""
+    pyproject = (REPO / "pyproject.toml").read_text()
+    (line,) = re.findall(r'^hf = \[.*"(transformers[^"]+)".*\]', pyproject, re.M)
+    assert floor(Requirement(line)) == MIN_TRANSFORMERS
+    check_transformers("5.24.0")
+    with pytest.raises(ImportError, match=r"transformers>=5\.0 .*transformers 4\.57\.1"):
+        check_transformers("4.57.1")

@@ -55,11 +55,16 @@ def _branch(value: str) -> tuple[str, dict[str, int]]:
 def _probe(path: str) -> torch.Tensor:
     """A probe batch from a ``.pt`` tensor of token ids or from a run's Hydra config."""
     if path.endswith((".yaml", ".yml")):
-        from omegaconf import OmegaConf
+        from omegaconf import DictConfig, OmegaConf
 
         from progrow.training.datamodule import LMDataModule
 
-        data: Any = OmegaConf.to_container(OmegaConf.load(path).data, resolve=True)
+        run_cfg = OmegaConf.load(path)
+        if not isinstance(run_cfg, DictConfig) or not isinstance(run_cfg.get("data"), DictConfig):
+            raise ValueError(
+                f"--probe {path}: no `data` section (expected a run's .hydra/config.yaml)"
+            )
+        data: Any = OmegaConf.to_container(run_cfg.data, resolve=True)
         data.pop("_target_", None)
         return LMDataModule(**data).probe_batch()
     batch = torch.load(path, map_location="cpu", weights_only=True)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from progrow._versions import check_transformers
 from progrow.config import TransformerConfig
 from progrow.hf import gpt2, llama
 from progrow.hf._common import Family
@@ -48,6 +49,7 @@ def _require_transformers() -> Any:
         raise ImportError(
             "progrow.hf needs the `transformers` package: pip install -e .[hf]"
         ) from err
+    check_transformers(transformers.__version__)
     return transformers
 
 
