@@ -16,23 +16,12 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lit_utils import TINY_MODEL, datamodule, growth, lm_module
+from lit_utils import TINY_MODEL, Rows, datamodule, growth, lm_module
 from lit_utils import trainer as cpu_trainer
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from progrow.training import lm_loss
 from progrow.training.architecture import find_transformer
-
-
-class TensorRows(Dataset):
-    def __init__(self, rows: torch.Tensor) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.rows[i]
 
 
 def rank_dependent_loss(pl_module: L.LightningModule, batch: torch.Tensor) -> torch.Tensor:
@@ -61,7 +50,7 @@ def main(out: Path, find_unused: bool) -> None:
     seen = CountTokens()
     cb = growth(loss_fn=rank_dependent_loss) if find_unused else growth()
     rows = torch.randint(0, 256, (64, 17), generator=torch.Generator().manual_seed(0))
-    plain_loader = DataLoader(TensorRows(rows), batch_size=4)
+    plain_loader = DataLoader(Rows(rows), batch_size=4)
     strategy = DDPStrategy(
         process_group_backend="gloo",
         timeout=timedelta(seconds=60),  # a rank that never joins fails fast instead of hanging

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.data import Dataset
 
 from progrow import GrowthCallback, LMModule
 from progrow.events import GrowthEvent
@@ -38,6 +39,19 @@ TWO_STAGES: list[dict[str, Any]] = [
     {"step": 4, "d_mlp": 20, "d_model": 12, "n_heads": 3},
     {"step": 8, "n_layers": 3, "d_qk": 5, "d_v": 4, "layer_positions": "interleave"},
 ]
+
+
+class Rows(Dataset):
+    """``(T + 1)`` token rows: batches are plain ``(B, T + 1)`` tensors."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.rows[i]
 
 
 def datamodule(cache_dir: Path, *, batch_size: int = 4, seed: int = 0) -> LMDataModule:

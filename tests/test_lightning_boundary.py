@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lit_utils import (
     TINY_MODEL,
+    Rows,
     assert_bitwise_equal,
     datamodule,
     growth,
@@ -36,19 +37,6 @@ STAGES = [{"step": 2, "d_mlp": 16, "d_model": 10}, {"step": 4, "n_layers": 2}]
 def token_rows(n: int = 64, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (n, TINY_MODEL["max_seq_len"] + 1),
                          generator=torch.Generator().manual_seed(seed))  # fmt: skip
-
-
-class Rows(Dataset):
-    """``(T + 1)`` token rows: batches are plain ``(B, T + 1)`` tensors."""
-
-    def __init__(self, rows: torch.Tensor) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.rows[i]
 
 
 class DictRows(Dataset):
