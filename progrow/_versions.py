@@ -27,14 +27,20 @@ def parse_version(version: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def check_floor(who: str, package: str, version: str, floor: tuple[int, int], why: str) -> None:
+    """Raise ImportError, naming both versions, if ``version`` of ``package`` is older than
+    ``floor``; ``why`` says what needs it and how to get a newer one."""
+    if parse_version(version) < floor:
+        low = ".".join(map(str, floor))
+        raise ImportError(
+            f"{who} needs {package}>={low} ({why}); this environment has {package} {version}"
+        )
+
+
 def check_torch(version: str) -> None:
     """Raise ImportError, naming both versions, if ``version`` is older than the floor."""
-    if parse_version(version) < MIN_TORCH:
-        floor = ".".join(map(str, MIN_TORCH))
-        raise ImportError(
-            f"progrow needs torch>={floor} (DataLoader(in_order=...)); this environment has "
-            f"torch {version}. Install a newer torch for your platform (pytorch.org)."
-        )
+    why = "DataLoader(in_order=...); install a newer torch for your platform, pytorch.org"
+    check_floor("progrow", "torch", version, MIN_TORCH, why)
 
 
 #: Oldest supported transformers (the ``hf`` extra): Llama's RoPE settings are read from
@@ -45,12 +51,8 @@ MIN_TRANSFORMERS = (5, 0)
 
 def check_transformers(version: str) -> None:
     """Raise ImportError, naming both versions, if ``version`` is older than the floor."""
-    if parse_version(version) < MIN_TRANSFORMERS:
-        floor = ".".join(map(str, MIN_TRANSFORMERS))
-        raise ImportError(
-            f"progrow.hf needs transformers>={floor} (config.rope_parameters); this "
-            f"environment has transformers {version}: pip install -e .[hf]"
-        )
+    why = "config.rope_parameters; pip install -e .[hf]"
+    check_floor("progrow.hf", "transformers", version, MIN_TRANSFORMERS, why)
 
 
 def _check_installed() -> None:
