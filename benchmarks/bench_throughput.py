@@ -120,7 +120,7 @@ def grown_vs_fresh(
         a,
         **big,
         layer_positions="interleave",
-        hidden_factor_at="gains",
+        hidden_factor_at="readers",
         generator=torch.Generator().manual_seed(1),
     )
     update_optimizer(opt_a, record, names, a)

@@ -25,10 +25,10 @@ from torch import Tensor, nn
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.events import GrowthEvent, events_from_dicts
-from progrow.expand.hidden import FactorAt, check_factor_at
+from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt, check_factor_at
 from progrow.expand.layers import Positions
 from progrow.model import Transformer
-from progrow.schedule import stage_seed
+from progrow.schedule import saved_placement, stage_seed
 from progrow.surgery import NewMoments, grow_with_optimizers, param_names
 
 #: Where progrow keeps its entry in a checkpoint (architecture, optimizer names, totals).
@@ -164,7 +164,7 @@ def grow_checkpoint(
     sizes: Mapping[str, int],
     *,
     layer_positions: Positions = "append",
-    hidden_factor_at: FactorAt = "gains",
+    hidden_factor_at: FactorAt | None = None,
     seed: int = 0,
     stage: int | None = None,
     probe_batch: Tensor | None = None,
@@ -178,7 +178,10 @@ def grow_checkpoint(
         sizes: target sizes, e.g. ``{"d_mlp": 512, "n_layers": 4}``; never smaller.
         layer_positions: where new layers go ("append", "interleave" or indices).
         hidden_factor_at: where a hidden-size growth puts its ``sqrt(h / h')`` factor,
-            "gains" or "readers" (see :func:`progrow.expand_hidden`).
+            "readers" or "gains" (see :func:`progrow.expand_hidden`); ``None``: as the
+            checkpoint's own schedule places stage ``stage`` if that stage grows the
+            hidden size (a list saved before placements were written: "gains", the
+            default then), else "readers".
         seed: the run's seed (``GrowthCallback(seed=...)``, the app's ``seed``).
         stage: stage index for the seed of the new values; default: the number of growth
             events already in the checkpoint (the next stage of the run).
@@ -204,7 +207,8 @@ def grow_checkpoint(
         raise ValueError(f"stage must be an integer >= 0 (or None: the next stage), got {stage!r}")
     config = checkpoint_config(checkpoint)
     todo = check_sizes(config, sizes)
-    check_factor_at(hidden_factor_at, "hidden_factor_at")
+    if hidden_factor_at is not None:
+        check_factor_at(hidden_factor_at, "hidden_factor_at")
     entry = dict(checkpoint[CHECKPOINT_KEY])
     prefix = f"{model_attr}." if model_attr else ""
     holder = _load_model(checkpoint["state_dict"], config, prefix)
@@ -215,6 +219,9 @@ def grow_checkpoint(
     growth_state = dict(callbacks.get(CALLBACK_KEY, {"events": [], "schedule": []}))
     events = events_from_dicts(growth_state.get("events"))
     index = len(events) if stage is None else stage
+    if hidden_factor_at is None:  # the run's own placement for this stage, if it had one
+        saved = saved_placement(growth_state.get("schedule") or [], index)
+        hidden_factor_at = saved or DEFAULT_FACTOR_AT
 
     loss_before = None if probe_batch is None else _probe_loss(model, probe_batch)
     started = time.perf_counter()

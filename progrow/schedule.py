@@ -8,9 +8,45 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig, check_positive_int
-from progrow.expand.hidden import FactorAt, check_factor_at
+from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt, check_factor_at
 
 _STAGE_KEYS = ("step", *GROWABLE_DIMS, "layer_positions", "hidden_factor_at")
+
+#: What a saved hidden-size stage without ``hidden_factor_at`` meant: lists were written
+#: without the key when it equalled the default, and the default was then "gains".
+LEGACY_FACTOR_AT: FactorAt = "gains"
+
+
+def saved_stages(stages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A stage list as a checkpoint stored it, with every hidden-size stage's placement
+    explicit: a stage that grows ``d_model`` without ``hidden_factor_at`` was written
+    before the placement was always written, and means :data:`LEGACY_FACTOR_AT`.
+
+    Lists written now (:meth:`GrowthSchedule.to_list`) come back unchanged.
+
+    Example:
+        >>> saved_stages([{"step": 5, "d_model": 64}, {"step": 9, "d_mlp": 256}])
+        [{'step': 5, 'd_model': 64, 'hidden_factor_at': 'gains'}, {'step': 9, 'd_mlp': 256}]
+    """
+    return [
+        {**stage, "hidden_factor_at": LEGACY_FACTOR_AT}
+        if stage.get("d_model") is not None and "hidden_factor_at" not in stage
+        else dict(stage)
+        for stage in stages
+    ]
+
+
+def is_legacy_list(stages: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether a saved stage list grows the hidden size somewhere without saying where the
+    factor went (it was written before the placement was always written).
+
+    Example:
+        >>> is_legacy_list([{"step": 5, "d_model": 64}])
+        True
+        >>> is_legacy_list([{"step": 5, "d_model": 64, "hidden_factor_at": "readers"}])
+        False
+    """
+    return any(s.get("d_model") is not None and "hidden_factor_at" not in s for s in stages)
 
 
 def stage_seed(seed: int, stage_index: int) -> int:
@@ -25,6 +61,42 @@ def stage_seed(seed: int, stage_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def saved_placement(stages: Iterable[Mapping[str, Any]], index: int) -> FactorAt | None:
+    """Where the saved list's stage ``index`` put the hidden factor (``None`` if there is
+    no such stage or it grows no hidden size); older lists read as :func:`saved_stages`.
+
+    Example:
+        >>> saved_placement([{"step": 5, "d_model": 64}], 0), saved_placement([], 0)
+        ('gains', None)
+    """
+    listed = saved_stages(stages)
+    if not 0 <= index < len(listed) or listed[index].get("d_model") is None:
+        return None
+    return check_factor_at(listed[index]["hidden_factor_at"], "hidden_factor_at")
+
+
+def placement_changes(
+    saved: Iterable[Mapping[str, Any]], schedule: GrowthSchedule
+) -> dict[int, str]:
+    """The hidden-size stages that ``schedule`` places differently from a saved list of
+    the same run, by stage index (older lists read as :func:`saved_stages`).
+
+    Example:
+        >>> placement_changes([{"step": 5, "d_model": 64}], GrowthSchedule([{"step": 5,
+        ...     "d_model": 64}]))
+        {0: "stage 0 (step 5): hidden_factor_at was 'gains', now 'readers'"}
+    """
+    changes = {}
+    for i, (old, stage) in enumerate(zip(saved_stages(saved), schedule, strict=False)):
+        was = old.get("hidden_factor_at")
+        if "d_model" in stage.sizes and was is not None and was != stage.hidden_factor_at:
+            changes[i] = (
+                f"stage {i} (step {stage.step}): hidden_factor_at was {was!r}, "
+                f"now {stage.hidden_factor_at!r}"
+            )
+    return changes
+
+
 @dataclass(frozen=True)
 class GrowthStage:
     """Grow to ``sizes`` at optimizer step ``step`` (before that step's update)."""
@@ -35,16 +107,17 @@ class GrowthStage:
     """Target sizes by dimension name (a subset of ``GROWABLE_DIMS``)."""
     layer_positions: Literal["append", "interleave"] | tuple[int, ...] = "append"
     """Where new layers go: "append", "interleave" or explicit indices."""
-    hidden_factor_at: FactorAt = "gains"
-    """Where a hidden-size growth puts its ``sqrt(h / h')`` factor: "gains" (the paper's)
-    or "readers" (see :func:`progrow.expand_hidden`)."""
+    hidden_factor_at: FactorAt = DEFAULT_FACTOR_AT
+    """Where a hidden-size growth puts its ``sqrt(h / h')`` factor: "readers" (the
+    default) or "gains" (the paper's); see :func:`progrow.expand_hidden`."""
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"step": self.step, **self.sizes}
         if "n_layers" in self.sizes:
             lp = self.layer_positions
             out["layer_positions"] = lp if isinstance(lp, str) else list(lp)
-        if self.hidden_factor_at != "gains":  # the default is left out: older lists match
+        if "d_model" in self.sizes:
+            # Always written: a saved list without it means the old default (saved_stages).
             out["hidden_factor_at"] = self.hidden_factor_at
         return out
 
@@ -147,7 +220,12 @@ class GrowthSchedule:
         return config
 
     def to_list(self) -> list[dict[str, Any]]:
-        """Plain form (for logs and checkpoints); ``GrowthSchedule(s.to_list())`` rebuilds it."""
+        """Plain form (for logs and checkpoints); ``GrowthSchedule(s.to_list())`` rebuilds it.
+
+        A stage that grows ``d_model`` always carries its ``hidden_factor_at``, so the list
+        means the same whatever the default; read lists saved by older versions with
+        :func:`saved_stages`.
+        """
         return [stage.as_dict() for stage in self.stages]
 
 
@@ -204,7 +282,7 @@ def _build_stage(
 
 def _factor_at(i: int, value: Any, d_model: Any) -> FactorAt:
     if value is None:
-        return "gains"
+        return DEFAULT_FACTOR_AT
     if d_model is None:
         raise ValueError(
             f"growth stage {i}: hidden_factor_at={value!r} given without d_model (it places "

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from progrow.expand import grow
-from progrow.expand.hidden import FactorAt
+from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt
 from progrow.expand.layers import Positions
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord, ParamChange
@@ -107,7 +107,7 @@ def grow_with_optimizers(
     sizes: Mapping[str, int],
     *,
     layer_positions: Positions = "append",
-    hidden_factor_at: FactorAt = "gains",
+    hidden_factor_at: FactorAt = DEFAULT_FACTOR_AT,
     generator: torch.Generator | None = None,
     new_moments: NewMoments = "zero",
     group_for_new: GroupForNew | None = None,

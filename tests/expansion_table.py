@@ -189,13 +189,14 @@ HIDDEN = ExpansionCase(
         "lm_head.weight": "fresh",
     },
 )
-# The same growth with the factor sqrt(h/h') on the readers instead of the norm gains.
-HIDDEN_READERS = ExpansionCase(
-    "d_model-readers",
+# The same growth with the factor sqrt(h/h') on the norm gains (the paper's placement)
+# instead of the readers (the default).
+HIDDEN_GAINS = ExpansionCase(
+    "d_model-gains",
     expand_hidden,
     "d_model",
     HIDDEN.target,
-    {"factor_at": "readers"},
+    {"factor_at": "gains"},
     HIDDEN.new_blocks,
 )
 LAYERS_APPEND = _layers("n_layers-append", "append")
@@ -209,7 +210,7 @@ EXPANSIONS: tuple[ExpansionCase, ...] = (MLP, KV_HEADS, HEADS, VALUE, QK, HIDDEN
 ALL_CASES: tuple[ExpansionCase, ...] = (
     *EXPANSIONS,
     QK_DOUBLE,
-    HIDDEN_READERS,
+    HIDDEN_GAINS,
     LAYERS_INTERLEAVE,
     LAYERS_EXPLICIT,
 )
@@ -286,6 +287,26 @@ def _grow_all(model: Transformer, gen: torch.Generator | None) -> ExpansionRecor
         d_model=c.d_model + 6,
         n_layers=2 * c.n_layers,
         layer_positions="interleave",
+        hidden_factor_at="gains",  # one rescale per tensor: the record is bit-exact
+        generator=gen,
+    )
+
+
+def _grow_all_readers(model: Transformer, gen: torch.Generator | None) -> ExpansionRecord:
+    """:func:`_grow_all` with the default placement (the readers): W_K is rescaled twice,
+    by d_qk's factor and by d_model's."""
+    c = model.config
+    kv = c.kv_heads + 1
+    return grow(
+        model,
+        d_mlp=2 * c.d_mlp + 1,
+        n_kv_heads=kv,
+        n_heads=kv * (c.kv_group + 1),
+        d_v=c.d_v + 3,
+        d_qk=c.d_qk + 2,
+        d_model=c.d_model + 6,
+        n_layers=2 * c.n_layers,
+        layer_positions="interleave",
         generator=gen,
     )
 
@@ -300,6 +321,7 @@ def _grow_twice(model: Transformer, gen: torch.Generator | None) -> ExpansionRec
         d_qk=c.d_qk + 2,
         n_layers=n + 1,
         layer_positions=[0],
+        hidden_factor_at="gains",
         generator=gen,
     )
     second = grow(
@@ -320,11 +342,11 @@ def _layers_first(model: Transformer, gen: torch.Generator | None) -> ExpansionR
     """New layers at 0 and 2 first (so they are widened later), hidden size grown twice."""
     c = model.config
     record = add_layers(model, c.n_layers + 2, positions=[0, 2], generator=gen)
-    record = record.then(expand_hidden(model, c.d_model + 3, generator=gen))
+    record = record.then(expand_hidden(model, c.d_model + 3, factor_at="gains", generator=gen))
     record = record.then(expand_qk(model, 2 * c.d_qk, generator=gen))
     record = record.then(add_heads(model, c.n_heads + c.kv_heads, generator=gen))
     record = record.then(expand_kv_heads(model, model.config.kv_heads + 1, generator=gen))
-    record = record.then(expand_hidden(model, c.d_model + 6, generator=gen))
+    record = record.then(expand_hidden(model, c.d_model + 6, factor_at="gains", generator=gen))
     record = record.then(expand_value(model, c.d_v + 3, generator=gen))
     return record.then(expand_mlp(model, 2 * c.d_mlp + 1, generator=gen))
 
@@ -343,11 +365,12 @@ def _hidden_first(model: Transformer, gen: torch.Generator | None) -> ExpansionR
     grown = model.config
     record = record.then(add_heads(model, grown.n_heads + grown.kv_heads, generator=gen))
     record = record.then(expand_qk(model, c.d_qk + 2, generator=gen))
-    return record.then(expand_hidden(model, c.d_model + 9, generator=gen))
+    return record.then(expand_hidden(model, c.d_model + 9, factor_at="gains", generator=gen))
 
 
 COMPOSITIONS: dict[str, Composition] = {
     "grow-all-interleave": _grow_all,
+    "grow-all-readers": _grow_all_readers,
     "grow-twice": _grow_twice,
     "layers-first-hidden-twice": _layers_first,
     "hidden-first-and-last": _hidden_first,

@@ -3,6 +3,7 @@ mixed precision, a user's own module."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -329,10 +330,29 @@ def test_stage_places_the_hidden_factor(cache: Path, factor_at: str) -> None:
     rec = GainRecorder()
     cb = growth([stage])
     trainer(3, [cb, rec]).fit(lm_module(3), datamodule=datamodule(cache))
-    assert cb.schedule.to_list()[0].get("hidden_factor_at", "gains") == factor_at
+    assert cb.schedule.to_list()[0]["hidden_factor_at"] == factor_at  # always written
     new_entries = rec.gains[2][8:]
     expected = (8 / 12) ** 0.5 if factor_at == "gains" else 1.0
     assert torch.equal(new_entries, torch.full_like(new_entries, expected))
+
+
+def test_resumed_placement_change_is_warned_for_stages_ahead() -> None:
+    """A saved stage list without hidden_factor_at (an earlier version's, when the default
+    was the gains) read against a schedule on the default readers: a warning per hidden
+    stage still ahead, none for one already grown, none when the placements agree."""
+    stages = [{"step": 2, "d_model": 12}, {"step": 4, "d_mlp": 20}, {"step": 6, "d_model": 16}]
+    event = {"stage": 0, "step": 2, "params_before": 1, "params": 2, "sizes": {}}
+    cb = growth(stages)
+    with pytest.warns(UserWarning, match=r"stage \d") as caught:
+        cb.load_state_dict({"events": [event], "schedule": stages})
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1
+    assert "stage 2 (step 6): hidden_factor_at was 'gains', now 'readers'" in messages[0]
+    placed = [{**s, "hidden_factor_at": "gains"} if "d_model" in s else s for s in stages]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        growth(placed).load_state_dict({"events": [], "schedule": stages})
+        cb.load_state_dict({"events": [], "schedule": cb.schedule.to_list()})
 
 
 class CompiledModule(L.LightningModule):

@@ -233,16 +233,18 @@ def test_llama_schedule_is_checked_against_the_model(
 
 def test_growth_hidden_factor_at_places_every_hidden_stage(tmp_path: Path) -> None:
     """growth.hidden_factor_at reaches every stage that grows d_model and only those; a
-    stage's own key wins. The default keeps the schedule as it was."""
+    stage's own key wins. Unset, it is the readers, and the saved list names it on every
+    stage that grows d_model (so the list keeps its meaning if the default changes)."""
     default = settings_of(compose_train(), tmp_path).growth.schedule
-    assert all(stage.hidden_factor_at == "gains" for stage in default)
-    assert all("hidden_factor_at" not in stage for stage in default.to_list())
-    readers = settings_of(compose_train("growth.hidden_factor_at=readers"), tmp_path)
-    placed = [(("d_model" in s.sizes), s.hidden_factor_at) for s in readers.growth.schedule]
-    assert placed == [(False, "gains"), (True, "readers"), (True, "readers")]
-    own = "growth.stages=[{step:0.2,d_model:48,hidden_factor_at:gains},{step:0.5,d_model:64}]"
-    mixed = settings_of(compose_train("growth.hidden_factor_at=readers", own), tmp_path)
-    assert [s.hidden_factor_at for s in mixed.growth.schedule] == ["gains", "readers"]
+    assert all(stage.hidden_factor_at == "readers" for stage in default)
+    listed = [("d_model" in s, s.get("hidden_factor_at")) for s in default.to_list()]
+    assert listed == [(False, None), (True, "readers"), (True, "readers")]
+    gains = settings_of(compose_train("growth.hidden_factor_at=gains"), tmp_path)
+    placed = [(("d_model" in s.sizes), s.hidden_factor_at) for s in gains.growth.schedule]
+    assert placed == [(False, "readers"), (True, "gains"), (True, "gains")]
+    own = "growth.stages=[{step:0.2,d_model:48,hidden_factor_at:readers},{step:0.5,d_model:64}]"
+    mixed = settings_of(compose_train("growth.hidden_factor_at=gains", own), tmp_path)
+    assert [s.hidden_factor_at for s in mixed.growth.schedule] == ["readers", "gains"]
 
 
 def sbatch_overrides() -> list[str]:

@@ -393,7 +393,7 @@ def test_new_blocks_are_zero_or_fresh(case: ExpansionCase, tied: bool, norm: str
 
 def test_hidden_expansion_new_gain_entries() -> None:
     model = make_model(tiny_config())
-    expand_hidden(model, 13, generator=gen())
+    expand_hidden(model, 13, factor_at="gains", generator=gen())
     for name, p in model.named_parameters():
         if name.endswith(("norm_attn.weight", "norm_mlp.weight", "norm_f.weight")):
             assert_close(p[7:], torch.full((6,), math.sqrt(7 / 13), dtype=p.dtype))
@@ -442,12 +442,30 @@ def test_hidden_factor_on_readers(overrides, head: float, final_gain: float | No
     assert model.config.norm_eps == cfg.norm_eps * 7 / 13  # eps is rescaled either way
 
 
+def test_hidden_factor_defaults_to_the_readers() -> None:
+    """Every entry point without a placement puts the factor on the readers."""
+    cfg = tiny_config()
+    readers, default, grown = make_model(cfg), make_model(cfg), make_model(cfg)
+    old_gain = snapshot(readers)["blocks.0.norm_attn.weight"]
+    expand_hidden(readers, 13, factor_at="readers", generator=gen())
+    expand_hidden(default, 13, generator=gen())
+    grow(grown, d_model=13, generator=gen())
+    expected = snapshot(readers)
+    for other in (snapshot(default), snapshot(grown)):
+        assert other.keys() == expected.keys()
+        for name, value in expected.items():
+            assert torch.equal(other[name], value), name
+    # The gains placement would have scaled the old gain and set sqrt(7/13) in the new.
+    gain = expected["blocks.0.norm_attn.weight"]
+    assert torch.equal(gain[:7], old_gain) and torch.equal(gain[7:], torch.ones_like(gain[7:]))
+
+
 def test_hidden_factor_placements_differ_only_in_parameters() -> None:
     """Same function, different parameters: the placement is a real choice."""
     cfg = tiny_config()
     gains, readers = make_model(cfg), make_model(cfg)
     tokens = make_tokens(cfg)
-    expand_hidden(gains, 13, generator=gen())
+    expand_hidden(gains, 13, factor_at="gains", generator=gen())
     expand_hidden(readers, 13, factor_at="readers", generator=gen())
     assert_close(logits(readers, tokens), logits(gains, tokens), rtol=0, atol=1e-10)
     g, r = snapshot(gains), snapshot(readers)

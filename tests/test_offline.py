@@ -248,6 +248,40 @@ def test_command_line_refuses_a_negative_stage_and_a_config_without_data(
     assert not out.exists()
 
 
+def test_offline_growth_places_as_the_runs_own_stage(
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]],
+) -> None:
+    """Without a placement, offline growth places stage 0's hidden factor as the
+    checkpoint's schedule does: the readers when the list names them, the gains when the
+    list leaves the key out (an earlier version's list, written when the default was the
+    gains), so such a checkpoint grows offline exactly as before."""
+    ckpt_dir, _, _ = in_loop
+    ckpt = load_checkpoint(ckpt_dir / "step=4.ckpt")
+    schedule = ckpt["callbacks"]["GrowthCallback"]["schedule"]
+    assert schedule[0]["hidden_factor_at"] == "readers"  # written, with d_model
+    old = {**ckpt, "callbacks": {"GrowthCallback": {
+        **ckpt["callbacks"]["GrowthCallback"],
+        "schedule": [{k: v for k, v in s.items() if k != "hidden_factor_at"} for s in schedule],
+    }}}  # fmt: skip
+    grown = {
+        "new-default": grow_checkpoint(ckpt, STAGE0),
+        "new-readers": grow_checkpoint(ckpt, STAGE0, hidden_factor_at="readers"),
+        "old-default": grow_checkpoint(old, STAGE0),
+        "old-gains": grow_checkpoint(old, STAGE0, hidden_factor_at="gains"),
+        "old-readers": grow_checkpoint(old, STAGE0, hidden_factor_at="readers"),
+    }
+    states = {name: g["state_dict"] for name, g in grown.items()}
+    assert_bitwise_equal(states["new-default"], states["new-readers"])
+    assert_bitwise_equal(states["old-default"], states["old-gains"])
+    assert_bitwise_equal(states["old-readers"], states["new-readers"])  # explicit wins
+    gain = "model.blocks.0.norm_attn.weight"
+    assert not torch.equal(states["old-gains"][gain], states["new-readers"][gain])
+    # beyond the run's own schedule there is no run placement: the default
+    beyond = grow_checkpoint(old, {"d_model": 14}, stage=5)
+    readers = grow_checkpoint(old, {"d_model": 14}, stage=5, hidden_factor_at="readers")
+    assert_bitwise_equal(beyond["state_dict"], readers["state_dict"])
+
+
 def test_command_line_places_the_hidden_factor(
     in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]], tmp_path: Path
 ) -> None:

@@ -44,7 +44,7 @@ EXPANSIONS: dict[str, Grow] = {
     "d_v": lambda m, g: expand_value(m, 5, generator=g),
     "d_qk": lambda m, g: expand_qk(m, 5, generator=g),
     "d_model": lambda m, g: expand_hidden(m, 13, generator=g),
-    "d_model-readers": lambda m, g: expand_hidden(m, 13, factor_at="readers", generator=g),
+    "d_model-gains": lambda m, g: expand_hidden(m, 13, factor_at="gains", generator=g),
     "n_layers": lambda m, g: add_layers(m, 4, positions="interleave", generator=g),
     "all": lambda m, g: grow(
         m,
@@ -145,7 +145,7 @@ def test_surgery_carries_state_and_resumes_exactly(expansion: str, opt_name: str
         pytest.skip("fused AdamW is not available on this CPU build")
     model, opt = trained(opt_name)
     record = check_surgery(model, opt, opt_name, EXPANSIONS[expansion])
-    if expansion in ("d_qk", "d_model", "d_model-readers", "all"):
+    if expansion in ("d_qk", "d_model", "d_model-gains", "all"):
         assert any(c.factor != 1.0 for c in record.changes.values())
 
 

@@ -85,8 +85,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hidden_factor_at",
         choices=FACTOR_PLACEMENTS,
-        default="gains",
-        help="where a --d_model growth puts its sqrt(h/h') factor (default: gains)",
+        default=None,
+        help="where a --d_model growth puts its sqrt(h/h') factor (default: as the "
+        "checkpoint's schedule places that stage, else readers)",
     )
     p.add_argument("--branch", type=_branch, action="append", default=[], metavar="NAME:SIZES")
     p.add_argument("-o", "--out", required=True, help="output file (a folder with --branch)")

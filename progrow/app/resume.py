@@ -15,9 +15,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 
 from progrow.app.settings import ConfigError, RunSettings
 from progrow.config import TransformerConfig
+from progrow.schedule import LEGACY_FACTOR_AT, is_legacy_list, saved_stages
 
 #: Checkpoint key of the run identity.
 RUN_KEY = "progrow_run"
@@ -67,9 +69,10 @@ def identity_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     changes = []
     if saved.get("fingerprint") != now.get("fingerprint"):
         changes.append(f"data fingerprint {saved.get('fingerprint')} -> {now.get('fingerprint')}")
-    if saved.get("stages") != now.get("stages") or saved.get("growth") != now.get("growth"):
+    saved_list = saved_stages(saved.get("stages") or [])  # older lists: placement implicit
+    if saved_list != (now.get("stages") or []) or saved.get("growth") != now.get("growth"):
         changes.append(
-            f"growth schedule {saved.get('growth')} {_stage_steps(saved.get('stages') or [])} "
+            f"growth schedule {saved.get('growth')} {_stage_steps(saved_list)} "
             f"-> {now.get('growth')} {_stage_steps(now.get('stages') or [])}"
         )
     old_model, new_model = saved.get("model") or {}, now.get("model") or {}
@@ -102,6 +105,25 @@ def check_resume(ckpt_path: str, identity: dict[str, Any], allow_changes: bool) 
             "pass resume_allow_changes=true to continue it under the new one"
         )
     return changes
+
+
+def with_run_placement(settings: RunSettings, ckpt_path: str) -> RunSettings:
+    """``settings`` to resume ``ckpt_path`` with, placed as the checkpoint's run was.
+
+    A checkpoint whose stage list grows the hidden size without naming the placement was
+    written when the default placement was :data:`~progrow.schedule.LEGACY_FACTOR_AT`; if
+    this launch leaves ``growth.hidden_factor_at`` unset, that stays the run's default,
+    so the run resumes exactly as before (a stage's own key still wins, and an explicit
+    ``growth.hidden_factor_at`` is compared like any other change by :func:`check_resume`).
+    """
+    growth = settings.raw.get("growth") or {}
+    saved = saved_identity(ckpt_path)
+    if growth.get("hidden_factor_at") is not None or saved is None:
+        return settings
+    if not is_legacy_list(saved.get("stages") or []):
+        return settings
+    raw = {**settings.raw, "growth": {**growth, "hidden_factor_at": LEGACY_FACTOR_AT}}
+    return RunSettings.from_config(OmegaConf.create(raw))
 
 
 def run_identity(

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig
-from progrow.expand.hidden import check_factor_at
+from progrow.expand.hidden import DEFAULT_FACTOR_AT, check_factor_at
 from progrow.schedule import GrowthSchedule
 
 #: Keys of ``cfg.growth`` that are GrowthCallback options (the rest: ``name``, ``stages``).
@@ -239,10 +239,12 @@ def _optional_path(key: str, value: Any) -> Path | None:
 def _growth(section: dict[str, Any], max_steps: int) -> GrowthSettings:
     stages = section.pop("stages", None) or []
     name = schedule_label(str(section.pop("name", CUSTOM_SCHEDULE)), stages)
-    factor_at = section.pop("hidden_factor_at", "gains")
+    factor_at = section.pop("hidden_factor_at", None)
     _check_keys("growth", section, set(GROWTH_OPTIONS))
     if not isinstance(stages, list):
         raise ConfigError(f"growth.stages={stages!r}: must be a list of stages")
+    if factor_at is None:  # unset: the default (a resumed run's own: resume.py)
+        factor_at = DEFAULT_FACTOR_AT
     try:
         check_factor_at(factor_at, "growth.hidden_factor_at")
     except ValueError as err:
@@ -258,7 +260,7 @@ def _growth(section: dict[str, Any], max_steps: int) -> GrowthSettings:
 def _place_hidden_factor(stage: Any, factor_at: str) -> Any:
     """``stage`` with ``growth.hidden_factor_at`` as its placement if it grows the hidden
     size and sets none of its own (a stage's own key wins)."""
-    if not isinstance(stage, dict) or stage.get("d_model") is None or factor_at == "gains":
+    if not isinstance(stage, dict) or stage.get("d_model") is None:
         return stage
     return {"hidden_factor_at": factor_at, **stage}
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from progrow.config import GROWABLE_DIMS
-from progrow.expand.hidden import FactorAt, check_factor_at, expand_hidden
+from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt, check_factor_at, expand_hidden
 from progrow.expand.layers import Positions, add_layers, new_layer_positions
 from progrow.expand.plan import grown_config, pins_kv_heads
 from progrow.expand.widths import add_heads, expand_kv_heads, expand_mlp, expand_qk, expand_value
@@ -51,7 +51,7 @@ def grow(
     d_model: int | None = None,
     n_layers: int | None = None,
     layer_positions: Positions = "append",
-    hidden_factor_at: FactorAt = "gains",
+    hidden_factor_at: FactorAt = DEFAULT_FACTOR_AT,
     generator: torch.Generator | None = None,
     **unknown: Any,
 ) -> ExpansionRecord:
@@ -69,7 +69,8 @@ def grow(
     heads with 2 query heads each.
 
     ``hidden_factor_at`` is :func:`expand_hidden`'s ``factor_at``: where the hidden
-    expansion puts its ``sqrt(h / h')`` factor ("gains", the paper's, or "readers").
+    expansion puts its ``sqrt(h / h')`` factor ("readers", the default, or "gains", the
+    paper's).
 
     Example:
         >>> from progrow import Transformer, TransformerConfig

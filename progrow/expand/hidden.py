@@ -14,6 +14,9 @@ from progrow.record import ExpansionRecord
 #: Where the hidden expansion puts its ``sqrt(h / h')`` factor (see :func:`expand_hidden`).
 FactorAt = Literal["gains", "readers"]
 FACTOR_PLACEMENTS: tuple[str, ...] = get_args(FactorAt)
+#: The default placement: on the readers, which trains like a fresh model (a grown model
+#: with the factor on the gains trains measurably worse; see docs/expansions.md).
+DEFAULT_FACTOR_AT: FactorAt = "readers"
 
 #: The weights of a block that read a normalized stream, by parameter-name suffix.
 _READERS = ("attn.q.weight", "attn.k.weight", "attn.v.weight", "mlp.fc.weight", "mlp.gate.weight")
@@ -38,7 +41,7 @@ def expand_hidden(
     model: Transformer,
     d_model: int,
     *,
-    factor_at: FactorAt = "gains",
+    factor_at: FactorAt = DEFAULT_FACTOR_AT,
     generator: torch.Generator | None = None,
 ) -> ExpansionRecord:
     """Grow the hidden size from ``h`` to ``d_model``, in place.
@@ -58,15 +61,16 @@ def expand_hidden(
       and something downstream must multiply it by ``a = sqrt(h / d_model)``. Where
       ``factor_at`` puts ``a``:
 
-      - ``"gains"`` (the paper's placement): every norm gain (final norm included) is
-        multiplied by ``a`` and its new entries set to ``a``;
-      - ``"readers"``: gains keep their values (new entries 1) and the old input columns
-        of every weight that reads a normalized stream are multiplied by ``a``: WQ, WK,
-        WV, W1 and the gate in every block, and the output projection when a final norm
-        feeds it (without one it reads the raw stream ``[x, 0]`` and needs no factor).
+      - ``"readers"`` (the default): gains keep their values (new entries 1) and the old
+        input columns of every weight that reads a normalized stream are multiplied by
+        ``a``: WQ, WK, WV, W1 and the gate in every block, and the output projection
+        when a final norm feeds it (without one it reads the raw stream ``[x, 0]`` and
+        needs no factor).
         With tied embeddings the output projection *is* the token embedding, which
         writes the stream and must keep its values, so the final norm's gain carries
-        the factor there instead.
+        the factor there instead;
+      - ``"gains"`` (the paper's placement): every norm gain (final norm included) is
+        multiplied by ``a`` and its new entries set to ``a``.
 
       Either way ``norm_eps`` is multiplied by ``h / d_model``, which makes preservation
       exact for ``eps > 0``. The new ``norm_eps`` is in ``model.config``.
@@ -79,9 +83,10 @@ def expand_hidden(
     scale only the gains set, is then off by ``a`` for the fresh new reader columns too. On
     the readers, the gains stay at a fresh model's value and ``a`` (close to 1 for a
     modest growth) only shrinks weights of size ``init_std``, by less than their own
-    spread. The record holds ``a`` on every rescaled tensor, so optimizer surgery divides
-    the moments of those entries by ``a`` (first) and ``a**2`` (second), as if the
-    optimizer had trained in the new parametrization.
+    spread, which is why it is the default: grown at step 0, it trains like a fresh model
+    and the gains placement does not. The record holds ``a`` on every rescaled tensor, so
+    optimizer surgery divides the moments of those entries by ``a`` (first) and ``a**2``
+    (second), as if the optimizer had trained in the new parametrization.
 
     LayerNorm models are refused: LayerNorm subtracts the mean over all coordinates, and
     the mean of ``[x, 0]`` differs from the mean of ``x``.
@@ -89,11 +94,13 @@ def expand_hidden(
     Example:
         >>> from progrow import Transformer, TransformerConfig
         >>> model = Transformer(TransformerConfig(d_model=8, norm_eps=1e-3))
-        >>> _ = expand_hidden(model, 12)
+        >>> record = expand_hidden(model, 12)
         >>> model.config.d_model, round(model.config.norm_eps, 6)
         (12, 0.000667)
-        >>> record = expand_hidden(model, 16, factor_at="readers")
         >>> round(record.changes["blocks.0.attn.q.weight"].factor, 4)
+        0.8165
+        >>> record = expand_hidden(model, 16, factor_at="gains")
+        >>> round(record.changes["blocks.0.norm_attn.weight"].factor, 4)
         0.866
     """
     check_factor_at(factor_at)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from progrow.events import GrowthEvent, events_from_dicts
 from progrow.model import Transformer
-from progrow.schedule import GrowthSchedule, GrowthStage, stage_seed
+from progrow.schedule import GrowthSchedule, GrowthStage, placement_changes, stage_seed
 from progrow.surgery import (
     GroupForNew,
     NewMoments,
@@ -240,6 +240,17 @@ class GrowthCallback(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.events = events_from_dicts(state_dict.get("events"))
+        # A run saved before the placement was always written grew with the factor on the
+        # gains; a schedule built now defaults to the readers. Say so (for the stages still
+        # ahead) rather than switch.
+        changes = placement_changes(state_dict.get("schedule") or [], self.schedule)
+        done = {event.stage for event in self.events}
+        for change in (text for i, text in changes.items() if i not in done):
+            warnings.warn(
+                f"GrowthCallback: resuming a run whose {change}; pass the stage's "
+                "hidden_factor_at explicitly to continue it as it was",
+                stacklevel=2,
+            )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._attach_rewarmup(trainer)
