@@ -15,9 +15,16 @@ conventions.
 
 A baseline of a run is a fixed-size run (schedule ``none``, no growth events) with the
 run's final model sizes: comparing with a smaller fixed-size model would report a
-meaningless saving. Per run: ``--baseline RUN_DIR`` if it qualifies; else the qualifying
-run with the same seed; else the qualifying run with the most FLOPs; else none, and the
-report says so.
+meaningless saving. Per run: ``--baseline RUN_DIR`` if it qualifies; else among the
+qualifying runs, those of the run's LR schedule if any, then those within 5% of the
+run's FLOPs (equal compute) if any, then the one with the same seed, else the one with the
+most FLOPs; else none, and the report says so.
+
+Iso-loss: when fixed-size runs of the run's final sizes, seed and LR schedule exist at
+two or more budgets, the report also gives the FLOPs such a run needs to *end* at the
+growing run's final loss, interpolated in log-FLOPs (:mod:`progrow.app.isoloss`), and the
+saving against it: the figure to trust when the in-run crossing compares a decayed
+learning rate with one still mid-schedule.
 
 Example:
     progrow-report outputs/train/multirun/2025-01-01_12-00-00_000000 --out cmp.png
@@ -38,6 +45,8 @@ from typing import Any
 
 import yaml
 
+from progrow.app.isoloss import iso_loss_flops
+from progrow.app.isoloss import saving_pct as iso_saving
 from progrow.events import GrowthEvent, events_from_dicts
 
 BASELINE_SCHEDULE = "none"
@@ -80,6 +89,15 @@ class RunSummary:
     """``100 * (1 - time_to_baseline / baseline training seconds)``; positive: faster."""
     sizes: dict[str, int] | None = None
     """Model sizes at the end of the run (``None``: unknown)."""
+    lr_schedule: str | None = None
+    """The run's ``optim.schedule`` (cosine, wsd; ``None``: unknown)."""
+    iso_flops: float | None = None
+    """FLOPs a fixed-size run (same final sizes, seed, LR schedule) needs to end at this
+    run's final loss, interpolated between baselines at several budgets."""
+    iso_saving_pct: float | None = None
+    """``100 * (1 - flops / iso_flops)``; positive: cheaper than the fixed-size run."""
+    iso_note: str | None = None
+    """Why there is no ``iso_flops`` (outside the baselines' range, or too few budgets)."""
 
     @property
     def is_baseline(self) -> bool:
@@ -191,6 +209,7 @@ def load_run(run: Path, name: str | None = None) -> RunSummary:
         if "growth/stage" in r
     ]
     seed = config.get("seed")
+    optim = config.get("optim") or {}
     return RunSummary(
         name=name or run.name,
         path=str(run),
@@ -204,6 +223,7 @@ def load_run(run: Path, name: str | None = None) -> RunSummary:
         events=events,
         time_curve=time_curve,
         sizes={str(k): int(v) for k, v in sizes.items()} if isinstance(sizes, dict) else None,
+        lr_schedule=str(optim.get("schedule", "cosine")) if optim else None,
     )
 
 
@@ -234,10 +254,20 @@ def qualifies_as_baseline(base: RunSummary, run: RunSummary) -> bool:
     return base.is_baseline and base.sizes is not None and base.sizes == run.sizes
 
 
+def _equal_compute(base: RunSummary, run: RunSummary) -> bool:
+    if not base.flops or not run.flops:
+        return False
+    return abs(base.flops / run.flops - 1.0) <= 0.05
+
+
 def pick_baseline(run: RunSummary, baselines: Sequence[RunSummary]) -> RunSummary | None:
-    """Among the fixed-size runs of ``run``'s final sizes: the one with ``run``'s seed,
-    else the one with the most FLOPs; ``None`` if there is none."""
+    """Among the fixed-size runs of ``run``'s final sizes, narrowed to those of ``run``'s
+    LR schedule and then to those of equal compute (within 5% of its FLOPs) where any
+    exist: the one with ``run``'s seed, else the one with the most FLOPs; ``None`` if
+    there is none."""
     usable = [b for b in baselines if b.curve and qualifies_as_baseline(b, run)]
+    usable = [b for b in usable if b.lr_schedule == run.lr_schedule] or usable
+    usable = [b for b in usable if _equal_compute(b, run)] or usable
     if not usable:
         return None
     same_seed = [b for b in usable if b.seed is not None and b.seed == run.seed]
@@ -263,7 +293,33 @@ def compare(runs: list[RunSummary], baseline: RunSummary | None = None) -> list[
             base_time = base.time_curve[-1][0]
             if run.time_to_baseline is not None and base_time > 0:
                 run.time_saving_pct = 100.0 * (1.0 - run.time_to_baseline / base_time)
+        _iso_loss(run, baselines)
     return runs
+
+
+def _iso_loss(run: RunSummary, baselines: Sequence[RunSummary]) -> None:
+    """Fill ``run``'s iso-loss fields from the fixed-size runs of its final sizes, seed
+    and LR schedule (at least two budgets)."""
+    if run.is_baseline or run.final_val_loss is None or not run.flops:
+        return
+    ladder = [
+        (float(b.flops or 0.0), float(b.final_val_loss or 0.0))
+        for b in baselines
+        if qualifies_as_baseline(b, run)
+        and b.seed == run.seed
+        and b.lr_schedule == run.lr_schedule
+        and b.flops
+        and b.final_val_loss is not None
+    ]
+    if len({f for f, _ in ladder}) < 2:
+        run.iso_note = "needs fixed-size runs at 2+ budgets (same sizes, seed, LR schedule)"
+        return
+    iso = iso_loss_flops(ladder, run.final_val_loss)
+    run.iso_flops, run.iso_saving_pct = iso.flops, iso_saving(iso, run.flops)
+    if iso.outside == "better":
+        run.iso_note = f"below every baseline's final loss: needs > {iso.bound:.3e}"
+    elif iso.outside == "worse":
+        run.iso_note = f"above every baseline's final loss: needs < {iso.bound:.3e}"
 
 
 def summarize(
@@ -348,6 +404,11 @@ def _rows(runs: Sequence[RunSummary]) -> list[list[str]]:
             reach, saving = _fmt(run.flops_to_baseline, ".3e"), _fmt(run.saving_pct, "+.1f") + "%"
             if run.time_saving_pct is not None:
                 saving += f" ({_fmt(run.time_saving_pct, '+.1f')}% time)"
+        if run.iso_flops is not None:
+            iso = f"{run.iso_flops:.3e} ({_fmt(run.iso_saving_pct, '+.1f')}%)"
+        else:
+            note = run.iso_note or ""
+            iso = note if note.startswith(("below", "above")) else "-"
         rows.append(
             [
                 run.name,
@@ -357,6 +418,7 @@ def _rows(runs: Sequence[RunSummary]) -> list[list[str]]:
                 _fmt(run.flops, ".3e"),
                 reach,
                 saving,
+                iso,
                 f"{len(run.events)} (max delta {_fmt(worst, '.1e')})" if run.events else "0",
                 _fmt(run.wall_s, ".0f"),
             ]
@@ -365,7 +427,7 @@ def _rows(runs: Sequence[RunSummary]) -> list[list[str]]:
 
 
 COLUMNS = ["run", "growth", "seed", "final val/loss", "FLOPs", "FLOPs to baseline's loss",
-           "saving", "growths", "wall s"]  # fmt: skip
+           "saving", "iso-loss baseline FLOPs (saving)", "growths", "wall s"]  # fmt: skip
 #: What the FLOPs figures are (printed with every table and on the plot).
 FLOPS_NOTE = (
     "FLOPs: training FLOPs, 6N + 6·L·H·(Q+V)·(T+1)/2 per token (attention counted for a "
