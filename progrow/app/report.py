@@ -33,199 +33,36 @@ Example:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from progrow.app.isoloss import iso_loss_flops
 from progrow.app.isoloss import saving_pct as iso_saving
-from progrow.events import GrowthEvent, events_from_dicts
+from progrow.app.runs import (
+    BASELINE_SCHEDULE,
+    RunSummary,
+    find_runs,
+    load_run,
+    read_metrics,
+)
 
-BASELINE_SCHEDULE = "none"
-
-
-@dataclass
-class RunSummary:
-    """What the report knows about one run."""
-
-    name: str
-    """Short label: the run folder relative to the common parent of all runs."""
-    path: str
-    """The run folder."""
-    growth: str
-    """Growth schedule name (``none``: fixed-size baseline)."""
-    seed: int | None
-    final_val_loss: float | None
-    """Last validation loss logged."""
-    flops: float | None
-    """Training FLOPs at the end of the run."""
-    tokens: float | None
-    wall_s: float | None
-    """Wall time of the training (all resumed attempts that finished), from summary.json."""
-    curve: list[tuple[float, float]] = field(default_factory=list)
-    """``(flops, val_loss)`` at each validation."""
-    events: list[GrowthEvent] = field(default_factory=list)
-    """Growth events (from summary.json; from the CSV log, only stage, step, flops,
-    loss_delta and params)."""
-    baseline: str | None = None
-    """Path of the baseline run compared against."""
-    flops_to_baseline: float | None = None
-    """FLOPs at which this run first reached the baseline's final validation loss."""
-    saving_pct: float | None = None
-    """``100 * (1 - flops_to_baseline / baseline flops)``; positive: cheaper."""
-    time_curve: list[tuple[float, float]] = field(default_factory=list)
-    """``(training seconds, val_loss)`` at each validation (``time/train_s``)."""
-    time_to_baseline: float | None = None
-    """Training seconds at which this run first reached the baseline's final loss."""
-    time_saving_pct: float | None = None
-    """``100 * (1 - time_to_baseline / baseline training seconds)``; positive: faster."""
-    sizes: dict[str, int] | None = None
-    """Model sizes at the end of the run (``None``: unknown)."""
-    lr_schedule: str | None = None
-    """The run's ``optim.schedule`` (cosine, wsd; ``None``: unknown)."""
-    iso_flops: float | None = None
-    """FLOPs a fixed-size run (same final sizes, seed, LR schedule) needs to end at this
-    run's final loss, interpolated between baselines at several budgets."""
-    iso_saving_pct: float | None = None
-    """``100 * (1 - flops / iso_flops)``; positive: cheaper than the fixed-size run."""
-    iso_note: str | None = None
-    """Why there is no ``iso_flops`` (outside the baselines' range, or too few budgets)."""
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.growth == BASELINE_SCHEDULE and not self.events
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# -- finding and reading runs -------------------------------------------------------------
-
-
-def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run folders under ``paths``: folders holding ``.hydra/config.yaml`` and a CSV log."""
-    found: list[Path] = []
-    for root in map(Path, paths):
-        if not root.exists():
-            raise FileNotFoundError(f"no such run folder: {root}")
-        candidates = [root] if (root / ".hydra" / "config.yaml").is_file() else []
-        candidates += sorted(p.parent.parent for p in root.rglob(".hydra/config.yaml"))
-        for run in candidates:
-            if run not in found and _metric_files(run):
-                found.append(run)
-    return found
-
-
-def _version(path: Path) -> int:
-    match = re.search(r"version_(\d+)", str(path.parent.name))
-    return int(match.group(1)) if match else 0
-
-
-def _metric_files(run: Path) -> list[Path]:
-    return sorted(run.rglob("metrics.csv"), key=lambda p: (str(p.parent.parent), _version(p)))
-
-
-def read_metrics(run: Path) -> list[dict[str, float]]:
-    """All CSV metric rows of a run, attempts merged: a later attempt (resume) replaces the
-    rows of earlier ones from its first step on."""
-    merged: list[dict[str, float]] = []
-    for path in _metric_files(run):
-        with path.open() as f:
-            rows = [_numbers(row) for row in csv.DictReader(f)]
-        steps = [r["step"] for r in rows if "step" in r]
-        if steps:
-            first = min(steps)
-            merged = [r for r in merged if r.get("step", -1) < first]
-        merged.extend(rows)
-    return merged
-
-
-def _numbers(row: dict[str, str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in row.items():
-        if value not in ("", None):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                continue
-    return out
-
-
-def _load_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text())
-    return data if isinstance(data, dict) else {}
-
-
-def _hparams_growth(run: Path) -> dict[str, Any]:
-    """The ``growth`` entry of the run's latest ``hparams.yaml`` (name, final sizes)."""
-    files = sorted(run.rglob("hparams.yaml"), key=lambda p: _version(p / "x"))
-    growth = _load_yaml(files[-1]).get("growth") if files else None
-    return growth if isinstance(growth, dict) else {}
-
-
-def load_run(run: Path, name: str | None = None) -> RunSummary:
-    """Read one run folder.
-
-    The schedule's name and the final sizes come from ``summary.json``, else from the
-    logged hyperparameters, else (name only) from ``.hydra/config.yaml``: the config's
-    ``growth.name`` is the preset's even when ``growth.stages`` was overridden.
-    """
-    config = _load_yaml(run / ".hydra" / "config.yaml")
-    growth = config.get("growth") or {}
-    logged = _hparams_growth(run)
-    summary_file = run / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    sizes = summary.get("sizes") or logged.get("final_sizes")
-    rows = read_metrics(run)
-    curve = [
-        (r["compute/flops"], r["val/loss"])
-        for r in rows
-        if "val/loss" in r and "compute/flops" in r
-    ]
-    time_curve = [
-        (r["time/train_s"], r["val/loss"]) for r in rows if "val/loss" in r and "time/train_s" in r
-    ]
-    flops = [r["compute/flops"] for r in rows if "compute/flops" in r]
-    tokens = [r["compute/tokens"] for r in rows if "compute/tokens" in r]
-    events = events_from_dicts(summary.get("events")) or [
-        GrowthEvent(
-            stage=int(r["growth/stage"]),
-            step=int(r.get("step", -1)),
-            flops=r.get("compute/flops"),
-            loss_delta=r.get("growth/loss_delta"),
-            params=None if r.get("growth/params") is None else int(r["growth/params"]),
-        )
-        for r in rows
-        if "growth/stage" in r
-    ]
-    seed = config.get("seed")
-    optim = config.get("optim") or {}
-    return RunSummary(
-        name=name or run.name,
-        path=str(run),
-        growth=str(summary.get("growth") or logged.get("name") or growth.get("name", "?")),
-        seed=int(seed) if isinstance(seed, int) else None,
-        final_val_loss=curve[-1][1] if curve else summary.get("val_loss"),
-        flops=max(flops) if flops else summary.get("flops"),
-        tokens=max(tokens) if tokens else summary.get("tokens"),
-        wall_s=summary.get("wall_s_total", summary.get("wall_s")),
-        curve=curve,
-        events=events,
-        time_curve=time_curve,
-        sizes={str(k): int(v) for k, v in sizes.items()} if isinstance(sizes, dict) else None,
-        lr_schedule=str(optim.get("schedule", "cosine")) if optim else None,
-    )
-
+__all__ = [
+    "BASELINE_SCHEDULE",
+    "RunSummary",
+    "compare",
+    "find_runs",
+    "flops_to_reach",
+    "load_run",
+    "main",
+    "markdown",
+    "pick_baseline",
+    "plot",
+    "read_metrics",
+    "summarize",
+]
 
 # -- comparing --------------------------------------------------------------------------
 
