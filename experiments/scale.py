@@ -295,6 +295,13 @@ def write_table(budget: str) -> None:
                 f"| {mean_sd([w for w in row['wall_s'] if w], '.0f')} |"
             )
         lines += ["", _goal(rows, budget)]
+    hours = sum(w for rows in payload["tables"].values() for r in rows for w in r["wall_s"] if w)
+    payload["job_hours"] = hours / 3600
+    lines += [
+        "",
+        f"Jobs of this table: {hours / 3600:.1f} CPU-core hours (one thread each; "
+        "the baselines at 2000 and 3000 steps are shared with the other budget's table).",
+    ]
     markdown = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"scale_{budget}.md").write_text(markdown)

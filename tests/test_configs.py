@@ -35,7 +35,10 @@ REQUIRED = {("data", "text"): ["data.path=README.md"], ("data", "hf"): [
     "data.path=some/dataset", "data.tokenizer=gpt2"], ("model", "small"): ["growth=none"],
     ("model", "medium"): ["growth=none"], ("model", "llama_small"): ["growth=llama"],
     ("model", "llama_target"): ["growth=none"],
-    ("growth", "llama"): ["model=llama_small"]}  # fmt: skip
+    ("growth", "llama"): ["model=llama_small"], ("model", "scale_target"): ["growth=none"],
+    ("model", "scale_start"): ["growth=scale_two_stage"],
+    **{("growth", f"scale_{s}"): ["model=scale_start"] for s in ("early", "two_stage",
+                                                                 "late")}}  # fmt: skip
 
 
 def options(group: str) -> list[str]:
@@ -113,7 +116,11 @@ def test_a_schedule_given_on_the_command_line_is_not_labelled_as_the_default(
 
 
 #: Schedules for another start and final model than model=tiny -> model=small.
-GROWTH_MODELS = {"llama": ("llama_small", "llama_target")}
+GROWTH_MODELS = {
+    "llama": ("llama_small", "llama_target"),
+    # experiments/scale.py compares these with model=scale_target growth=none
+    **{f"scale_{s}": ("scale_start", "scale_target") for s in ("early", "two_stage", "late")},
+}
 
 
 def test_every_growth_schedule_validates_and_ends_at_its_final_model(tmp_path: Path) -> None:
