@@ -121,6 +121,7 @@ def grown_vs_fresh(
         **big,
         layer_positions="interleave",
         hidden_factor_at="readers",
+        init="zero",
         generator=torch.Generator().manual_seed(1),
     )
     update_optimizer(opt_a, record, names, a)

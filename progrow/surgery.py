@@ -12,6 +12,18 @@ parametrization (see ``docs/expansions.md``): a
 parameter multiplied by ``a`` has gradients divided by ``a``, so averages of gradients
 (``exp_avg``, ``momentum_buffer``) are divided by ``a`` and averages of squared gradients
 (``exp_avg_sq``, ``max_exp_avg_sq``) by ``a**2``; new entries are zero; ``step`` is kept.
+Factors may differ entry by entry (exact splits); each entry gets its own.
+
+Twins (new entries copied from an old one by an exact split, ``init="split"``) get their
+source's moments divided by their own factor (first) and its square (second), the same
+rule. For a plain rescale that is exact; for a split it is an approximation: a unit
+whose outgoing weights were split in ``r`` and ``1 - r`` keeps gradients of the old size
+on those weights and gets ``r`` times the old gradient on its copied incoming weights,
+so the carried moments are off by ``1/r`` against the new gradients until they decay
+(over about ``1/(1 - beta)`` steps). Adam's step ``m / sqrt(v)`` is the same under any
+per-entry rescale of both moments, so each twin's first steps equal its source's rather
+than starting from zero moments, whose first steps are ``(1-b1)/sqrt(1-b2)`` times
+too large under a long-kept ``step`` (see ``new_moments``).
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from torch import Tensor, nn
 from progrow.expand import grow
 from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt
 from progrow.expand.layers import Positions
+from progrow.expand.plan import Init
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord, ParamChange
 
@@ -108,6 +121,7 @@ def grow_with_optimizers(
     *,
     layer_positions: Positions = "append",
     hidden_factor_at: FactorAt = DEFAULT_FACTOR_AT,
+    init: Init = "zero",
     generator: torch.Generator | None = None,
     new_moments: NewMoments = "zero",
     group_for_new: GroupForNew | None = None,
@@ -121,7 +135,7 @@ def grow_with_optimizers(
     :func:`update_optimizer` per optimizer with the record's names made relative to
     ``module``. Returns the record (names relative to ``model``).
 
-    ``layer_positions`` and ``hidden_factor_at`` go to :func:`progrow.grow`.
+    ``layer_positions``, ``hidden_factor_at`` and ``init`` go to :func:`progrow.grow`.
     ``group_for_new`` and ``param_order`` go to every :func:`update_optimizer` call.
     Without them, ``layout(module)``, called once the module has grown, gives per
     optimizer the groups it must end with (:func:`layout_options`), e.g. the names of the
@@ -142,6 +156,7 @@ def grow_with_optimizers(
         **sizes,
         layer_positions=layer_positions,
         hidden_factor_at=hidden_factor_at,
+        init=init,
         generator=generator,
     )
     carry_optimizers(
@@ -510,11 +525,10 @@ def _carry(state: State, change: ParamChange, fill_typical: bool) -> State:
         if key == "step" or not isinstance(value, Tensor):
             out[key] = value.clone() if isinstance(value, Tensor) else value
             continue
-        scale = 1.0 / change.factor**2 if key in _SECOND_MOMENTS else 1.0 / change.factor
-        placed = change.place(value, scale)
+        placed = change.carry(value, -2.0 if key in _SECOND_MOMENTS else -1.0)
         if fill_typical and key in _SECOND_MOMENTS and value.numel() > 0:
-            is_old = change.place(torch.ones_like(value)).bool()
-            placed = torch.where(is_old, placed, (value * scale).mean())
+            is_carried = change.carry(torch.ones_like(value), 0.0).bool()  # old and twins
+            placed = torch.where(is_carried, placed, change.take(placed).mean())
         out[key] = placed
     return out
 

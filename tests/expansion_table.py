@@ -33,7 +33,8 @@ from progrow import (
 
 #: What the new entries of a parameter must hold right after an expansion:
 #: "zero" exactly zero; "fresh" a fresh weight draw N(0, init_std^2) (not all zero);
-#: "free" arbitrary but deterministic (norm gains, biases: constants by design).
+#: "free" arbitrary but deterministic (norm gains, biases: constants by design);
+#: "copy" a copy of an old entry (``init="split"``), as the record's twins say.
 BlockKind = str
 
 
@@ -71,6 +72,16 @@ class ExpansionCase:
         kinds = [kind for suffix, kind in self.new_blocks.items() if name.endswith(suffix)]
         assert len(kinds) == 1, f"{self.name}: no single block kind for {name}: {kinds}"
         return kinds[0]
+
+    @property
+    def init(self) -> str:
+        """How the new entries are filled: "zero" (zero blocks) or "split" (copies)."""
+        return str(self.kwargs.get("init", "zero"))
+
+    @property
+    def draws(self) -> bool:
+        """Whether the generator decides new values (copied layers draw nothing)."""
+        return not (self.init == "split" and self.dim == "n_layers")
 
     def __repr__(self) -> str:  # short pytest ids
         return self.name
@@ -203,16 +214,59 @@ LAYERS_APPEND = _layers("n_layers-append", "append")
 LAYERS_INTERLEAVE = _layers("n_layers-interleave", "interleave")
 LAYERS_EXPLICIT = _layers("n_layers-at-0-and-2", [0, 2])
 
+
+def split(case: ExpansionCase) -> ExpansionCase:
+    """``case`` with ``init="split"``: every new entry a copy (new layers: copies whose
+    writes into the stream are zero)."""
+    kinds = {suffix: "copy" for suffix in case.new_blocks}
+    if case.dim == "n_layers":
+        kinds.update({s: "zero" for s in _ZERO_IN_NEW_LAYER})
+    return ExpansionCase(
+        f"{case.name}-split",
+        case.fn,
+        case.dim,
+        case.target,
+        {**case.kwargs, "init": "split"},
+        kinds,
+    )
+
+
+_ZERO_IN_NEW_LAYER = ("attn.o.weight", "attn.o.bias", "mlp.proj.weight", "mlp.proj.bias")
+#: ``init="split"`` of every case above; the hidden size also grown past 2x (coordinates
+#: split in three).
+SPLIT_CASES: tuple[ExpansionCase, ...] = (
+    split(MLP),
+    split(KV_HEADS),
+    split(HEADS),
+    split(VALUE),
+    split(QK),
+    split(QK_DOUBLE),
+    split(HIDDEN),
+    split(HIDDEN_GAINS),
+    ExpansionCase(
+        "d_model-x2.4-split",
+        expand_hidden,
+        "d_model",
+        lambda c: 2 * c.d_model + 3,
+        {"init": "split"},
+        {suffix: "copy" for suffix in HIDDEN.new_blocks},
+    ),
+    split(LAYERS_APPEND),
+    split(LAYERS_INTERLEAVE),
+    split(LAYERS_EXPLICIT),
+)
+
 #: The seven expansions, one each, in ``GROWABLE_DIMS`` order.
 EXPANSIONS: tuple[ExpansionCase, ...] = (MLP, KV_HEADS, HEADS, VALUE, QK, HIDDEN, LAYERS_APPEND)
-#: The seven plus the other layer-insertion modes, the integer-factor key/query growth and
-#: the hidden growth with its factor on the readers.
+#: The seven plus the other layer-insertion modes, the integer-factor key/query growth,
+#: the hidden growth with its factor on the gains, and all of them with ``init="split"``.
 ALL_CASES: tuple[ExpansionCase, ...] = (
     *EXPANSIONS,
     QK_DOUBLE,
     HIDDEN_GAINS,
     LAYERS_INTERLEAVE,
     LAYERS_EXPLICIT,
+    *SPLIT_CASES,
 )
 #: Cases that apply to LayerNorm models (all but the hidden expansion).
 LAYERNORM_CASES: tuple[ExpansionCase, ...] = tuple(c for c in ALL_CASES if not c.needs_rmsnorm)
@@ -269,10 +323,13 @@ GPT2_LAYERNORM: dict[str, Any] = dict(
 # record composed from the original model to the grown one. Targets are relative to the
 # model's sizes, so that they are valid for every variant (even d_qk under RoPE, query
 # heads a multiple of the KV heads).
-Composition = Callable[[Transformer, torch.Generator | None], ExpansionRecord]
+Composition = Callable[..., ExpansionRecord]
+"""``(model, generator, init="zero") -> record``; ``init`` goes to every expansion."""
 
 
-def _grow_all(model: Transformer, gen: torch.Generator | None) -> ExpansionRecord:
+def _grow_all(
+    model: Transformer, gen: torch.Generator | None, init: Any = "zero"
+) -> ExpansionRecord:
     """Everything in one ``grow``; more query heads than KV heads asked for, so a model
     with one KV head per query head becomes grouped-query."""
     c = model.config
@@ -288,11 +345,14 @@ def _grow_all(model: Transformer, gen: torch.Generator | None) -> ExpansionRecor
         n_layers=2 * c.n_layers,
         layer_positions="interleave",
         hidden_factor_at="gains",  # one rescale per tensor: the record is bit-exact
+        init=init,
         generator=gen,
     )
 
 
-def _grow_all_readers(model: Transformer, gen: torch.Generator | None) -> ExpansionRecord:
+def _grow_all_readers(
+    model: Transformer, gen: torch.Generator | None, init: Any = "zero"
+) -> ExpansionRecord:
     """:func:`_grow_all` with the default placement (the readers): W_K is rescaled twice,
     by d_qk's factor and by d_model's."""
     c = model.config
@@ -307,11 +367,14 @@ def _grow_all_readers(model: Transformer, gen: torch.Generator | None) -> Expans
         d_model=c.d_model + 6,
         n_layers=2 * c.n_layers,
         layer_positions="interleave",
+        init=init,
         generator=gen,
     )
 
 
-def _grow_twice(model: Transformer, gen: torch.Generator | None) -> ExpansionRecord:
+def _grow_twice(
+    model: Transformer, gen: torch.Generator | None, init: Any = "zero"
+) -> ExpansionRecord:
     c = model.config
     n = c.n_layers
     first = grow(
@@ -322,6 +385,7 @@ def _grow_twice(model: Transformer, gen: torch.Generator | None) -> ExpansionRec
         n_layers=n + 1,
         layer_positions=[0],
         hidden_factor_at="gains",
+        init=init,
         generator=gen,
     )
     second = grow(
@@ -333,39 +397,75 @@ def _grow_twice(model: Transformer, gen: torch.Generator | None) -> ExpansionRec
         d_model=c.d_model + 6,
         n_layers=n + 3,
         hidden_factor_at="readers",  # after a growth with the factor on the gains
+        init=init,
         generator=gen,
     )
     return first.then(second)
 
 
-def _layers_first(model: Transformer, gen: torch.Generator | None) -> ExpansionRecord:
+def _layers_first(
+    model: Transformer, gen: torch.Generator | None, init: Any = "zero"
+) -> ExpansionRecord:
     """New layers at 0 and 2 first (so they are widened later), hidden size grown twice."""
     c = model.config
-    record = add_layers(model, c.n_layers + 2, positions=[0, 2], generator=gen)
-    record = record.then(expand_hidden(model, c.d_model + 3, factor_at="gains", generator=gen))
-    record = record.then(expand_qk(model, 2 * c.d_qk, generator=gen))
-    record = record.then(add_heads(model, c.n_heads + c.kv_heads, generator=gen))
-    record = record.then(expand_kv_heads(model, model.config.kv_heads + 1, generator=gen))
-    record = record.then(expand_hidden(model, c.d_model + 6, factor_at="gains", generator=gen))
-    record = record.then(expand_value(model, c.d_v + 3, generator=gen))
-    return record.then(expand_mlp(model, 2 * c.d_mlp + 1, generator=gen))
+    record = add_layers(model, c.n_layers + 2, positions=[0, 2], generator=gen, init=init)
+    record = record.then(
+        expand_hidden(model, c.d_model + 3, factor_at="gains", generator=gen, init=init)
+    )
+    record = record.then(expand_qk(model, 2 * c.d_qk, generator=gen, init=init))
+    record = record.then(add_heads(model, c.n_heads + c.kv_heads, generator=gen, init=init))
+    record = record.then(
+        expand_kv_heads(model, model.config.kv_heads + 1, generator=gen, init=init)
+    )
+    record = record.then(
+        expand_hidden(model, c.d_model + 6, factor_at="gains", generator=gen, init=init)
+    )
+    record = record.then(expand_value(model, c.d_v + 3, generator=gen, init=init))
+    return record.then(expand_mlp(model, 2 * c.d_mlp + 1, generator=gen, init=init))
 
 
-def _hidden_first(model: Transformer, gen: torch.Generator | None) -> ExpansionRecord:
+def _hidden_first(
+    model: Transformer, gen: torch.Generator | None, init: Any = "zero"
+) -> ExpansionRecord:
     """Hidden first (factor on the readers) and last (on the gains), layers interleaved in
     the middle."""
     c = model.config
-    record = expand_hidden(model, c.d_model + 6, factor_at="readers", generator=gen)
-    record = record.then(expand_mlp(model, 2 * c.d_mlp + 1, generator=gen))
+    record = expand_hidden(model, c.d_model + 6, factor_at="readers", generator=gen, init=init)
+    record = record.then(expand_mlp(model, 2 * c.d_mlp + 1, generator=gen, init=init))
     record = record.then(
-        add_layers(model, 2 * c.n_layers + 1, positions="interleave", generator=gen)
+        add_layers(model, 2 * c.n_layers + 1, positions="interleave", generator=gen, init=init)
     )
-    record = record.then(expand_value(model, c.d_v + 3, generator=gen))
-    record = record.then(expand_kv_heads(model, c.kv_heads + 2, generator=gen))
+    record = record.then(expand_value(model, c.d_v + 3, generator=gen, init=init))
+    record = record.then(expand_kv_heads(model, c.kv_heads + 2, generator=gen, init=init))
     grown = model.config
-    record = record.then(add_heads(model, grown.n_heads + grown.kv_heads, generator=gen))
-    record = record.then(expand_qk(model, c.d_qk + 2, generator=gen))
-    return record.then(expand_hidden(model, c.d_model + 9, factor_at="gains", generator=gen))
+    record = record.then(add_heads(model, grown.n_heads + grown.kv_heads, generator=gen, init=init))
+    record = record.then(expand_qk(model, c.d_qk + 2, generator=gen, init=init))
+    return record.then(
+        expand_hidden(model, c.d_model + 9, factor_at="gains", generator=gen, init=init)
+    )
+
+
+def _mixed_inits(
+    model: Transformer, gen: torch.Generator | None, init: Any = "zero"
+) -> ExpansionRecord:
+    """Zero blocks and copies in turn (``init`` says which comes first): copies of fresh
+    entries, fresh entries beside copies, each expansion twice."""
+    other: Any = "split" if init == "zero" else "zero"
+    record = _grow_all_readers(model, gen, init)
+    c = model.config
+    return record.then(
+        grow(
+            model,
+            d_mlp=c.d_mlp + 3,
+            n_heads=c.n_heads + c.kv_heads,
+            d_v=c.d_v + 1,
+            d_qk=c.d_qk + 2,
+            d_model=c.d_model + 5,
+            n_layers=c.n_layers + 1,
+            init=other,
+            generator=gen,
+        )
+    )
 
 
 COMPOSITIONS: dict[str, Composition] = {
@@ -374,4 +474,5 @@ COMPOSITIONS: dict[str, Composition] = {
     "grow-twice": _grow_twice,
     "layers-first-hidden-twice": _layers_first,
     "hidden-first-and-last": _hidden_first,
+    "mixed-inits": _mixed_inits,
 }

@@ -195,3 +195,18 @@ def test_bad_hidden_factor_placement_raises_and_changes_nothing(value: Any) -> N
     with pytest.raises(ValueError, match=rf"hidden_factor_at={re.escape(repr(value))}"):
         grow(model, d_mlp=11, d_model=13, hidden_factor_at=value)
     assert_unchanged(model, before_call)
+
+
+@pytest.mark.parametrize("value", ["foo", "Split", None, 0])
+@pytest.mark.parametrize("case", EXPANSIONS, ids=repr)
+def test_bad_init_raises_naming_it_and_changes_nothing(case: ExpansionCase, value: Any) -> None:
+    model = make_model(tiny_config())
+    before_call = capture(model)
+    match = rf"init={re.escape(repr(value))}: use one of \['zero', 'split'\]"
+    with pytest.raises(ValueError, match=match):
+        case.fn(model, case.target(model.config), init=value)
+    assert_unchanged(model, before_call)
+    with pytest.raises(ValueError, match=match):
+        sizes: dict[str, Any] = {"d_mlp": 11, case.dim: case.target(model.config)}
+        grow(model, **sizes, init=value)
+    assert_unchanged(model, before_call)

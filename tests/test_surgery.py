@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from expansion_table import ALL_CASES, BLOCK_VARIANTS, COMPOSITIONS, ExpansionCase
+from torch.testing import assert_close
 
 from progrow import (
     ExpansionRecord,
@@ -55,6 +56,20 @@ EXPANSIONS: dict[str, Grow] = {
         d_model=13,
         n_layers=4,
         layer_positions="interleave",
+        generator=g,
+    ),
+    "d_mlp-split": lambda m, g: expand_mlp(m, 9, init="split", generator=g),
+    "d_model-split": lambda m, g: expand_hidden(m, 13, init="split", generator=g),
+    "all-split": lambda m, g: grow(
+        m,
+        d_mlp=9,
+        n_heads=4,
+        d_v=5,
+        d_qk=5,
+        d_model=13,
+        n_layers=4,
+        layer_positions="interleave",
+        init="split",
         generator=g,
     ),
 }
@@ -147,6 +162,8 @@ def test_surgery_carries_state_and_resumes_exactly(expansion: str, opt_name: str
     record = check_surgery(model, opt, opt_name, EXPANSIONS[expansion])
     if expansion in ("d_qk", "d_model", "d_model-gains", "all"):
         assert any(c.factor != 1.0 for c in record.changes.values())
+    if expansion.endswith("split"):
+        assert any(c.twins is not None for c in record.changes.values())
 
 
 # The new blocks (gate, biases, GQA's KV heads, RoPE's key layout) and the n_kv_heads
@@ -207,6 +224,17 @@ def check_surgery(
                 assert torch.equal(change.take(value), before[change.old_name][key] * scale)
                 is_new = torch.ones_like(value, dtype=torch.bool)
                 is_new[change.positions()] = False
+                if change.twins is not None:  # twins: their source's moments, own factor
+                    twins = change.twins
+                    src = before[change.old_name][key][
+                        torch.meshgrid(*[s.clamp(min=0) for s in twins.source], indexing="ij")
+                    ]
+                    factor = twins.factor.expand(change.new_shape)
+                    expected = src / factor**2 if key in SQUARES else src / factor
+                    is_twin = is_new & twins.derived()
+                    expected = expected.to(value.dtype)
+                    assert_close(value[is_twin], expected[is_twin], rtol=1e-6, atol=0)
+                    is_new &= ~is_twin
                 assert not value[is_new].any(), (name, key)
 
     # Exact resume: a fresh grown model and optimizer loading the saved states.

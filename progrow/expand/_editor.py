@@ -13,22 +13,31 @@ import torch
 from torch import Tensor, nn
 
 from progrow.config import TransformerConfig
-from progrow.expand.plan import expanded_config
+from progrow.expand.plan import Init, expanded_config
 from progrow.model import Attention, RMSNorm, Transformer, fresh_init
-from progrow.record import ExpansionRecord, Index, ParamChange, identity_index
+from progrow.record import (
+    ExpansionRecord,
+    Index,
+    ParamChange,
+    Twins,
+    gather_factor,
+    identity_index,
+)
 
 Fill = Literal["zero", "fresh"] | float
 
 
-def check_target(model: Transformer, dim: str, value: object) -> TransformerConfig | None:
+def check_target(
+    model: Transformer, dim: str, value: object, init: Init = "zero"
+) -> TransformerConfig | None:
     """Validate a target size for ``dim``: the grown config, or None for the current size.
 
-    Raises ``ValueError`` naming the dimension and the value (see
-    :func:`progrow.expand.plan.expanded_config`).
+    Raises ``ValueError`` naming the dimension and the value, or ``init`` and its value
+    (see :func:`progrow.expand.plan.expanded_config`).
     """
     if not isinstance(model, Transformer):
         raise TypeError(f"expected a progrow.Transformer, got {type(model).__name__}")
-    new_config = expanded_config(model.config, dim, value)
+    new_config = expanded_config(model.config, dim, value, init)
     return None if new_config == model.config else new_config
 
 
@@ -98,6 +107,25 @@ class Editor:
         change = ParamChange(name, name, old_shape, new_shape, index, factor)
         out[change.positions(out.device)] = old * factor
         self.staged[name] = out
+        self.changes[name] = change
+
+    def split(self, name: str, index: Index, source: Index, factor: Tensor | float) -> None:
+        """Stage ``name`` grown by copies: along every dimension new position ``p`` holds
+        old position ``source[d][p]`` (all >= 0), every entry times ``factor``
+        (broadcastable to the new shape); the old entries sit at ``index``."""
+        old = self.params[name].detach()
+        scale = torch.as_tensor(factor, dtype=torch.float64)
+        if scale.dim() == 0:
+            scale = scale.view(*[1] * old.dim())
+        scale = scale.to(old.dtype)  # the record holds what was applied, bit for bit
+        twins = Twins(source, scale)
+        assert bool(twins.derived().all()), f"{name}: a split copies every new entry"
+        old_factor = gather_factor(scale, index)
+        if isinstance(old_factor, Tensor) and old_factor.numel() == 1:
+            old_factor = float(old_factor)
+        new_shape = tuple(src.numel() for src in source)
+        change = ParamChange(name, name, tuple(old.shape), new_shape, index, old_factor, twins)
+        self.staged[name] = twins.values(old).contiguous()
         self.changes[name] = change
 
     def commit(self) -> ExpansionRecord:

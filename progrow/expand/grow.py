@@ -10,7 +10,7 @@ import torch
 from progrow.config import GROWABLE_DIMS
 from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt, check_factor_at, expand_hidden
 from progrow.expand.layers import Positions, add_layers, new_layer_positions
-from progrow.expand.plan import grown_config, pins_kv_heads
+from progrow.expand.plan import Init, check_init, grown_config, pins_kv_heads
 from progrow.expand.widths import add_heads, expand_kv_heads, expand_mlp, expand_qk, expand_value
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord
@@ -52,6 +52,7 @@ def grow(
     n_layers: int | None = None,
     layer_positions: Positions = "append",
     hidden_factor_at: FactorAt = DEFAULT_FACTOR_AT,
+    init: Init = "zero",
     generator: torch.Generator | None = None,
     **unknown: Any,
 ) -> ExpansionRecord:
@@ -71,6 +72,8 @@ def grow(
     ``hidden_factor_at`` is :func:`expand_hidden`'s ``factor_at``: where the hidden
     expansion puts its ``sqrt(h / h')`` factor ("readers", the default, or "gains", the
     paper's).
+    ``init`` is every expansion's: "zero" (zero blocks, the paper's) or "split" (exact
+    copies with split outgoing weights, no zero block).
 
     Example:
         >>> from progrow import Transformer, TransformerConfig
@@ -83,7 +86,7 @@ def grow(
         raise ValueError(
             f"grow() got unknown dimension(s) {sorted(unknown)}; the growable dimensions "
             f"are {list(GROWABLE_DIMS)} (other keywords: layer_positions, hidden_factor_at, "
-            "generator)"
+            "init, generator)"
         )
     if not isinstance(model, Transformer):
         raise TypeError(f"expected a progrow.Transformer, got {type(model).__name__}")
@@ -98,7 +101,8 @@ def grow(
     )
     todo = {dim: value for dim, value in targets.items() if value is not None}
     factor_at: FactorAt = check_factor_at(hidden_factor_at, "hidden_factor_at")
-    grown_config(model.config, todo)  # validates every target, in order
+    init = check_init(init)
+    grown_config(model.config, todo, init)  # validates every target, in order
     if "n_layers" in todo and todo["n_layers"] != model.config.n_layers:
         new_layer_positions(model.config.n_layers, todo["n_layers"], layer_positions)
     pin = pins_kv_heads(model.config, todo)
@@ -108,7 +112,7 @@ def grow(
             record = record.then(_pin_kv_heads(model))
         if dim not in todo:
             continue
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"init": init}
         if dim == "n_layers":
             kwargs["positions"] = layer_positions
         elif dim == "d_model":

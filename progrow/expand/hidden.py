@@ -8,6 +8,8 @@ from typing import Literal, get_args
 import torch
 
 from progrow.expand._editor import Editor, Fill, check_target
+from progrow.expand.plan import Init
+from progrow.expand.split import split_hidden
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord
 
@@ -42,6 +44,7 @@ def expand_hidden(
     d_model: int,
     *,
     factor_at: FactorAt = DEFAULT_FACTOR_AT,
+    init: Init = "zero",
     generator: torch.Generator | None = None,
 ) -> ExpansionRecord:
     """Grow the hidden size from ``h`` to ``d_model``, in place.
@@ -88,6 +91,16 @@ def expand_hidden(
     optimizer surgery divides the moments of those entries by ``a`` (first) and ``a**2``
     (second), as if the optimizer had trained in the new parametrization.
 
+    ``init="split"``: no zero block. ``d_model - h`` coordinates (spread evenly) are each
+    split in ``m`` copies of ``x/sqrt(m)`` (two for a growth below 2x): every writer
+    (embeddings, W_O and W2 rows and their biases) writes ``1/sqrt(m)`` of the old value
+    into each copy, which keeps the sum of squares and so RMSNorm with the same eps rule;
+    norm gains are copied to the twins; each reader's columns of the copies are the old
+    column times ``sqrt(m) * w`` with random positive ``w`` summing to one per row (per
+    entry noise around ``1/m``), and times ``sqrt(h / d_model)`` with ``factor_at=
+    "readers"``. Coordinates not split carry the factor exactly as above. A tied
+    embedding reads its own ``x/sqrt(m)`` columns exactly and needs no split.
+
     LayerNorm models are refused: LayerNorm subtracts the mean over all coordinates, and
     the mean of ``[x, 0]`` differs from the mean of ``x``.
 
@@ -104,7 +117,7 @@ def expand_hidden(
         0.866
     """
     check_factor_at(factor_at)
-    new_cfg = check_target(model, "d_model", d_model)
+    new_cfg = check_target(model, "d_model", d_model, init)
     if new_cfg is None:
         return ExpansionRecord(model.config, model.config, expansions=("d_model",))
     cfg = model.config
@@ -112,6 +125,9 @@ def expand_hidden(
     a = math.sqrt(h / new_h)
     on_gains = factor_at == "gains"
     editor = Editor(model, new_cfg, "d_model", generator)
+    if init == "split":
+        split_hidden(editor, cfg, new_h, on_gains)
+        return editor.commit()
 
     def widen(name: str, fill: Fill, h_axis: int, factor: float = 1.0) -> None:
         # h is the columns (axis 1) of embeddings and of readers, the rows (axis 0) of

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Literal
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from progrow.config import TransformerConfig
 from progrow.expand._editor import check_target, sync_modules
+from progrow.expand.plan import Init
 from progrow.model import Block, Transformer, fresh_init
 from progrow.record import ExpansionRecord, ParamChange, identity_index
 
@@ -70,11 +72,34 @@ def _new_block(
     return block.to(device=like.device, dtype=like.dtype)
 
 
+def _copied_block(source: nn.Module) -> nn.Module:
+    # A copy of an existing block, its writes into the residual stream zeroed.
+    block = copy.deepcopy(source)
+    with torch.no_grad():
+        for name, param in block.named_parameters():
+            if name in _ZERO_IN_NEW_BLOCK:
+                param.zero_()
+    return block
+
+
+def _copy_sources(n_old: int, new_idx: list[int]) -> dict[int, int]:
+    """For each new block, the old block it copies: the nearest old block below it in the
+    grown stack, or the first old block for new blocks at the bottom."""
+    out, old_seen, new_set = {}, -1, set(new_idx)
+    for i in range(n_old + len(new_idx)):
+        if i in new_set:
+            out[i] = max(old_seen, 0)
+        else:
+            old_seen += 1
+    return out
+
+
 def add_layers(
     model: Transformer,
     n_layers: int,
     *,
     positions: Positions = "append",
+    init: Init = "zero",
     generator: torch.Generator | None = None,
 ) -> ExpansionRecord:
     """Insert blocks until there are ``n_layers``, in place.
@@ -86,11 +111,18 @@ def add_layers(
     Blocks after an insertion point are renamed (``blocks.1`` becomes ``blocks.2``); the
     record lists those renames so optimizer state follows its parameter.
 
+    ``init="split"``: each new block is a copy of the old block below it (of the first
+    old block for new blocks at the bottom) with its W_O, W2 and their biases zero: the
+    identity as well, but its attention and MLP start as trained ones. Its parameters
+    are new to the optimizer (zero moments): its inputs get no gradient until its
+    outputs have moved, so its source's moments would not describe them.
+
     Args:
         model: the model to grow.
         n_layers: the new number of blocks.
         positions: ``"append"`` (default), ``"interleave"``, or the indices of the new
             blocks in the grown stack.
+        init: ``"zero"`` (fresh blocks, default) or ``"split"`` (copied blocks).
         generator: source of the fresh values (default: torch's global RNG).
 
     Example:
@@ -100,13 +132,17 @@ def add_layers(
         >>> sorted({name.split(".")[1] for name in record.new})
         ['1', '3']
     """
-    new_cfg = check_target(model, "n_layers", n_layers)
+    new_cfg = check_target(model, "n_layers", n_layers, init)
     if new_cfg is None:
         return ExpansionRecord(model.config, model.config, expansions=("n_layers",))
     cfg = model.config
     new_idx = new_layer_positions(cfg.n_layers, n_layers, positions)
     like = model.tok_emb.weight
-    fresh = {i: _new_block(new_cfg, like, generator) for i in new_idx}
+    if init == "split":
+        sources = _copy_sources(cfg.n_layers, new_idx)
+        fresh = {i: _copied_block(model.blocks[j]) for i, j in sources.items()}
+    else:
+        fresh = {i: _new_block(new_cfg, like, generator) for i in new_idx}
     old_blocks = iter(enumerate(model.blocks))
     order: list[nn.Module] = []
     changes: dict[str, ParamChange] = {}

@@ -9,7 +9,7 @@ each stage will produce).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -17,14 +17,57 @@ from torch import Tensor
 from progrow.config import GROWABLE_DIMS, TransformerConfig, check_positive_int
 from progrow.model import rope_inv_freq
 
+#: How an expansion fills its new entries: "zero" (new blocks zero on one side, fresh on
+#: the other) or "split" (copies of old entries, their outgoing weights split).
+Init = Literal["zero", "split"]
+INITS: tuple[str, ...] = get_args(Init)
 
-def expanded_config(config: TransformerConfig, dim: str, value: Any) -> TransformerConfig:
+
+def check_init(value: object, field: str = "init") -> Init:
+    """``value`` if it is a known way of filling new entries ("zero" or "split").
+
+    Raises:
+        ValueError: naming ``field`` and the value, for anything else.
+
+    Example:
+        >>> check_init("split")
+        'split'
+    """
+    if not isinstance(value, str) or value not in INITS:
+        raise ValueError(f"{field}={value!r}: use one of {list(INITS)}")
+    return value  # type: ignore[return-value]  # checked against Init's values
+
+
+def spread_sources(n_old: int, n_new: int) -> Tensor:
+    """Which old unit each of ``n_new`` units holds when ``n_old`` grow by copies.
+
+    The old units keep their places (``0 .. n_old-1``); the added ones copy old units
+    spread evenly over them (every old unit once before any twice), so that growing RoPE
+    pairs copies frequencies from the whole table, not only its start.
+
+    Example:
+        >>> spread_sources(4, 7).tolist()
+        [0, 1, 2, 3, 0, 1, 2]
+        >>> spread_sources(4, 6).tolist()
+        [0, 1, 2, 3, 0, 2]
+    """
+    added = torch.arange(n_new - n_old)
+    copies = added % n_old if n_new - n_old > n_old else added * n_old // (n_new - n_old)
+    return torch.cat([torch.arange(n_old), copies])
+
+
+def expanded_config(
+    config: TransformerConfig, dim: str, value: Any, init: Init = "zero"
+) -> TransformerConfig:
     """The config after growing ``dim`` to ``value`` (``config`` itself for an equal size).
 
     Raises ``ValueError`` naming the dimension and the value for a non-integer, a size
     below the current one, a hidden expansion of a LayerNorm model, a query-head count
-    that the KV heads cannot group, or an odd key/query size under RoPE.
+    that the KV heads cannot group, or an odd key/query size under RoPE; naming ``init``
+    for an unknown way of filling new entries. ``init`` decides the RoPE frequency table
+    of a key/query growth (see :func:`rope_layout` and :func:`rope_split_layout`).
     """
+    check_init(init)
     if dim not in GROWABLE_DIMS:
         raise ValueError(f"unknown dimension {dim!r}; the growable ones are {list(GROWABLE_DIMS)}")
     check_positive_int(dim, value)
@@ -50,7 +93,8 @@ def expanded_config(config: TransformerConfig, dim: str, value: Any) -> Transfor
     if dim == "d_qk" and config.positions == "rope":
         if value % 2:
             raise ValueError(f"d_qk={value} must be even with positions='rope'")
-        return config.replace(d_qk=value, rope_inv_freq=rope_layout(config, value)[1])
+        layout = rope_layout if init == "zero" else rope_split_layout
+        return config.replace(d_qk=value, rope_inv_freq=layout(config, value)[1])
     return config.replace(**{dim: value})
 
 
@@ -81,11 +125,14 @@ def pins_kv_heads(config: TransformerConfig, sizes: Mapping[str, int]) -> bool:
     return heads > max(kv, config.n_heads)
 
 
-def grown_config(config: TransformerConfig, sizes: Mapping[str, int]) -> TransformerConfig:
-    """The config that ``grow(model, **sizes)`` produces from a model of ``config``.
+def grown_config(
+    config: TransformerConfig, sizes: Mapping[str, int], init: Init = "zero"
+) -> TransformerConfig:
+    """The config that ``grow(model, **sizes, init=init)`` produces from a model of ``config``.
 
     Validates every target on the way (``ValueError`` naming the dimension and value).
     """
+    check_init(init)
     unknown = sorted(set(sizes) - set(GROWABLE_DIMS))
     if unknown:
         raise ValueError(
@@ -95,7 +142,7 @@ def grown_config(config: TransformerConfig, sizes: Mapping[str, int]) -> Transfo
         if dim == "n_heads" and pins_kv_heads(config, sizes):
             config = config.replace(n_kv_heads=config.n_heads)
         if dim in sizes:
-            config = expanded_config(config, dim, sizes[dim])
+            config = expanded_config(config, dim, sizes[dim], init)
     return config
 
 
@@ -128,3 +175,23 @@ def rope_layout(config: TransformerConfig, d_qk: int) -> tuple[Tensor, tuple[flo
         new = rope_inv_freq(config.replace(d_qk=d_qk, rope_inv_freq=None)).tolist()
         table = tuple(old + new[half:new_half])
     return torch.cat([pairs, pairs + new_half]), table
+
+
+def rope_split_layout(config: TransformerConfig, d_qk: int) -> tuple[Tensor, tuple[float, ...]]:
+    """Which old entry each entry of a head of ``d_qk`` copies when key/query pairs grow
+    by copies under RoPE (``init="split"``), and the grown frequency table.
+
+    A copied entry must rotate with its source, so whole pairs are copied: old pair ``i``
+    keeps its index, new pair ``j`` copies old pair ``spread_sources(k/2, d_qk/2)[j]`` and
+    its frequency, which the config stores (``rope_inv_freq``).
+
+    Example:
+        >>> from progrow import TransformerConfig
+        >>> source, table = rope_split_layout(TransformerConfig(d_qk=4, positions="rope"), 6)
+        >>> source.tolist(), len(table), table[2] == table[0]
+        ([0, 1, 0, 2, 3, 2], 3, True)
+    """
+    half = config.d_qk // 2
+    pairs = spread_sources(half, d_qk // 2)
+    old = rope_inv_freq(config).tolist()
+    return torch.cat([pairs, pairs + half]), tuple(old[p] for p in pairs.tolist())

@@ -16,7 +16,8 @@ from torch import Tensor
 
 from progrow.config import TransformerConfig
 from progrow.expand._editor import Editor, Fill, blocked_index, check_target
-from progrow.expand.plan import rope_layout
+from progrow.expand.plan import Init, rope_layout, spread_sources
+from progrow.expand.split import split_heads, split_mlp, split_qk, split_value
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord
 
@@ -53,7 +54,11 @@ def _cols(editor: Editor, name: str, new_cols: int, cols: Tensor | None = None) 
 
 
 def expand_mlp(
-    model: Transformer, d_mlp: int, *, generator: torch.Generator | None = None
+    model: Transformer,
+    d_mlp: int,
+    *,
+    init: Init = "zero",
+    generator: torch.Generator | None = None,
 ) -> ExpansionRecord:
     """Grow every block's MLP from ``p`` to ``d_mlp`` hidden units, in place.
 
@@ -70,6 +75,11 @@ def expand_mlp(
     sides never moves. With only W2 zero, W2 gets a gradient at once (``act(g) * u`` is
     nonzero) and gate and up as soon as W2 has moved.
 
+    ``init="split"``: every new unit copies an old one (its W1 row, bias and gate row;
+    sources spread evenly) and W2's columns of a unit and its copies are multiplied by
+    random positive weights summing to one (near 1/2 each for one copy): the same
+    function, no zero block, and the twins differ from the first step.
+
     Example:
         >>> from progrow import Transformer, TransformerConfig
         >>> model = Transformer(TransformerConfig(d_model=8, d_mlp=16))
@@ -77,10 +87,13 @@ def expand_mlp(
         >>> model.config.d_mlp, record.changes["blocks.0.mlp.fc.weight"].new_shape
         (24, (24, 8))
     """
-    new_cfg = check_target(model, "d_mlp", d_mlp)
+    new_cfg = check_target(model, "d_mlp", d_mlp, init)
     if new_cfg is None:
         return _noop(model, "d_mlp")
     editor = Editor(model, new_cfg, "d_mlp", generator)
+    if init == "split":
+        split_mlp(editor, model.config, d_mlp)
+        return editor.commit()
     for i in range(model.config.n_layers):
         pre = f"blocks.{i}.mlp."
         _rows(editor, pre + "fc", d_mlp, "fresh")
@@ -105,7 +118,11 @@ def _append_heads(editor: Editor, cfg: TransformerConfig, n_heads: int, n_kv: in
 
 
 def expand_kv_heads(
-    model: Transformer, n_kv_heads: int, *, generator: torch.Generator | None = None
+    model: Transformer,
+    n_kv_heads: int,
+    *,
+    init: Init = "zero",
+    generator: torch.Generator | None = None,
 ) -> ExpansionRecord:
     """Add key/value heads, each with its own group of query heads, in place.
 
@@ -117,6 +134,10 @@ def expand_kv_heads(
     ``n_kv_heads=None`` (one KV head per query head) keeps it so: this is then the same as
     :func:`add_heads`.
 
+    ``init="split"``: each new KV head copies an old one (sources spread evenly) with its
+    whole group of query heads, and W_O's columns of every copied query head and its
+    copy are split by random positive weights summing to one.
+
     Example:
         >>> from progrow import Transformer, TransformerConfig
         >>> cfg = TransformerConfig(d_model=8, n_heads=4, n_kv_heads=2, d_qk=4, d_v=4)
@@ -125,16 +146,30 @@ def expand_kv_heads(
         >>> model.config.n_heads, model.config.n_kv_heads
         (6, 3)
     """
-    new_cfg = check_target(model, "n_kv_heads", n_kv_heads)
+    new_cfg = check_target(model, "n_kv_heads", n_kv_heads, init)
     if new_cfg is None:
         return _noop(model, "n_kv_heads")
+    cfg = model.config
     editor = Editor(model, new_cfg, "n_kv_heads", generator)
-    _append_heads(editor, model.config, new_cfg.n_heads, new_cfg.kv_heads)
+    if init == "split" and cfg.n_kv_heads is None:
+        heads = spread_sources(cfg.n_heads, new_cfg.n_heads)
+        split_heads(editor, cfg, heads, torch.arange(cfg.n_heads), heads)
+    elif init == "split":
+        kv_heads = spread_sources(cfg.kv_heads, new_cfg.kv_heads)
+        new = torch.arange(new_cfg.n_heads)  # query head -> its KV head's copy of a group
+        heads = kv_heads[new // cfg.kv_group] * cfg.kv_group + new % cfg.kv_group
+        split_heads(editor, cfg, heads, torch.arange(cfg.n_heads), kv_heads)
+    else:
+        _append_heads(editor, cfg, new_cfg.n_heads, new_cfg.kv_heads)
     return editor.commit()
 
 
 def add_heads(
-    model: Transformer, n_heads: int, *, generator: torch.Generator | None = None
+    model: Transformer,
+    n_heads: int,
+    *,
+    init: Init = "zero",
+    generator: torch.Generator | None = None,
 ) -> ExpansionRecord:
     """Add query heads to every block until there are ``n_heads``, in place.
 
@@ -149,6 +184,11 @@ def add_heads(
       ``(e // g) * g' + e % g`` and the new heads of group ``j`` take its last ``g' - g``
       places; the record's index says where every old query row and W_O column went.
 
+    ``init="split"``: each new head copies an old one (under grouped-query attention one
+    of its own group, so it reads the same KV head; otherwise with its WK and WV), and
+    W_O's columns of a head and its copies are split by random positive weights summing
+    to one.
+
     Example:
         >>> from progrow import Transformer, TransformerConfig
         >>> model = Transformer(TransformerConfig(d_model=8, n_heads=2, d_qk=4, d_v=4))
@@ -156,17 +196,26 @@ def add_heads(
         >>> model.blocks[0].attn.q.weight.shape
         torch.Size([12, 8])
     """
-    new_cfg = check_target(model, "n_heads", n_heads)
+    new_cfg = check_target(model, "n_heads", n_heads, init)
     if new_cfg is None:
         return _noop(model, "n_heads")
     cfg = model.config
     editor = Editor(model, new_cfg, "n_heads", generator)
     if cfg.n_kv_heads is None:
-        _append_heads(editor, cfg, n_heads, n_heads)
+        if init == "split":
+            heads = spread_sources(cfg.n_heads, n_heads)
+            split_heads(editor, cfg, heads, torch.arange(cfg.n_heads), heads)
+        else:
+            _append_heads(editor, cfg, n_heads, n_heads)
         return editor.commit()
     g, new_g = cfg.kv_group, n_heads // cfg.n_kv_heads
     old = torch.arange(cfg.n_heads)
     at = (old // g) * new_g + old % g  # old query head -> its place in the grown group
+    if init == "split":  # new heads of a group copy heads of the same group
+        new = torch.arange(n_heads)
+        heads = (new // new_g) * g + spread_sources(g, new_g)[new % new_g]
+        split_heads(editor, cfg, heads, at, None)
+        return editor.commit()
     q_rows = blocked_index(cfg.n_heads, cfg.d_qk, cfg.d_qk, block_at=at)
     o_cols = blocked_index(cfg.n_heads, cfg.d_v, cfg.d_v, block_at=at)
     for i in range(cfg.n_layers):
@@ -177,7 +226,11 @@ def add_heads(
 
 
 def expand_value(
-    model: Transformer, d_v: int, *, generator: torch.Generator | None = None
+    model: Transformer,
+    d_v: int,
+    *,
+    init: Init = "zero",
+    generator: torch.Generator | None = None,
 ) -> ExpansionRecord:
     """Grow every head's value size from ``v`` to ``d_v``, in place.
 
@@ -187,6 +240,10 @@ def expand_value(
     W_O ``n_heads``; a query head's new value entries come from its KV head's new columns
     and meet zero rows of W_O.
 
+    ``init="split"``: each KV head's new value entries copy old ones of its own (WV rows
+    and bias), and W_O's rows of an entry and its copies are split by random positive
+    weights summing to one, drawn for each query head.
+
     Example:
         >>> from progrow import Transformer, TransformerConfig
         >>> model = Transformer(TransformerConfig(d_model=8, n_heads=2, d_v=3))
@@ -194,12 +251,15 @@ def expand_value(
         >>> model.blocks[0].attn.o.weight.shape
         torch.Size([8, 10])
     """
-    new_cfg = check_target(model, "d_v", d_v)
+    new_cfg = check_target(model, "d_v", d_v, init)
     if new_cfg is None:
         return _noop(model, "d_v")
     cfg = model.config
     e, kv = cfg.n_heads, cfg.kv_heads
     editor = Editor(model, new_cfg, "d_v", generator)
+    if init == "split":
+        split_value(editor, cfg, d_v)
+        return editor.commit()
     for i in range(cfg.n_layers):
         pre = f"blocks.{i}.attn."
         _rows(editor, pre + "v", kv * d_v, "fresh", blocked_index(kv, cfg.d_v, d_v))
@@ -208,7 +268,11 @@ def expand_value(
 
 
 def expand_qk(
-    model: Transformer, d_qk: int, *, generator: torch.Generator | None = None
+    model: Transformer,
+    d_qk: int,
+    *,
+    init: Init = "zero",
+    generator: torch.Generator | None = None,
 ) -> ExpansionRecord:
     """Grow every head's key/query size from ``k`` to ``d_qk``, in place.
 
@@ -229,6 +293,14 @@ def expand_qk(
     to any score whatever their frequency; rotations are linear, so scaling keys by
     ``sqrt(d_qk / k)`` scales the rotated keys alike.
 
+    ``init="split"``: each head's new entries copy old ones, and an entry's query and key
+    and those of its copies are multiplied by ``sqrt(w)`` with random positive ``w``
+    summing to one (the keys also by ``sqrt(d_qk / k)``), so the products ``q_j k_j`` sum
+    to the old one. Under RoPE whole pairs are copied, each new pair with its source's
+    frequency; the config then stores the table (``rope_inv_freq``; see
+    :func:`progrow.expand.plan.rope_split_layout`), which Hugging Face's Llama cannot
+    express.
+
     Example:
         >>> from progrow import Transformer, TransformerConfig
         >>> model = Transformer(TransformerConfig(d_model=8, n_heads=2, d_qk=4))
@@ -236,7 +308,7 @@ def expand_qk(
         >>> record.changes["blocks.0.attn.k.weight"].factor
         1.5
     """
-    new_cfg = check_target(model, "d_qk", d_qk)
+    new_cfg = check_target(model, "d_qk", d_qk, init)
     if new_cfg is None:
         return _noop(model, "d_qk")
     cfg = model.config
@@ -246,6 +318,9 @@ def expand_qk(
     k_rows = blocked_index(cfg.kv_heads, k, d_qk, within=within)
     factor = math.sqrt(d_qk / k)
     editor = Editor(model, new_cfg, "d_qk", generator)
+    if init == "split":
+        split_qk(editor, cfg, d_qk)
+        return editor.commit()
     for i in range(cfg.n_layers):
         pre = f"blocks.{i}.attn."
         _rows(editor, pre + "q", cfg.n_heads * d_qk, "fresh", q_rows)
