@@ -120,7 +120,8 @@ def grown_vs_fresh(
         a,
         **big,
         layer_positions="interleave",
-        hidden_factor_at="readers",
+        hidden_factor_at="readers",  # the defaults, named: **big's ints would type-clash
+        qk_factor_at="keys",
         init="zero",
         generator=torch.Generator().manual_seed(1),
     )

@@ -25,10 +25,12 @@ from torch import Tensor, nn
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.events import GrowthEvent, events_from_dicts
-from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt, check_factor_at
+from progrow.expand.hidden import FactorAt, check_factor_at
 from progrow.expand.layers import Positions
+from progrow.expand.widths import QkFactorAt, check_qk_factor_at
 from progrow.model import Transformer
-from progrow.schedule import saved_placement, stage_seed
+from progrow.placement import BY_KEY, saved_placement
+from progrow.schedule import stage_seed
 from progrow.surgery import NewMoments, grow_with_optimizers, param_names
 
 #: Where progrow keeps its entry in a checkpoint (architecture, optimizer names, totals).
@@ -165,6 +167,7 @@ def grow_checkpoint(
     *,
     layer_positions: Positions = "append",
     hidden_factor_at: FactorAt | None = None,
+    qk_factor_at: QkFactorAt | None = None,
     seed: int = 0,
     stage: int | None = None,
     probe_batch: Tensor | None = None,
@@ -182,6 +185,9 @@ def grow_checkpoint(
             checkpoint's own schedule places stage ``stage`` if that stage grows the
             hidden size (a list saved before placements were written: "gains", the
             default then), else "readers".
+        qk_factor_at: where a ``d_qk`` growth puts its ``sqrt(d_qk' / k)`` factor, "keys",
+            "queries" or "shared" (see :func:`progrow.expand_qk`); ``None``: as the
+            checkpoint's own stage places it (older lists: "keys"), else "keys".
         seed: the run's seed (``GrowthCallback(seed=...)``, the app's ``seed``).
         stage: stage index for the seed of the new values; default: the number of growth
             events already in the checkpoint (the next stage of the run).
@@ -209,6 +215,8 @@ def grow_checkpoint(
     todo = check_sizes(config, sizes)
     if hidden_factor_at is not None:
         check_factor_at(hidden_factor_at, "hidden_factor_at")
+    if qk_factor_at is not None:
+        check_qk_factor_at(qk_factor_at, "qk_factor_at")
     entry = dict(checkpoint[CHECKPOINT_KEY])
     prefix = f"{model_attr}." if model_attr else ""
     holder = _load_model(checkpoint["state_dict"], config, prefix)
@@ -219,9 +227,13 @@ def grow_checkpoint(
     growth_state = dict(callbacks.get(CALLBACK_KEY, {"events": [], "schedule": []}))
     events = events_from_dicts(growth_state.get("events"))
     index = len(events) if stage is None else stage
-    if hidden_factor_at is None:  # the run's own placement for this stage, if it had one
-        saved = saved_placement(growth_state.get("schedule") or [], index)
-        hidden_factor_at = saved or DEFAULT_FACTOR_AT
+    given = {"hidden_factor_at": hidden_factor_at, "qk_factor_at": qk_factor_at}
+    placed = {  # unset: the run's own placement for this stage, if it had one
+        key: value
+        or saved_placement(growth_state.get("schedule") or [], index, key)
+        or BY_KEY[key].default
+        for key, value in given.items()
+    }
 
     loss_before = None if probe_batch is None else _probe_loss(model, probe_batch)
     started = time.perf_counter()
@@ -232,7 +244,8 @@ def grow_checkpoint(
         optimizers,
         todo,
         layer_positions=layer_positions,
-        hidden_factor_at=hidden_factor_at,
+        hidden_factor_at=placed["hidden_factor_at"],  # type: ignore[arg-type]  # checked
+        qk_factor_at=placed["qk_factor_at"],  # type: ignore[arg-type]  # checked
         generator=torch.Generator().manual_seed(stage_seed(seed, index)),
         new_moments=new_moments,
     )

@@ -8,45 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig, check_positive_int
-from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt, check_factor_at
+from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt
+from progrow.expand.widths import DEFAULT_QK_FACTOR_AT, QkFactorAt
+from progrow.placement import BY_KEY, PLACEMENT_KEYS, PLACEMENTS
 
-_STAGE_KEYS = ("step", *GROWABLE_DIMS, "layer_positions", "hidden_factor_at")
-
-#: What a saved hidden-size stage without ``hidden_factor_at`` meant: lists were written
-#: without the key when it equalled the default, and the default was then "gains".
-LEGACY_FACTOR_AT: FactorAt = "gains"
-
-
-def saved_stages(stages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """A stage list as a checkpoint stored it, with every hidden-size stage's placement
-    explicit: a stage that grows ``d_model`` without ``hidden_factor_at`` was written
-    before the placement was always written, and means :data:`LEGACY_FACTOR_AT`.
-
-    Lists written now (:meth:`GrowthSchedule.to_list`) come back unchanged.
-
-    Example:
-        >>> saved_stages([{"step": 5, "d_model": 64}, {"step": 9, "d_mlp": 256}])
-        [{'step': 5, 'd_model': 64, 'hidden_factor_at': 'gains'}, {'step': 9, 'd_mlp': 256}]
-    """
-    return [
-        {**stage, "hidden_factor_at": LEGACY_FACTOR_AT}
-        if stage.get("d_model") is not None and "hidden_factor_at" not in stage
-        else dict(stage)
-        for stage in stages
-    ]
-
-
-def is_legacy_list(stages: Iterable[Mapping[str, Any]]) -> bool:
-    """Whether a saved stage list grows the hidden size somewhere without saying where the
-    factor went (it was written before the placement was always written).
-
-    Example:
-        >>> is_legacy_list([{"step": 5, "d_model": 64}])
-        True
-        >>> is_legacy_list([{"step": 5, "d_model": 64, "hidden_factor_at": "readers"}])
-        False
-    """
-    return any(s.get("d_model") is not None and "hidden_factor_at" not in s for s in stages)
+_STAGE_KEYS = ("step", *GROWABLE_DIMS, "layer_positions", *PLACEMENT_KEYS)
 
 
 def stage_seed(seed: int, stage_index: int) -> int:
@@ -59,42 +25,6 @@ def stage_seed(seed: int, stage_index: int) -> int:
     """
     digest = hashlib.sha256(f"progrow-growth/{seed}/{stage_index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def saved_placement(stages: Iterable[Mapping[str, Any]], index: int) -> FactorAt | None:
-    """Where the saved list's stage ``index`` put the hidden factor (``None`` if there is
-    no such stage or it grows no hidden size); older lists read as :func:`saved_stages`.
-
-    Example:
-        >>> saved_placement([{"step": 5, "d_model": 64}], 0), saved_placement([], 0)
-        ('gains', None)
-    """
-    listed = saved_stages(stages)
-    if not 0 <= index < len(listed) or listed[index].get("d_model") is None:
-        return None
-    return check_factor_at(listed[index]["hidden_factor_at"], "hidden_factor_at")
-
-
-def placement_changes(
-    saved: Iterable[Mapping[str, Any]], schedule: GrowthSchedule
-) -> dict[int, str]:
-    """The hidden-size stages that ``schedule`` places differently from a saved list of
-    the same run, by stage index (older lists read as :func:`saved_stages`).
-
-    Example:
-        >>> placement_changes([{"step": 5, "d_model": 64}], GrowthSchedule([{"step": 5,
-        ...     "d_model": 64}]))
-        {0: "stage 0 (step 5): hidden_factor_at was 'gains', now 'readers'"}
-    """
-    changes = {}
-    for i, (old, stage) in enumerate(zip(saved_stages(saved), schedule, strict=False)):
-        was = old.get("hidden_factor_at")
-        if "d_model" in stage.sizes and was is not None and was != stage.hidden_factor_at:
-            changes[i] = (
-                f"stage {i} (step {stage.step}): hidden_factor_at was {was!r}, "
-                f"now {stage.hidden_factor_at!r}"
-            )
-    return changes
 
 
 @dataclass(frozen=True)
@@ -110,15 +40,20 @@ class GrowthStage:
     hidden_factor_at: FactorAt = DEFAULT_FACTOR_AT
     """Where a hidden-size growth puts its ``sqrt(h / h')`` factor: "readers" (the
     default) or "gains" (the paper's); see :func:`progrow.expand_hidden`."""
+    qk_factor_at: QkFactorAt = DEFAULT_QK_FACTOR_AT
+    """Where a key/query growth puts its ``sqrt(d_qk' / k)`` factor: "keys" (the default),
+    "queries" or "shared"; see :func:`progrow.expand_qk`."""
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"step": self.step, **self.sizes}
         if "n_layers" in self.sizes:
             lp = self.layer_positions
             out["layer_positions"] = lp if isinstance(lp, str) else list(lp)
-        if "d_model" in self.sizes:
-            # Always written: a saved list without it means the old default (saved_stages).
-            out["hidden_factor_at"] = self.hidden_factor_at
+        for p in PLACEMENTS:
+            if p.dim in self.sizes:
+                # Always written: a saved list without it means the old default
+                # (progrow.placement.saved_stages).
+                out[p.key] = getattr(self, p.key)
         return out
 
 
@@ -222,9 +157,10 @@ class GrowthSchedule:
     def to_list(self) -> list[dict[str, Any]]:
         """Plain form (for logs and checkpoints); ``GrowthSchedule(s.to_list())`` rebuilds it.
 
-        A stage that grows ``d_model`` always carries its ``hidden_factor_at``, so the list
-        means the same whatever the default; read lists saved by older versions with
-        :func:`saved_stages`.
+        A stage that grows ``d_model`` always carries its ``hidden_factor_at``, one that
+        grows ``d_qk`` its ``qk_factor_at``, so the list means the same whatever the
+        defaults; read lists saved by older versions with
+        :func:`progrow.placement.saved_stages`.
         """
         return [stage.as_dict() for stage in self.stages]
 
@@ -263,7 +199,7 @@ def _build_stage(
             f"growth stage {i}: layer_positions={positions!r}; use 'append', 'interleave' or "
             "a list of indices"
         )
-    factor_at = _factor_at(i, raw.pop("hidden_factor_at", None), raw.get("d_model"))
+    placed = {key: _placement(i, key, raw.pop(key, None), raw) for key in PLACEMENT_KEYS}
     sizes = {k: v for k, v in raw.items() if v is not None}
     if not sizes:
         raise ValueError(f"growth stage {i}: no target size given (one of {list(GROWABLE_DIMS)})")
@@ -276,21 +212,24 @@ def _build_stage(
         step=step,
         sizes=sizes,
         layer_positions=cast(Any, positions),
-        hidden_factor_at=factor_at,
+        hidden_factor_at=cast(FactorAt, placed["hidden_factor_at"]),
+        qk_factor_at=cast(QkFactorAt, placed["qk_factor_at"]),
     )
 
 
-def _factor_at(i: int, value: Any, d_model: Any) -> FactorAt:
+def _placement(i: int, key: str, value: Any, sizes: Mapping[str, Any]) -> str:
+    """Stage ``i``'s placement ``key``: ``value`` checked, or the default."""
+    p = BY_KEY[key]
     if value is None:
-        return DEFAULT_FACTOR_AT
-    if d_model is None:
+        return p.default
+    if sizes.get(p.dim) is None:
         raise ValueError(
-            f"growth stage {i}: hidden_factor_at={value!r} given without d_model (it places "
-            "the hidden growth's factor, and this stage grows no hidden size); add d_model "
+            f"growth stage {i}: {key}={value!r} given without {p.dim} (it places the "
+            f"{p.dim} growth's factor, and this stage does not grow {p.dim}); add {p.dim} "
             "or drop it"
         )
     try:
-        return check_factor_at(value, "hidden_factor_at")
+        return p.check(value, key)
     except ValueError as err:
         raise ValueError(f"growth stage {i}: {err}") from None
 

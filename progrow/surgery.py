@@ -39,6 +39,7 @@ from progrow.expand import grow
 from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt
 from progrow.expand.layers import Positions
 from progrow.expand.plan import Init
+from progrow.expand.widths import DEFAULT_QK_FACTOR_AT, QkFactorAt
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord, ParamChange
 
@@ -122,6 +123,7 @@ def grow_with_optimizers(
     layer_positions: Positions = "append",
     hidden_factor_at: FactorAt = DEFAULT_FACTOR_AT,
     init: Init = "zero",
+    qk_factor_at: QkFactorAt = DEFAULT_QK_FACTOR_AT,
     generator: torch.Generator | None = None,
     new_moments: NewMoments = "zero",
     group_for_new: GroupForNew | None = None,
@@ -135,7 +137,8 @@ def grow_with_optimizers(
     :func:`update_optimizer` per optimizer with the record's names made relative to
     ``module``. Returns the record (names relative to ``model``).
 
-    ``layer_positions``, ``hidden_factor_at`` and ``init`` go to :func:`progrow.grow`.
+    ``layer_positions``, ``hidden_factor_at``, ``qk_factor_at`` and ``init`` go to
+    :func:`progrow.grow`.
     ``group_for_new`` and ``param_order`` go to every :func:`update_optimizer` call.
     Without them, ``layout(module)``, called once the module has grown, gives per
     optimizer the groups it must end with (:func:`layout_options`), e.g. the names of the
@@ -157,6 +160,7 @@ def grow_with_optimizers(
         layer_positions=layer_positions,
         hidden_factor_at=hidden_factor_at,
         init=init,
+        qk_factor_at=qk_factor_at,
         generator=generator,
     )
     carry_optimizers(

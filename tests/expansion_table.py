@@ -177,6 +177,20 @@ QK_DOUBLE = ExpansionCase(
     lambda c: 2 * c.d_qk,  # an integer factor (RoPE: Hugging Face's table, interleaved)
     new_blocks=QK.new_blocks,
 )
+# The other placements of the key/query factor, each at a non-integer factor (RoPE: the
+# stored table) and at an integer one (RoPE: Hugging Face's default table).
+QK_PLACED: tuple[ExpansionCase, ...] = tuple(
+    ExpansionCase(
+        f"d_qk{suffix}-{place}",
+        expand_qk,
+        "d_qk",
+        target,
+        {"factor_at": place},
+        QK.new_blocks,
+    )
+    for place in ("queries", "shared")
+    for suffix, target in (("", QK.target), ("-x2", QK_DOUBLE.target))
+)
 HIDDEN = ExpansionCase(
     "d_model",
     expand_hidden,
@@ -241,6 +255,7 @@ SPLIT_CASES: tuple[ExpansionCase, ...] = (
     split(VALUE),
     split(QK),
     split(QK_DOUBLE),
+    *(split(case) for case in QK_PLACED),
     split(HIDDEN),
     split(HIDDEN_GAINS),
     ExpansionCase(
@@ -263,6 +278,7 @@ EXPANSIONS: tuple[ExpansionCase, ...] = (MLP, KV_HEADS, HEADS, VALUE, QK, HIDDEN
 ALL_CASES: tuple[ExpansionCase, ...] = (
     *EXPANSIONS,
     QK_DOUBLE,
+    *QK_PLACED,
     HIDDEN_GAINS,
     LAYERS_INTERLEAVE,
     LAYERS_EXPLICIT,

@@ -184,6 +184,19 @@ def test_block_layout_refusals_change_nothing(fn: Any, value: Any, sizes: Any, m
         GrowthSchedule([{"step": 1, **sizes}]).validate_for(model.config)
 
 
+@pytest.mark.parametrize("value", ["Keys", "values", None, 1])
+def test_bad_key_query_factor_placement_raises_and_changes_nothing(value: Any) -> None:
+    model = make_model(tiny_config())
+    before_call = capture(model)
+    with pytest.raises(ValueError, match=rf"factor_at={re.escape(repr(value))}.*shared"):
+        expand_qk(model, 5, factor_at=value)
+    assert_unchanged(model, before_call)
+    # Through grow(), with other targets that come first: nothing at all is applied.
+    with pytest.raises(ValueError, match=rf"qk_factor_at={re.escape(repr(value))}"):
+        grow(model, d_mlp=11, d_qk=5, qk_factor_at=value)
+    assert_unchanged(model, before_call)
+
+
 @pytest.mark.parametrize("value", ["Readers", "norms", None, 1])
 def test_bad_hidden_factor_placement_raises_and_changes_nothing(value: Any) -> None:
     model = make_model(tiny_config())

@@ -178,6 +178,14 @@ def test_loss_jump_raises_or_warns(cache: Path) -> None:
             [{"step": 3, "d_mlp": 20, "hidden_factor_at": "readers"}],
             r"stage 0: hidden_factor_at='readers' given without d_model",
         ),
+        (
+            [{"step": 3, "d_qk": 5, "qk_factor_at": "values"}],
+            r"stage 0: qk_factor_at='values': use one of \['keys', 'queries', 'shared'\]",
+        ),
+        (
+            [{"step": 3, "d_model": 12, "qk_factor_at": "shared"}],
+            r"stage 0: qk_factor_at='shared' given without d_qk",
+        ),
     ],
 )
 def test_bad_schedule_fails_when_built(stages: list[dict[str, Any]], match: str) -> None:
@@ -334,6 +342,39 @@ def test_stage_places_the_hidden_factor(cache: Path, factor_at: str) -> None:
     new_entries = rec.gains[2][8:]
     expected = (8 / 12) ** 0.5 if factor_at == "gains" else 1.0
     assert torch.equal(new_entries, torch.full_like(new_entries, expected))
+
+
+class QKRecorder(L.Callback):
+    """The first block's W_Q and W_K at the start of each batch (before or after a growth
+    callback's growth, depending on where it is listed)."""
+
+    def __init__(self) -> None:
+        self.weights: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+        attn = pl_module.model.blocks[0].attn
+        self.weights.append((attn.q.weight.detach().clone(), attn.k.weight.detach().clone()))
+
+
+_QK_FACTORS = {
+    "keys": (1.0, (5 / 3) ** 0.5),
+    "queries": ((5 / 3) ** 0.5, 1.0),
+    "shared": ((5 / 3) ** 0.25, (5 / 3) ** 0.25),
+}
+
+
+@pytest.mark.parametrize("factor_at", list(_QK_FACTORS))
+def test_stage_places_the_key_query_factor(cache: Path, factor_at: str) -> None:
+    """A stage's qk_factor_at reaches the expansion inside fit: the old W_Q and W_K rows
+    (2 heads, d_qk 3 -> 5: rows 0-2 and 5-7) come out times the placement's factors."""
+    before, after = QKRecorder(), QKRecorder()
+    cb = growth([{"step": 2, "d_qk": 5, "qk_factor_at": factor_at}])
+    trainer(3, [before, cb, after]).fit(lm_module(3), datamodule=datamodule(cache))
+    assert cb.schedule.to_list()[0]["qk_factor_at"] == factor_at  # always written
+    old_rows = torch.tensor([0, 1, 2, 5, 6, 7])
+    (old_q, old_k), (new_q, new_k) = before.weights[2], after.weights[2]
+    q, k = _QK_FACTORS[factor_at]
+    assert torch.equal(new_q[old_rows], old_q * q) and torch.equal(new_k[old_rows], old_k * k)
 
 
 def test_resumed_placement_change_is_warned_for_stages_ahead() -> None:

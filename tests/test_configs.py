@@ -204,6 +204,11 @@ def test_unknown_group_option_names_it() -> None:
             r"growth\.stages.*layer_positions='interleave'.*n_layers",
         ),
         (["growth.hidden_factor_at=norms"], r"growth\.hidden_factor_at='norms'.*readers"),
+        (["growth.qk_factor_at=values"], r"growth\.qk_factor_at='values'.*shared"),
+        (
+            ["growth.stages=[{step:0.5,d_mlp:128,qk_factor_at:shared}]"],
+            r"growth\.stages.*stage 0: qk_factor_at='shared' given without d_qk",
+        ),
         (
             ["growth.stages=[{step:0.5,d_model:64,hidden_factor_at:Readers}]"],
             r"growth\.stages.*stage 0: hidden_factor_at='Readers'",
@@ -252,6 +257,51 @@ def test_growth_hidden_factor_at_places_every_hidden_stage(tmp_path: Path) -> No
     own = "growth.stages=[{step:0.2,d_model:48,hidden_factor_at:readers},{step:0.5,d_model:64}]"
     mixed = settings_of(compose_train("growth.hidden_factor_at=gains", own), tmp_path)
     assert [s.hidden_factor_at for s in mixed.growth.schedule] == ["readers", "gains"]
+
+
+def test_growth_qk_factor_at_places_every_key_query_stage(tmp_path: Path) -> None:
+    """growth.qk_factor_at reaches every stage that grows d_qk (all_six: stage 1) and only
+    those, written into the list; a stage's own key wins."""
+    default = settings_of(compose_train(), tmp_path).growth.schedule
+    assert [s.get("qk_factor_at") for s in default.to_list()] == [None, "keys", None]
+    shared = settings_of(compose_train("growth.qk_factor_at=shared"), tmp_path)
+    assert [s.get("qk_factor_at") for s in shared.growth.schedule.to_list()] == [
+        None,
+        "shared",
+        None,
+    ]
+    own = "growth.stages=[{step:0.2,d_qk:16,qk_factor_at:queries},{step:0.5,d_qk:24}]"
+    mixed = settings_of(compose_train("growth.qk_factor_at=shared", own), tmp_path)
+    assert [s.qk_factor_at for s in mixed.growth.schedule] == ["queries", "shared"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "hidden", "qk"),
+    [
+        ([], "gains", "keys"),  # unset: the placements of the day the list was written
+        (["growth.hidden_factor_at=readers"], "readers", "keys"),  # set: the launch's
+        (["growth.qk_factor_at=shared"], "gains", "shared"),
+    ],
+)
+def test_resume_keeps_the_placements_of_an_older_stage_list(
+    tmp_path: Path, overrides: list[str], hidden: str, qk: str
+) -> None:
+    """A checkpoint whose list grows d_model and d_qk without naming placements (written
+    when the defaults were the gains and the keys) resumes with those where the launch
+    leaves growth.hidden_factor_at / growth.qk_factor_at unset."""
+    from progrow.app.resume import with_run_placement
+
+    settings = settings_of(compose_train(*overrides), tmp_path)
+    old = [{k: v for k, v in s.items() if not k.endswith("_factor_at")}
+           for s in settings.growth.schedule.to_list()]  # fmt: skip
+    ckpt = tmp_path / "old.ckpt"
+    torch.save({"progrow_run": {"stages": old}}, ckpt)
+    resumed = with_run_placement(settings, str(ckpt)).growth.schedule
+    assert [s.hidden_factor_at for s in resumed if "d_model" in s.sizes] == [hidden, hidden]
+    assert [s.qk_factor_at for s in resumed if "d_qk" in s.sizes] == [qk]
+    now = tmp_path / "now.ckpt"  # a list written now: the launch's own placements
+    torch.save({"progrow_run": {"stages": settings.growth.schedule.to_list()}}, now)
+    assert with_run_placement(settings, str(now)) is settings
 
 
 def sbatch_overrides() -> list[str]:

@@ -276,10 +276,55 @@ def test_offline_growth_places_as_the_runs_own_stage(
     assert_bitwise_equal(states["old-readers"], states["new-readers"])  # explicit wins
     gain = "model.blocks.0.norm_attn.weight"
     assert not torch.equal(states["old-gains"][gain], states["new-readers"][gain])
+    # the same for the key/query factor: stage 1 grows d_qk, here on the queries
+    queries = [s if "d_qk" not in s else {**s, "qk_factor_at": "queries"} for s in schedule]
+    on_queries = {**ckpt, "callbacks": {"GrowthCallback": {"schedule": queries}}}
+    via_list = grow_checkpoint(on_queries, {"d_qk": 5}, stage=1)
+    explicit = grow_checkpoint(ckpt, {"d_qk": 5}, stage=1, qk_factor_at="queries")
+    keys = grow_checkpoint(ckpt, {"d_qk": 5}, stage=1)
+    assert_bitwise_equal(via_list["state_dict"], explicit["state_dict"])
+    q = "model.blocks.0.attn.q.weight"
+    assert not torch.equal(keys["state_dict"][q], explicit["state_dict"][q])
     # beyond the run's own schedule there is no run placement: the default
     beyond = grow_checkpoint(old, {"d_model": 14}, stage=5)
     readers = grow_checkpoint(old, {"d_model": 14}, stage=5, hidden_factor_at="readers")
     assert_bitwise_equal(beyond["state_dict"], readers["state_dict"])
+
+
+def test_command_line_places_the_key_query_factor(
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """--qk_factor_at: the old W_Q / W_K rows (2 heads, d_qk 3 -> 5: rows 0-2 and 5-7)
+    carry the placement's factors, and their first moments the inverse (as if Adam had
+    trained in the new parametrization); a bad placement is refused by the parser."""
+    ckpt_dir, _, _ = in_loop
+    src = ckpt_dir / "step=4.ckpt"  # d_qk 3, before the in-loop growth
+    old = load_checkpoint(src)
+    rows = torch.tensor([0, 1, 2, 5, 6, 7])
+    root = (5 / 3) ** 0.5
+    # Optimizer state is numbered in the optimizer's order (its groups), which
+    # the progrow entry lists by name.
+    names = [n for group in old["progrow"]["optimizer_params"][0] for n in group]
+    for place, factors in {
+        "keys": (1.0, root),
+        "queries": (root, 1.0),
+        "shared": (root**0.5, root**0.5),
+    }.items():
+        out = tmp_path / f"{place}.ckpt"
+        argv = [str(src), "--d_qk", "5", "--qk_factor_at", place, "-o", str(out)]
+        assert grow_main(argv) == 0
+        grown = load_checkpoint(out)
+        for proj, factor in zip(("q", "k"), factors, strict=True):
+            name = f"model.blocks.0.attn.{proj}.weight"
+            new, was = grown["state_dict"][name][rows], old["state_dict"][name]
+            assert torch.allclose(new, was * factor, rtol=1e-6, atol=0), (place, proj)
+            index = names.index(name)  # the same in both: d_qk adds no parameter
+            moment = grown["optimizer_states"][0]["state"][index]["exp_avg"][rows]
+            saved = old["optimizer_states"][0]["state"][index]["exp_avg"]
+            assert torch.allclose(moment, saved / factor, rtol=1e-6, atol=0), (place, proj)
+    argv = [str(src), "--d_qk", "5", "--qk_factor_at", "values", "-o", str(tmp_path / "x")]
+    with pytest.raises(SystemExit):
+        grow_main(argv)
 
 
 def test_command_line_places_the_hidden_factor(

@@ -4,6 +4,7 @@ parameter is accounted for, and composed records (grow, ``then``) are equally ri
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -127,6 +128,30 @@ def test_key_factor_and_attention_scale() -> None:
     for i in range(model.config.n_layers):
         assert record.changes[f"blocks.{i}.attn.k.weight"].factor == math.sqrt(5 / 3)
         assert record.changes[f"blocks.{i}.attn.q.weight"].factor == 1.0
+
+
+_ROOT = math.sqrt(5 / 3)
+
+
+@pytest.mark.parametrize(
+    ("factor_at", "q", "k"),
+    [
+        ("keys", 1.0, _ROOT),
+        ("queries", _ROOT, 1.0),
+        ("shared", (5 / 3) ** 0.25, (5 / 3) ** 0.25),
+    ],
+)
+@pytest.mark.parametrize("variant", ["gpt2-rms", "gated-biases-rope-gqa"])
+def test_key_query_factor_placements(factor_at: Any, q: float, k: float, variant: str) -> None:
+    """Each placement's factors on the old query and key rows, weights and biases
+    (attn_bias) alike, in every layer; their product is sqrt(d_qk'/k). Learned positions
+    with d_qk 3 -> 5, and RoPE under GQA with 6 -> 10 (the stored-table layout)."""
+    model = make_model(tiny_config(**BLOCK_VARIANTS[variant]))
+    record = expand_qk(model, model.config.d_qk * 5 // 3, factor_at=factor_at, generator=gen())
+    assert q * k == pytest.approx(_ROOT, rel=1e-15)
+    for i in range(model.config.n_layers):
+        for suffix, factor in (("q.weight", q), ("q.bias", q), ("k.weight", k), ("k.bias", k)):
+            assert record.changes[f"blocks.{i}.attn.{suffix}"].factor == factor, suffix
 
 
 @pytest.mark.parametrize("final_norm", [True, False])

@@ -44,6 +44,8 @@ EXPANSIONS: dict[str, Grow] = {
     "n_heads": lambda m, g: add_heads(m, 4, generator=g),
     "d_v": lambda m, g: expand_value(m, 5, generator=g),
     "d_qk": lambda m, g: expand_qk(m, 5, generator=g),
+    "d_qk-queries": lambda m, g: expand_qk(m, 5, factor_at="queries", generator=g),
+    "d_qk-shared": lambda m, g: expand_qk(m, 5, factor_at="shared", generator=g),
     "d_model": lambda m, g: expand_hidden(m, 13, generator=g),
     "d_model-gains": lambda m, g: expand_hidden(m, 13, factor_at="gains", generator=g),
     "n_layers": lambda m, g: add_layers(m, 4, positions="interleave", generator=g),
@@ -160,7 +162,7 @@ def test_surgery_carries_state_and_resumes_exactly(expansion: str, opt_name: str
         pytest.skip("fused AdamW is not available on this CPU build")
     model, opt = trained(opt_name)
     record = check_surgery(model, opt, opt_name, EXPANSIONS[expansion])
-    if expansion in ("d_qk", "d_model", "d_model-gains", "all"):
+    if expansion in ("d_qk", "d_qk-queries", "d_qk-shared", "d_model", "d_model-gains", "all"):
         assert any(c.factor != 1.0 for c in record.changes.values())
     if expansion.endswith("split"):
         assert any(c.twins is not None for c in record.changes.values())

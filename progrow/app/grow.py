@@ -23,6 +23,7 @@ import torch
 
 from progrow.config import GROWABLE_DIMS
 from progrow.expand.hidden import FACTOR_PLACEMENTS
+from progrow.expand.widths import QK_FACTOR_PLACEMENTS
 from progrow.offline import grow_family
 
 
@@ -89,6 +90,13 @@ def parser() -> argparse.ArgumentParser:
         help="where a --d_model growth puts its sqrt(h/h') factor (default: as the "
         "checkpoint's schedule places that stage, else readers)",
     )
+    p.add_argument(
+        "--qk_factor_at",
+        choices=QK_FACTOR_PLACEMENTS,
+        default=None,
+        help="where a --d_qk growth puts its sqrt(d_qk'/k) factor (default: as the "
+        "checkpoint's schedule places that stage, else keys)",
+    )
     p.add_argument("--branch", type=_branch, action="append", default=[], metavar="NAME:SIZES")
     p.add_argument("-o", "--out", required=True, help="output file (a folder with --branch)")
     p.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
@@ -123,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             branches,
             layer_positions=args.layer_positions,
             hidden_factor_at=args.hidden_factor_at,
+            qk_factor_at=args.qk_factor_at,
             seed=args.seed,
             stage=args.stage,
             probe_batch=probe,

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from progrow.app.settings import ConfigError, RunSettings
 from progrow.config import TransformerConfig
-from progrow.schedule import LEGACY_FACTOR_AT, is_legacy_list, saved_stages
+from progrow.placement import BY_KEY, saved_stages, unnamed_placements
 
 #: Checkpoint key of the run identity.
 RUN_KEY = "progrow_run"
@@ -110,19 +110,25 @@ def check_resume(ckpt_path: str, identity: dict[str, Any], allow_changes: bool) 
 def with_run_placement(settings: RunSettings, ckpt_path: str) -> RunSettings:
     """``settings`` to resume ``ckpt_path`` with, placed as the checkpoint's run was.
 
-    A checkpoint whose stage list grows the hidden size without naming the placement was
-    written when the default placement was :data:`~progrow.schedule.LEGACY_FACTOR_AT`; if
-    this launch leaves ``growth.hidden_factor_at`` unset, that stays the run's default,
-    so the run resumes exactly as before (a stage's own key still wins, and an explicit
-    ``growth.hidden_factor_at`` is compared like any other change by :func:`check_resume`).
+    A checkpoint whose stage list grows ``d_model`` (``d_qk``) without naming the
+    placement was written when the default was the gains (the keys): see
+    :mod:`progrow.placement`. If this launch leaves ``growth.hidden_factor_at``
+    (``growth.qk_factor_at``) unset, that stays the run's default, so the run resumes
+    exactly as before (a stage's own key still wins, and an explicit setting is compared
+    like any other change by :func:`check_resume`).
     """
     growth = settings.raw.get("growth") or {}
     saved = saved_identity(ckpt_path)
-    if growth.get("hidden_factor_at") is not None or saved is None:
+    if saved is None:
         return settings
-    if not is_legacy_list(saved.get("stages") or []):
+    keep = {
+        key: BY_KEY[key].legacy
+        for key in unnamed_placements(saved.get("stages") or [])
+        if growth.get(key) is None
+    }
+    if not keep:
         return settings
-    raw = {**settings.raw, "growth": {**growth, "hidden_factor_at": LEGACY_FACTOR_AT}}
+    raw = {**settings.raw, "growth": {**growth, **keep}}
     return RunSettings.from_config(OmegaConf.create(raw))
 
 

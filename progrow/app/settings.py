@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig
-from progrow.expand.hidden import DEFAULT_FACTOR_AT, check_factor_at
+from progrow.placement import PLACEMENTS, Placement
 from progrow.schedule import GrowthSchedule
 
 #: Keys of ``cfg.growth`` that are GrowthCallback options (the rest: ``name``, ``stages``).
@@ -239,17 +239,11 @@ def _optional_path(key: str, value: Any) -> Path | None:
 def _growth(section: dict[str, Any], max_steps: int) -> GrowthSettings:
     stages = section.pop("stages", None) or []
     name = schedule_label(str(section.pop("name", CUSTOM_SCHEDULE)), stages)
-    factor_at = section.pop("hidden_factor_at", None)
+    placements = {p.key: _run_placement(p, section.pop(p.key, None)) for p in PLACEMENTS}
     _check_keys("growth", section, set(GROWTH_OPTIONS))
     if not isinstance(stages, list):
         raise ConfigError(f"growth.stages={stages!r}: must be a list of stages")
-    if factor_at is None:  # unset: the default (a resumed run's own: resume.py)
-        factor_at = DEFAULT_FACTOR_AT
-    try:
-        check_factor_at(factor_at, "growth.hidden_factor_at")
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    stages = [_place_hidden_factor(stage, factor_at) for stage in stages]
+    stages = [_place_factors(stage, placements) for stage in stages]
     try:
         schedule = GrowthSchedule(stages, max_steps=max_steps)
     except ValueError as err:
@@ -257,12 +251,24 @@ def _growth(section: dict[str, Any], max_steps: int) -> GrowthSettings:
     return GrowthSettings(name=name, schedule=schedule, options=section)
 
 
-def _place_hidden_factor(stage: Any, factor_at: str) -> Any:
-    """``stage`` with ``growth.hidden_factor_at`` as its placement if it grows the hidden
-    size and sets none of its own (a stage's own key wins)."""
-    if not isinstance(stage, dict) or stage.get("d_model") is None:
+def _run_placement(placement: Placement, value: Any) -> str:
+    """``growth.<key>`` checked; unset, the default (a resumed run's own: resume.py)."""
+    if value is None:
+        return placement.default
+    try:
+        return placement.check(value, f"growth.{placement.key}")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _place_factors(stage: Any, placements: dict[str, str]) -> Any:
+    """``stage`` with the run's placements (``growth.hidden_factor_at``,
+    ``growth.qk_factor_at``) on the dimensions it grows, where it sets none of its own (a
+    stage's own key wins)."""
+    if not isinstance(stage, dict):
         return stage
-    return {"hidden_factor_at": factor_at, **stage}
+    run = {p.key: placements[p.key] for p in PLACEMENTS if stage.get(p.dim) is not None}
+    return {**run, **stage}
 
 
 def schedule_label(name: str, stages: Any, conf_dir: Path = CONF_DIR) -> str:

@@ -9,12 +9,22 @@ from progrow.expand.grow import GROW_ORDER, grow
 from progrow.expand.hidden import FACTOR_PLACEMENTS, FactorAt, expand_hidden
 from progrow.expand.layers import add_layers, new_layer_positions
 from progrow.expand.plan import expanded_config, grown_config
-from progrow.expand.widths import add_heads, expand_kv_heads, expand_mlp, expand_qk, expand_value
+from progrow.expand.widths import (
+    QK_FACTOR_PLACEMENTS,
+    QkFactorAt,
+    add_heads,
+    expand_kv_heads,
+    expand_mlp,
+    expand_qk,
+    expand_value,
+)
 
 __all__ = [
     "FACTOR_PLACEMENTS",
     "GROW_ORDER",
+    "QK_FACTOR_PLACEMENTS",
     "FactorAt",
+    "QkFactorAt",
     "add_heads",
     "add_layers",
     "expand_hidden",

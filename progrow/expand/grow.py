@@ -11,7 +11,16 @@ from progrow.config import GROWABLE_DIMS
 from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt, check_factor_at, expand_hidden
 from progrow.expand.layers import Positions, add_layers, new_layer_positions
 from progrow.expand.plan import Init, check_init, grown_config, pins_kv_heads
-from progrow.expand.widths import add_heads, expand_kv_heads, expand_mlp, expand_qk, expand_value
+from progrow.expand.widths import (
+    DEFAULT_QK_FACTOR_AT,
+    QkFactorAt,
+    add_heads,
+    check_qk_factor_at,
+    expand_kv_heads,
+    expand_mlp,
+    expand_qk,
+    expand_value,
+)
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord
 
@@ -53,6 +62,7 @@ def grow(
     layer_positions: Positions = "append",
     hidden_factor_at: FactorAt = DEFAULT_FACTOR_AT,
     init: Init = "zero",
+    qk_factor_at: QkFactorAt = DEFAULT_QK_FACTOR_AT,
     generator: torch.Generator | None = None,
     **unknown: Any,
 ) -> ExpansionRecord:
@@ -71,7 +81,8 @@ def grow(
 
     ``hidden_factor_at`` is :func:`expand_hidden`'s ``factor_at``: where the hidden
     expansion puts its ``sqrt(h / h')`` factor ("readers", the default, or "gains", the
-    paper's).
+    paper's); ``qk_factor_at`` is :func:`expand_qk`'s: where the key/query expansion puts
+    its ``sqrt(d_qk' / k)`` ("keys", "queries" or "shared").
     ``init`` is every expansion's: "zero" (zero blocks, the paper's) or "split" (exact
     copies with split outgoing weights, no zero block).
 
@@ -86,7 +97,7 @@ def grow(
         raise ValueError(
             f"grow() got unknown dimension(s) {sorted(unknown)}; the growable dimensions "
             f"are {list(GROWABLE_DIMS)} (other keywords: layer_positions, hidden_factor_at, "
-            "init, generator)"
+            "qk_factor_at, init, generator)"
         )
     if not isinstance(model, Transformer):
         raise TypeError(f"expected a progrow.Transformer, got {type(model).__name__}")
@@ -101,6 +112,7 @@ def grow(
     )
     todo = {dim: value for dim, value in targets.items() if value is not None}
     factor_at: FactorAt = check_factor_at(hidden_factor_at, "hidden_factor_at")
+    qk_at: QkFactorAt = check_qk_factor_at(qk_factor_at, "qk_factor_at")
     init = check_init(init)
     grown_config(model.config, todo, init)  # validates every target, in order
     if "n_layers" in todo and todo["n_layers"] != model.config.n_layers:
@@ -117,6 +129,8 @@ def grow(
             kwargs["positions"] = layer_positions
         elif dim == "d_model":
             kwargs["factor_at"] = factor_at
+        elif dim == "d_qk":
+            kwargs["factor_at"] = qk_at
         step = expansion(model, todo[dim], generator=generator, **kwargs)
         record = record.then(step)
     return record

@@ -132,10 +132,14 @@ def split_value(editor: Editor, cfg: TransformerConfig, d_v: int) -> None:
         _copy_cols(editor, pre + "o", blocked_index(e, v, d_v), o_source, w)
 
 
-def split_qk(editor: Editor, cfg: TransformerConfig, d_qk: int) -> None:
+def split_qk(
+    editor: Editor, cfg: TransformerConfig, d_qk: int, factors: tuple[float, float]
+) -> None:
     """Every head's new key/query entries copy old ones (under RoPE whole rotation pairs,
     with their frequency); the query and key of an entry and its copies are multiplied by
-    ``sqrt(w)`` (keys also by ``sqrt(d_qk / k)``), so their products sum to the old one."""
+    ``sqrt(w)``, and by ``factors`` (query, key; their product ``sqrt(d_qk / k)``, placed
+    as :func:`progrow.expand.widths.qk_factors` says), so their products sum to the old
+    one."""
     k, kv, group = cfg.d_qk, cfg.kv_heads, cfg.kv_group
     rope = cfg.positions == "rope"
     if rope:
@@ -146,7 +150,7 @@ def split_qk(editor: Editor, cfg: TransformerConfig, d_qk: int) -> None:
     else:
         within = spread_sources(k, d_qk)
         old_at, units = torch.arange(k), within
-    scale = math.sqrt(d_qk / k)
+    q_scale, k_scale = factors
     q_index = blocked_index(cfg.n_heads, k, d_qk, within=old_at)
     q_source = block_source(torch.arange(cfg.n_heads), k, within)
     k_index = blocked_index(kv, k, d_qk, within=old_at)
@@ -157,9 +161,9 @@ def split_qk(editor: Editor, cfg: TransformerConfig, d_qk: int) -> None:
         if rope:
             w = torch.cat([w, w], dim=1)  # both entries of a pair share its weight
         # Query heads of a group pair with their KV head's entries: the same weights.
-        q_w = w.repeat_interleave(group, dim=0).reshape(-1).sqrt()
+        q_w = w.repeat_interleave(group, dim=0).reshape(-1).sqrt() * q_scale
         _copy_rows(editor, pre + "q", q_index, q_source, q_w)
-        _copy_rows(editor, pre + "k", k_index, k_source, w.reshape(-1).sqrt() * scale)
+        _copy_rows(editor, pre + "k", k_index, k_source, w.reshape(-1).sqrt() * k_scale)
 
 
 #: The weights of a block that read a normalized stream, by parameter-name suffix.

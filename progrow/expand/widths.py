@@ -10,6 +10,7 @@ a weight whose old outputs are rescaled is rescaled with them.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -20,6 +21,44 @@ from progrow.expand.plan import Init, rope_layout, spread_sources
 from progrow.expand.split import split_heads, split_mlp, split_qk, split_value
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord
+
+#: Where the key/query expansion puts its factor (see :func:`expand_qk`).
+QkFactorAt = Literal["keys", "queries", "shared"]
+QK_FACTOR_PLACEMENTS: tuple[str, ...] = get_args(QkFactorAt)
+#: The default placement of the key/query factor.
+DEFAULT_QK_FACTOR_AT: QkFactorAt = "keys"
+
+
+def check_qk_factor_at(value: object, field: str = "factor_at") -> QkFactorAt:
+    """``value`` if it is a valid placement of the key/query expansion's factor.
+
+    Raises:
+        ValueError: naming ``field`` and the value, for anything but "keys", "queries"
+            or "shared".
+
+    Example:
+        >>> check_qk_factor_at("shared")
+        'shared'
+    """
+    if not isinstance(value, str) or value not in QK_FACTOR_PLACEMENTS:
+        raise ValueError(f"{field}={value!r}: use one of {list(QK_FACTOR_PLACEMENTS)}")
+    return value  # type: ignore[return-value]  # checked against QkFactorAt's values
+
+
+def qk_factors(k: int, d_qk: int, factor_at: QkFactorAt) -> tuple[float, float]:
+    """The factors of the old (query, key) rows when ``k`` grows to ``d_qk``: their
+    product is ``sqrt(d_qk / k)``, which keeps ``Q K^T / sqrt(d_qk)`` equal to the old
+    ``Q K^T / sqrt(k)``.
+
+    Example:
+        >>> qk_factors(4, 16, "keys"), qk_factors(4, 16, "shared")
+        ((1.0, 2.0), (1.4142135623730951, 1.4142135623730951))
+    """
+    ratio = d_qk / k
+    if factor_at == "shared":
+        return ratio**0.25, ratio**0.25
+    whole = math.sqrt(ratio)
+    return (1.0, whole) if factor_at == "keys" else (whole, 1.0)
 
 
 def _noop(model: Transformer, expansion: str) -> ExpansionRecord:
@@ -272,16 +311,23 @@ def expand_qk(
     d_qk: int,
     *,
     init: Init = "zero",
+    factor_at: QkFactorAt = DEFAULT_QK_FACTOR_AT,
     generator: torch.Generator | None = None,
 ) -> ExpansionRecord:
     """Grow every head's key/query size from ``k`` to ``d_qk``, in place.
 
-    WQ gets fresh new columns, WK zero new columns, and the old WK is multiplied by
-    ``sqrt(d_qk / k)``: the attention scale is ``1/sqrt(d_qk)`` afterwards, and the
-    rescale keeps ``Q K^T / sqrt(d_qk)`` equal to the old ``Q K^T / sqrt(k)``. (Keys rather
-    than queries carry the factor; either works.) The record carries the factor so that
-    optimizer surgery can rescale WK's moments. With ``attn_bias`` the key bias is
-    rescaled with WK and its new entries are zero; the query bias's new entries are fresh.
+    WQ gets fresh new columns, WK zero new columns: the new coordinates add
+    ``q_new * 0`` to every score. The attention scale is ``1/sqrt(d_qk)`` afterwards, so
+    the old scores need a factor ``sqrt(d_qk / k)``, which keeps ``Q K^T / sqrt(d_qk)``
+    equal to the old ``Q K^T / sqrt(k)``. ``factor_at`` says where it goes:
+
+    * ``"keys"`` (the default): the old WK is multiplied by ``sqrt(d_qk / k)``;
+    * ``"queries"``: the old WQ is;
+    * ``"shared"``: the old WQ and WK are each multiplied by ``(d_qk / k) ** 0.25``.
+
+    With ``attn_bias`` a rescaled weight's bias is rescaled with it; the key bias's new
+    entries are zero, the query bias's fresh. The record carries the factor on every
+    rescaled tensor, so that optimizer surgery rescales their moments.
 
     RoPE: each old key/query pair must keep its rotation frequency (a rebuilt default
     table for ``d_qk`` would change them all). For ``d_qk = m * k`` with the default table,
@@ -290,14 +336,14 @@ def expand_qk(
     stays Hugging Face's layout. For other factors old pairs keep their indices and the
     config stores the frequency table (``rope_inv_freq``): see
     :func:`progrow.expand.plan.rope_layout`. New pairs have zero keys, so they add nothing
-    to any score whatever their frequency; rotations are linear, so scaling keys by
-    ``sqrt(d_qk / k)`` scales the rotated keys alike.
+    to any score whatever their frequency; rotations are linear, so scaling queries or
+    keys scales the rotated ones alike.
 
     ``init="split"``: each head's new entries copy old ones, and an entry's query and key
     and those of its copies are multiplied by ``sqrt(w)`` with random positive ``w``
-    summing to one (the keys also by ``sqrt(d_qk / k)``), so the products ``q_j k_j`` sum
-    to the old one. Under RoPE whole pairs are copied, each new pair with its source's
-    frequency; the config then stores the table (``rope_inv_freq``; see
+    summing to one (and by the factors ``factor_at`` places), so the products
+    ``q_j k_j`` sum to the old one. Under RoPE whole pairs are copied, each new pair with
+    its source's frequency; the config then stores the table (``rope_inv_freq``; see
     :func:`progrow.expand.plan.rope_split_layout`), which Hugging Face's Llama cannot
     express.
 
@@ -307,7 +353,11 @@ def expand_qk(
         >>> record = expand_qk(model, 9)
         >>> record.changes["blocks.0.attn.k.weight"].factor
         1.5
+        >>> record = expand_qk(model, 16, factor_at="queries")
+        >>> record.changes["blocks.0.attn.q.weight"].factor
+        1.3333333333333333
     """
+    check_qk_factor_at(factor_at)
     new_cfg = check_target(model, "d_qk", d_qk, init)
     if new_cfg is None:
         return _noop(model, "d_qk")
@@ -316,13 +366,13 @@ def expand_qk(
     within = rope_layout(cfg, d_qk)[0] if cfg.positions == "rope" else None
     q_rows = blocked_index(cfg.n_heads, k, d_qk, within=within)
     k_rows = blocked_index(cfg.kv_heads, k, d_qk, within=within)
-    factor = math.sqrt(d_qk / k)
+    q_factor, k_factor = qk_factors(k, d_qk, factor_at)
     editor = Editor(model, new_cfg, "d_qk", generator)
     if init == "split":
-        split_qk(editor, cfg, d_qk)
+        split_qk(editor, cfg, d_qk, (q_factor, k_factor))
         return editor.commit()
     for i in range(cfg.n_layers):
         pre = f"blocks.{i}.attn."
-        _rows(editor, pre + "q", cfg.n_heads * d_qk, "fresh", q_rows)
-        _rows(editor, pre + "k", cfg.kv_heads * d_qk, "zero", k_rows, factor)
+        _rows(editor, pre + "q", cfg.n_heads * d_qk, "fresh", q_rows, q_factor)
+        _rows(editor, pre + "k", cfg.kv_heads * d_qk, "zero", k_rows, k_factor)
     return editor.commit()

@@ -29,7 +29,8 @@ from torch import Tensor
 
 from progrow.events import GrowthEvent, events_from_dicts
 from progrow.model import Transformer
-from progrow.schedule import GrowthSchedule, GrowthStage, placement_changes, stage_seed
+from progrow.placement import placement_changes
+from progrow.schedule import GrowthSchedule, GrowthStage, stage_seed
 from progrow.surgery import (
     GroupForNew,
     NewMoments,
@@ -243,12 +244,12 @@ class GrowthCallback(L.Callback):
         # A run saved before the placement was always written grew with the factor on the
         # gains; a schedule built now defaults to the readers. Say so (for the stages still
         # ahead) rather than switch.
-        changes = placement_changes(state_dict.get("schedule") or [], self.schedule)
+        changes = placement_changes(state_dict.get("schedule") or [], self.schedule.to_list())
         done = {event.stage for event in self.events}
         for change in (text for i, text in changes.items() if i not in done):
             warnings.warn(
                 f"GrowthCallback: resuming a run whose {change}; pass the stage's "
-                "hidden_factor_at explicitly to continue it as it was",
+                "placement explicitly to continue it as it was",
                 stacklevel=2,
             )
 
@@ -349,6 +350,7 @@ class GrowthCallback(L.Callback):
         surgery: dict[str, Any] = {
             "layer_positions": stage.layer_positions,
             "hidden_factor_at": stage.hidden_factor_at,
+            "qk_factor_at": stage.qk_factor_at,
             "generator": generator,
             "new_moments": self.new_moments,
             "group_for_new": self.group_for_new,
