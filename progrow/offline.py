@@ -27,6 +27,7 @@ from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.events import GrowthEvent, events_from_dicts
 from progrow.expand.hidden import FactorAt, check_factor_at
 from progrow.expand.layers import Positions
+from progrow.expand.plan import Init, check_init
 from progrow.expand.widths import QkFactorAt, check_qk_factor_at
 from progrow.model import Transformer
 from progrow.placement import BY_KEY, saved_placement
@@ -168,6 +169,7 @@ def grow_checkpoint(
     layer_positions: Positions = "append",
     hidden_factor_at: FactorAt | None = None,
     qk_factor_at: QkFactorAt | None = None,
+    init: Init | None = None,
     seed: int = 0,
     stage: int | None = None,
     probe_batch: Tensor | None = None,
@@ -188,6 +190,8 @@ def grow_checkpoint(
         qk_factor_at: where a ``d_qk`` growth puts its ``sqrt(d_qk' / k)`` factor, "keys",
             "queries" or "shared" (see :func:`progrow.expand_qk`); ``None``: as the
             checkpoint's own stage places it (older lists: "keys"), else "keys".
+        init: how new entries are filled, "zero" or "split" (see :func:`progrow.grow`);
+            ``None``: as the checkpoint's own schedule fills stage ``stage``, else "zero".
         seed: the run's seed (``GrowthCallback(seed=...)``, the app's ``seed``).
         stage: stage index for the seed of the new values; default: the number of growth
             events already in the checkpoint (the next stage of the run).
@@ -217,6 +221,8 @@ def grow_checkpoint(
         check_factor_at(hidden_factor_at, "hidden_factor_at")
     if qk_factor_at is not None:
         check_qk_factor_at(qk_factor_at, "qk_factor_at")
+    if init is not None:
+        check_init(init)
     entry = dict(checkpoint[CHECKPOINT_KEY])
     prefix = f"{model_attr}." if model_attr else ""
     holder = _load_model(checkpoint["state_dict"], config, prefix)
@@ -234,6 +240,9 @@ def grow_checkpoint(
         or BY_KEY[key].default
         for key, value in given.items()
     }
+    if init is None:  # the run's own init for this stage, if it had one
+        listed = growth_state.get("schedule") or []
+        init = check_init(listed[index].get("init", "zero") if index < len(listed) else "zero")
 
     loss_before = None if probe_batch is None else _probe_loss(model, probe_batch)
     started = time.perf_counter()
@@ -246,6 +255,7 @@ def grow_checkpoint(
         layer_positions=layer_positions,
         hidden_factor_at=placed["hidden_factor_at"],  # type: ignore[arg-type]  # checked
         qk_factor_at=placed["qk_factor_at"],  # type: ignore[arg-type]  # checked
+        init=init,
         generator=torch.Generator().manual_seed(stage_seed(seed, index)),
         new_moments=new_moments,
     )

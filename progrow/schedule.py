@@ -9,10 +9,11 @@ from typing import Any, Literal, cast
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig, check_positive_int
 from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt
+from progrow.expand.plan import Init, check_init
 from progrow.expand.widths import DEFAULT_QK_FACTOR_AT, QkFactorAt
 from progrow.placement import BY_KEY, PLACEMENT_KEYS, PLACEMENTS
 
-_STAGE_KEYS = ("step", *GROWABLE_DIMS, "layer_positions", *PLACEMENT_KEYS)
+_STAGE_KEYS = ("step", *GROWABLE_DIMS, "layer_positions", *PLACEMENT_KEYS, "init")
 
 
 def stage_seed(seed: int, stage_index: int) -> int:
@@ -44,6 +45,10 @@ class GrowthStage:
     """Where a key/query growth puts its ``sqrt(d_qk' / k)`` factor: "keys" (the default),
     "queries" or "shared"; see :func:`progrow.expand_qk`."""
 
+    init: Init = "zero"
+    """How the stage fills new entries: "zero" (zero blocks) or "split" (exact copies
+    with split outgoing weights); see :func:`progrow.grow`."""
+
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"step": self.step, **self.sizes}
         if "n_layers" in self.sizes:
@@ -54,6 +59,8 @@ class GrowthStage:
                 # Always written: a saved list without it means the old default
                 # (progrow.placement.saved_stages).
                 out[p.key] = getattr(self, p.key)
+        if self.init != "zero":  # the default is left out: older lists match
+            out["init"] = self.init
         return out
 
 
@@ -143,7 +150,7 @@ class GrowthSchedule:
                     f"(max_steps={max_steps})"
                 )
             try:
-                grown = grown_config(config, stage.sizes)
+                grown = grown_config(config, stage.sizes, stage.init)
             except ValueError as err:
                 raise ValueError(f"growth stage {i}: {err}") from None
             if grown.n_layers > config.n_layers:
@@ -200,6 +207,10 @@ def _build_stage(
             "a list of indices"
         )
     placed = {key: _placement(i, key, raw.pop(key, None), raw) for key in PLACEMENT_KEYS}
+    try:
+        init = check_init(raw.pop("init", "zero"), "init")
+    except ValueError as err:
+        raise ValueError(f"growth stage {i}: {err}") from None
     sizes = {k: v for k, v in raw.items() if v is not None}
     if not sizes:
         raise ValueError(f"growth stage {i}: no target size given (one of {list(GROWABLE_DIMS)})")
@@ -214,6 +225,7 @@ def _build_stage(
         layer_positions=cast(Any, positions),
         hidden_factor_at=cast(FactorAt, placed["hidden_factor_at"]),
         qk_factor_at=cast(QkFactorAt, placed["qk_factor_at"]),
+        init=init,
     )
 
 

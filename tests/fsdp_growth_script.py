@@ -26,6 +26,8 @@ from lit_utils import TWO_STAGES, datamodule, growth, lm_module
 from progrow.offline import grow_checkpoint_file
 
 MAX_STEPS = 12  # stages at steps 4 and 8 (lit_utils.TWO_STAGES)
+#: The second stage grows by exact copies (init="split"): split values drawn under FSDP2.
+STAGES = [TWO_STAGES[0], {**TWO_STAGES[1], "init": "split"}]
 
 
 def full_params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -99,7 +101,7 @@ def fit(out: Path, name: str, *, distributed: bool, ckpt_path: Path | None = Non
         timeout=timedelta(seconds=60),  # a rank that never joins fails fast
     )
     before, after = BeforeGrowth(), AfterGrowth()
-    cb = growth()
+    cb = growth(STAGES)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=out / name, every_n_train_steps=2, save_top_k=-1, filename="{step}"
     )

@@ -186,6 +186,10 @@ def test_loss_jump_raises_or_warns(cache: Path) -> None:
             [{"step": 3, "d_model": 12, "qk_factor_at": "shared"}],
             r"stage 0: qk_factor_at='shared' given without d_qk",
         ),
+        (
+            [{"step": 3, "d_mlp": 20, "init": "copy"}],
+            r"stage 0: init='copy': use one of \['zero', 'split'\]",
+        ),
     ],
 )
 def test_bad_schedule_fails_when_built(stages: list[dict[str, Any]], match: str) -> None:
@@ -375,6 +379,34 @@ def test_stage_places_the_key_query_factor(cache: Path, factor_at: str) -> None:
     (old_q, old_k), (new_q, new_k) = before.weights[2], after.weights[2]
     q, k = _QK_FACTORS[factor_at]
     assert torch.equal(new_q[old_rows], old_q * q) and torch.equal(new_k[old_rows], old_k * k)
+
+
+class ProjRecorder(L.Callback):
+    """The first block's W2 (``mlp.proj.weight``) at each update, before the step."""
+
+    def __init__(self) -> None:
+        self.weights: list[torch.Tensor] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
+        self.weights.append(pl_module.model.blocks[0].mlp.proj.weight.detach().clone())
+
+
+@pytest.mark.parametrize("init", ["zero", "split"])
+def test_stage_init_reaches_the_expansion(cache: Path, init: str) -> None:
+    """A stage's init reaches the expansion inside fit (the loss check raises on a jump):
+    W2's new columns are zero with "zero" and none is with "split"; only "split" is written
+    into the stage list (older lists match the default)."""
+    stage = {"step": 2, "d_mlp": 20, "init": init}
+    rec = ProjRecorder()
+    cb = growth([stage])
+    trainer(3, [cb, rec]).fit(lm_module(3), datamodule=datamodule(cache))
+    assert cb.schedule[0].init == init
+    assert cb.schedule.to_list()[0].get("init", "zero") == init
+    assert ("init" in cb.schedule.to_list()[0]) == (init == "split")
+    new_columns = rec.weights[2][:, 12:]
+    assert new_columns.shape[1] == 8
+    zero_columns = int((new_columns == 0).all(dim=0).sum())
+    assert zero_columns == (8 if init == "zero" else 0)
 
 
 def test_resumed_placement_change_is_warned_for_stages_ahead() -> None:

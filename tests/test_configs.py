@@ -213,6 +213,11 @@ def test_unknown_group_option_names_it() -> None:
             ["growth.stages=[{step:0.5,d_model:64,hidden_factor_at:Readers}]"],
             r"growth\.stages.*stage 0: hidden_factor_at='Readers'",
         ),
+        (["growth.init=copy"], r"growth\.init='copy': use one of \['zero', 'split'\]"),
+        (
+            ["growth.stages=[{step:0.5,d_mlp:64,init:Split}]"],
+            r"growth\.stages.*stage 0: init='Split'",
+        ),
     ],
 )
 def test_bad_config_names_key_and_value(overrides: list[str], match: str, tmp_path: Path) -> None:
@@ -302,6 +307,20 @@ def test_resume_keeps_the_placements_of_an_older_stage_list(
     now = tmp_path / "now.ckpt"  # a list written now: the launch's own placements
     torch.save({"progrow_run": {"stages": settings.growth.schedule.to_list()}}, now)
     assert with_run_placement(settings, str(now)) is settings
+
+
+def test_growth_init_fills_every_stage_without_its_own(tmp_path: Path) -> None:
+    """growth.init reaches every stage; a stage's own init wins; the default (zero) is
+    left out of the saved list, so lists written before init existed still match."""
+    default = settings_of(compose_train(), tmp_path).growth.schedule
+    assert all(stage.init == "zero" for stage in default)
+    assert all("init" not in s for s in default.to_list())
+    split = settings_of(compose_train("growth.init=split"), tmp_path).growth.schedule
+    assert [s.init for s in split] == ["split"] * len(split)
+    assert all(s["init"] == "split" for s in split.to_list())
+    own = "growth.stages=[{step:0.2,d_model:48,init:zero},{step:0.5,d_model:64}]"
+    mixed = settings_of(compose_train("growth.init=split", own), tmp_path).growth.schedule
+    assert [s.init for s in mixed] == ["zero", "split"]
 
 
 def sbatch_overrides() -> list[str]:

@@ -49,6 +49,9 @@ def test_growth_under_fsdp_keeps_ranks_identical_and_sharded(ranks: list[dict]) 
     assert run0["config"]["n_layers"] == 3 and run0["config"]["d_model"] == 12
     assert [e["step"] for e in run0["events"]] == [4, 8]
     assert all(abs(e["loss_delta"]) <= 1e-5 for e in run0["events"])
+    # The second stage splits (init="split"): no zero column in W_O after its d_v growth.
+    w_o = run0["after_growth"][8]["model.blocks.0.attn.o.weight"]
+    assert not (w_o == 0).all(dim=0).any()
     # The grown model is sharded again: the ranks' pieces of every tensor add up to it.
     local0, local1 = (rank["full_run"]["local"] for rank in ranks)
     assert "model.blocks.2.mlp.fc.weight" in local0  # a layer added by growth

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from progrow import LMModule
 from progrow.app.grow import main as grow_main
 from progrow.events import GrowthEvent
+from progrow.expand.plan import spread_sources
 from progrow.model import config_from_tensor
 from progrow.offline import (
     grow_checkpoint,
@@ -355,5 +356,33 @@ def test_command_line_places_the_hidden_factor(
     moments = {p: g["optimizer_states"][0]["state"][index]["exp_avg"] for p, g in grown.items()}
     assert torch.allclose(moments["readers"][:, :8], moments["gains"][:, :8] / a, atol=1e-7)
     argv = [str(src), "--d_model", "18", "--hidden_factor_at", "norms", "-o", str(tmp_path / "x")]
+    with pytest.raises(SystemExit):
+        grow_main(argv)
+
+
+def test_command_line_init_split(
+    in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """--init split: the new MLP units copy old ones (W1 rows), W2's columns of a unit and
+    its copies sum to the old column, and no column is zero. Without --init the run's own
+    stage init is used ("zero" here); a bad value is refused by the parser."""
+    ckpt_dir, _, _ = in_loop
+    src = ckpt_dir / "step=4.ckpt"
+    old = load_checkpoint(src)
+    grown = {}
+    for init in ("zero", "split"):
+        out = tmp_path / f"{init}.ckpt"
+        assert grow_main([str(src), "--d_mlp", "20", "--init", init, "-o", str(out)]) == 0
+        grown[init] = load_checkpoint(out)
+    default = grow_checkpoint(old, {"d_mlp": 20})
+    assert_bitwise_equal(default["state_dict"], grown["zero"]["state_dict"])
+    fc, proj = "model.blocks.0.mlp.fc.weight", "model.blocks.0.mlp.proj.weight"
+    before, split = old["state_dict"], grown["split"]["state_dict"]
+    source = spread_sources(before[fc].shape[0], 20)  # the old unit each unit holds
+    assert torch.equal(split[fc], before[fc][source])
+    summed = torch.zeros_like(before[proj]).index_add_(1, source, split[proj])
+    assert torch.allclose(summed, before[proj], rtol=0, atol=1e-6)
+    assert not (split[proj] == 0).all(dim=0).any()
+    argv = [str(src), "--d_mlp", "20", "--init", "copy", "-o", str(tmp_path / "x")]
     with pytest.raises(SystemExit):
         grow_main(argv)

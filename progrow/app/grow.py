@@ -23,6 +23,7 @@ import torch
 
 from progrow.config import GROWABLE_DIMS
 from progrow.expand.hidden import FACTOR_PLACEMENTS
+from progrow.expand.plan import INITS
 from progrow.expand.widths import QK_FACTOR_PLACEMENTS
 from progrow.offline import grow_family
 
@@ -97,6 +98,13 @@ def parser() -> argparse.ArgumentParser:
         help="where a --d_qk growth puts its sqrt(d_qk'/k) factor (default: as the "
         "checkpoint's schedule places that stage, else keys)",
     )
+    p.add_argument(
+        "--init",
+        choices=INITS,
+        default=None,
+        help="how new entries are filled: zero (zero blocks) or split (exact copies, no zero "
+        "block); default: as the checkpoint's schedule fills that stage, else zero",
+    )
     p.add_argument("--branch", type=_branch, action="append", default=[], metavar="NAME:SIZES")
     p.add_argument("-o", "--out", required=True, help="output file (a folder with --branch)")
     p.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
@@ -132,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             layer_positions=args.layer_positions,
             hidden_factor_at=args.hidden_factor_at,
             qk_factor_at=args.qk_factor_at,
+            init=args.init,
             seed=args.seed,
             stage=args.stage,
             probe_batch=probe,

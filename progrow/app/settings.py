@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig
+from progrow.expand.plan import check_init
 from progrow.placement import PLACEMENTS, Placement
 from progrow.schedule import GrowthSchedule
 
@@ -240,10 +241,17 @@ def _growth(section: dict[str, Any], max_steps: int) -> GrowthSettings:
     stages = section.pop("stages", None) or []
     name = schedule_label(str(section.pop("name", CUSTOM_SCHEDULE)), stages)
     placements = {p.key: _run_placement(p, section.pop(p.key, None)) for p in PLACEMENTS}
+    init = section.pop("init", "zero")
     _check_keys("growth", section, set(GROWTH_OPTIONS))
     if not isinstance(stages, list):
         raise ConfigError(f"growth.stages={stages!r}: must be a list of stages")
+    try:
+        check_init(init, "growth.init")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     stages = [_place_factors(stage, placements) for stage in stages]
+    if init != "zero":  # every stage without its own init (lists of the default match)
+        stages = [{"init": init, **s} if isinstance(s, dict) else s for s in stages]
     try:
         schedule = GrowthSchedule(stages, max_steps=max_steps)
     except ValueError as err:

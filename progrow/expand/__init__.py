@@ -8,7 +8,7 @@ and returns an :class:`progrow.ExpansionRecord` saying what happened to every pa
 from progrow.expand.grow import GROW_ORDER, grow
 from progrow.expand.hidden import FACTOR_PLACEMENTS, FactorAt, expand_hidden
 from progrow.expand.layers import add_layers, new_layer_positions
-from progrow.expand.plan import expanded_config, grown_config
+from progrow.expand.plan import INITS, Init, expanded_config, grown_config
 from progrow.expand.widths import (
     QK_FACTOR_PLACEMENTS,
     QkFactorAt,
@@ -22,8 +22,10 @@ from progrow.expand.widths import (
 __all__ = [
     "FACTOR_PLACEMENTS",
     "GROW_ORDER",
+    "INITS",
     "QK_FACTOR_PLACEMENTS",
     "FactorAt",
+    "Init",
     "QkFactorAt",
     "add_heads",
     "add_layers",

@@ -351,6 +351,7 @@ class GrowthCallback(L.Callback):
             "layer_positions": stage.layer_positions,
             "hidden_factor_at": stage.hidden_factor_at,
             "qk_factor_at": stage.qk_factor_at,
+            "init": stage.init,
             "generator": generator,
             "new_moments": self.new_moments,
             "group_for_new": self.group_for_new,

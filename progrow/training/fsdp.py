@@ -165,7 +165,7 @@ def grow_sharded(
     plain = _gather_model(sharded_model)
     _set_transformer(module, model_attr, plain)
     del sharded_model  # its shards live on only in the optimizers, until they are carried
-    grow_keys = ("layer_positions", "hidden_factor_at", "qk_factor_at", "generator")
+    grow_keys = ("layer_positions", "hidden_factor_at", "qk_factor_at", "init", "generator")
     grow_options: dict[str, Any] = {k: v for k, v in options.items() if k in grow_keys}
     targets: dict[str, Any] = dict(sizes)
     record = grow(plain, **targets, **grow_options)
