@@ -190,7 +190,7 @@ def grow_checkpoint(
         qk_factor_at: where a ``d_qk`` growth puts its ``sqrt(d_qk' / k)`` factor, "keys",
             "queries" or "shared" (see :func:`progrow.expand_qk`); ``None``: as the
             checkpoint's own stage places it (older lists: "keys"), else "keys".
-        init: how new entries are filled, "zero" or "split" (see :func:`progrow.grow`);
+        init: how new entries are filled, "zero", "split" or "stack" (:func:`progrow.grow`);
             ``None``: as the checkpoint's own schedule fills stage ``stage``, else "zero".
         seed: the run's seed (``GrowthCallback(seed=...)``, the app's ``seed``).
         stage: stage index for the seed of the new values; default: the number of growth

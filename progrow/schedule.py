@@ -46,8 +46,9 @@ class GrowthStage:
     "queries" or "shared"; see :func:`progrow.expand_qk`."""
 
     init: Init = "zero"
-    """How the stage fills new entries: "zero" (zero blocks) or "split" (exact copies
-    with split outgoing weights); see :func:`progrow.grow`."""
+    """How the stage fills new entries: "zero" (zero blocks), "split" (exact copies with
+    split outgoing weights) or "stack" (layers only, not preserving); see
+    :func:`progrow.grow`."""
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"step": self.step, **self.sizes}

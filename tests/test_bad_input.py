@@ -215,7 +215,7 @@ def test_bad_hidden_factor_placement_raises_and_changes_nothing(value: Any) -> N
 def test_bad_init_raises_naming_it_and_changes_nothing(case: ExpansionCase, value: Any) -> None:
     model = make_model(tiny_config())
     before_call = capture(model)
-    match = rf"init={re.escape(repr(value))}: use one of \['zero', 'split'\]"
+    match = rf"init={re.escape(repr(value))}: use one of \['zero', 'split', 'stack'\]"
     with pytest.raises(ValueError, match=match):
         case.fn(model, case.target(model.config), init=value)
     assert_unchanged(model, before_call)

@@ -153,6 +153,31 @@ def test_loss_jump_raises_or_warns(cache: Path) -> None:
         )
 
 
+def test_stacked_layers_jump_the_loss_raise_or_warn_and_are_logged(
+    cache: Path, tmp_path: Path
+) -> None:
+    """init="stack" copies blocks with their outputs (not preserving): the probe loss
+    jumps, the default check (on_loss_jump="raise") refuses it, "warn" lets it through
+    with a warning and the jump is logged as growth/loss_delta."""
+    stage = [{"step": 4, "n_layers": 2, "init": "stack"}]
+    with pytest.raises(RuntimeError, match="growth stage 0 at step 4 changed the probe loss"):
+        trainer(6, [growth(stage)]).fit(lm_module(6), datamodule=datamodule(cache))
+    cb = growth(stage, on_loss_jump="warn")
+    logger = L.pytorch.loggers.CSVLogger(tmp_path, name="run")
+    with pytest.warns(UserWarning, match="above loss_tolerance"):
+        trainer(6, [cb], logger=logger, log_every_n_steps=1).fit(
+            lm_module(6), datamodule=datamodule(cache)
+        )
+    jump = measured(cb.events[0]).loss_delta
+    assert jump is not None and abs(jump) > 1e-3
+    text = (Path(logger.log_dir) / "metrics.csv").read_text()
+    header = text.splitlines()[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in text.splitlines()[1:]]
+    assert [float(r["growth/loss_delta"]) for r in rows if r["growth/loss_delta"]] == [
+        pytest.approx(jump)
+    ]
+
+
 @pytest.mark.parametrize(
     ("stages", "match"),
     [
@@ -188,7 +213,7 @@ def test_loss_jump_raises_or_warns(cache: Path) -> None:
         ),
         (
             [{"step": 3, "d_mlp": 20, "init": "copy"}],
-            r"stage 0: init='copy': use one of \['zero', 'split'\]",
+            r"stage 0: init='copy': use one of \['zero', 'split', 'stack'\]",
         ),
     ],
 )

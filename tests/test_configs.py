@@ -213,7 +213,7 @@ def test_unknown_group_option_names_it() -> None:
             ["growth.stages=[{step:0.5,d_model:64,hidden_factor_at:Readers}]"],
             r"growth\.stages.*stage 0: hidden_factor_at='Readers'",
         ),
-        (["growth.init=copy"], r"growth\.init='copy': use one of \['zero', 'split'\]"),
+        (["growth.init=copy"], r"growth\.init='copy': use one of \['zero', 'split', 'stack'\]"),
         (
             ["growth.stages=[{step:0.5,d_mlp:64,init:Split}]"],
             r"growth\.stages.*stage 0: init='Split'",

@@ -10,11 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import lm_loss, make_model, make_tokens, snapshot, tiny_config
+from conftest import lm_loss, logits, make_model, make_tokens, snapshot, tiny_config
 from expansion_table import BLOCK_VARIANTS, SPLIT_CASES, ExpansionCase
 from torch.testing import assert_close
 
-from progrow import Transformer, TransformerConfig, add_layers, expand_mlp, expand_qk
+from progrow import (
+    GrowthSchedule,
+    Transformer,
+    TransformerConfig,
+    add_layers,
+    expand_mlp,
+    expand_qk,
+    grow,
+)
 from progrow.data.batches import sample_batch
 from progrow.data.files import load_stdlib
 from progrow.expand import grown_config
@@ -191,3 +199,32 @@ def test_twins_grow_apart_on_real_data(tmp_path: Path) -> None:
         assert apart.all(), f"{name}: {int((~apart).sum())} of {int(mask.sum())} twins"
         checked += int(mask.sum())
     assert checked > 1000
+
+
+def test_stack_copies_blocks_with_their_outputs_and_changes_the_function() -> None:
+    """init="stack" (G_stack, for comparison): copies of the block below, outputs kept; the
+    logits move (nothing claims otherwise) and the copies are new to the optimizer."""
+    cfg = tiny_config()
+    model = make_model(cfg)
+    before, tokens = snapshot(model), make_tokens(cfg)
+    old_logits = logits(model, tokens)
+    record = add_layers(model, 4, positions="interleave", init="stack")
+    after = snapshot(model)
+    for new, old in ((1, 0), (3, 1)):  # old 0, copy, old 1, copy
+        for leaf in ("attn.q.weight", "attn.o.weight", "mlp.proj.weight", "mlp.proj.bias"):
+            assert torch.equal(after[f"blocks.{new}.{leaf}"], before[f"blocks.{old}.{leaf}"])
+    assert {n.split(".")[1] for n in record.new} == {"1", "3"}
+    assert (logits(model, tokens) - old_logits).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("dim", ["d_mlp", "n_heads", "d_v", "d_qk", "d_model", "n_kv_heads"])
+def test_stack_grows_only_layers(dim: str) -> None:
+    model = make_model(tiny_config())
+    before = snapshot(model)
+    target = model.config.sizes()[dim] + 2
+    match = rf"{dim}={target} with init='stack': .*grows only n_layers"
+    with pytest.raises(ValueError, match=match):
+        grow(model, n_layers=3, **{dim: target}, init="stack")
+    assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
+    with pytest.raises(ValueError, match=rf"growth stage 0: {match}"):
+        GrowthSchedule([{"step": 1, dim: target, "init": "stack"}]).validate_for(model.config)

@@ -102,8 +102,9 @@ def parser() -> argparse.ArgumentParser:
         "--init",
         choices=INITS,
         default=None,
-        help="how new entries are filled: zero (zero blocks) or split (exact copies, no zero "
-        "block); default: as the checkpoint's schedule fills that stage, else zero",
+        help="how new entries are filled: zero (zero blocks), split (exact copies, no zero "
+        "block) or stack (--n_layers only: copied blocks, NOT preserving); default: as the "
+        "checkpoint's schedule fills that stage, else zero",
     )
     p.add_argument("--branch", type=_branch, action="append", default=[], metavar="NAME:SIZES")
     p.add_argument("-o", "--out", required=True, help="output file (a folder with --branch)")

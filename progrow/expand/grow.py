@@ -84,7 +84,9 @@ def grow(
     paper's); ``qk_factor_at`` is :func:`expand_qk`'s: where the key/query expansion puts
     its ``sqrt(d_qk' / k)`` ("keys", "queries" or "shared").
     ``init`` is every expansion's: "zero" (zero blocks, the paper's) or "split" (exact
-    copies with split outgoing weights, no zero block).
+    copies with split outgoing weights, no zero block); "stack" grows only ``n_layers``
+    (copied blocks with their outputs kept, not function-preserving; see
+    :func:`add_layers`).
 
     Example:
         >>> from progrow import Transformer, TransformerConfig

@@ -72,12 +72,12 @@ def _new_block(
     return block.to(device=like.device, dtype=like.dtype)
 
 
-def _copied_block(source: nn.Module) -> nn.Module:
-    # A copy of an existing block, its writes into the residual stream zeroed.
+def _copied_block(source: nn.Module, keep_outputs: bool = False) -> nn.Module:
+    # A copy of an existing block, its writes into the residual stream zeroed unless kept.
     block = copy.deepcopy(source)
     with torch.no_grad():
         for name, param in block.named_parameters():
-            if name in _ZERO_IN_NEW_BLOCK:
+            if name in _ZERO_IN_NEW_BLOCK and not keep_outputs:
                 param.zero_()
     return block
 
@@ -117,12 +117,19 @@ def add_layers(
     are new to the optimizer (zero moments): its inputs get no gradient until its
     outputs have moved, so its source's moments would not describe them.
 
+    ``init="stack"`` (G_stack's depth growth, for comparison): the same copies with their
+    outputs kept. This does NOT preserve the function: every copied block adds its
+    source's update a second time. Under :class:`progrow.GrowthCallback` the loss jump
+    is measured and logged like any growth's (``growth/loss_delta``), and above
+    ``loss_tolerance`` it raises unless ``on_loss_jump`` is "warn" or "ignore".
+
     Args:
         model: the model to grow.
         n_layers: the new number of blocks.
         positions: ``"append"`` (default), ``"interleave"``, or the indices of the new
             blocks in the grown stack.
-        init: ``"zero"`` (fresh blocks, default) or ``"split"`` (copied blocks).
+        init: ``"zero"`` (fresh blocks, default), ``"split"`` (copied blocks, outputs
+            zero) or ``"stack"`` (copied blocks, outputs kept: not preserving).
         generator: source of the fresh values (default: torch's global RNG).
 
     Example:
@@ -138,9 +145,10 @@ def add_layers(
     cfg = model.config
     new_idx = new_layer_positions(cfg.n_layers, n_layers, positions)
     like = model.tok_emb.weight
-    if init == "split":
+    if init in ("split", "stack"):
         sources = _copy_sources(cfg.n_layers, new_idx)
-        fresh = {i: _copied_block(model.blocks[j]) for i, j in sources.items()}
+        keep = init == "stack"
+        fresh = {i: _copied_block(model.blocks[j], keep) for i, j in sources.items()}
     else:
         fresh = {i: _new_block(new_cfg, like, generator) for i in new_idx}
     old_blocks = iter(enumerate(model.blocks))

@@ -18,13 +18,14 @@ from progrow.config import GROWABLE_DIMS, TransformerConfig, check_positive_int
 from progrow.model import rope_inv_freq
 
 #: How an expansion fills its new entries: "zero" (new blocks zero on one side, fresh on
-#: the other) or "split" (copies of old entries, their outgoing weights split).
-Init = Literal["zero", "split"]
+#: the other), "split" (copies of old entries, their outgoing weights split) or, for new
+#: layers only, "stack" (copies of old blocks with their outputs kept: NOT preserving).
+Init = Literal["zero", "split", "stack"]
 INITS: tuple[str, ...] = get_args(Init)
 
 
 def check_init(value: object, field: str = "init") -> Init:
-    """``value`` if it is a known way of filling new entries ("zero" or "split").
+    """``value`` if it is a known way of filling new entries ("zero", "split", "stack").
 
     Raises:
         ValueError: naming ``field`` and the value, for anything else.
@@ -64,7 +65,8 @@ def expanded_config(
     Raises ``ValueError`` naming the dimension and the value for a non-integer, a size
     below the current one, a hidden expansion of a LayerNorm model, a query-head count
     that the KV heads cannot group, or an odd key/query size under RoPE; naming ``init``
-    for an unknown way of filling new entries. ``init`` decides the RoPE frequency table
+    for an unknown way of filling new entries or ``init="stack"`` on another dimension
+    than ``n_layers``. ``init`` decides the RoPE frequency table
     of a key/query growth (see :func:`rope_layout` and :func:`rope_split_layout`).
     """
     check_init(init)
@@ -78,6 +80,11 @@ def expanded_config(
         )
     if value == current:
         return config
+    if init == "stack" and dim != "n_layers":
+        raise ValueError(
+            f"{dim}={value} with init='stack': stacking copies whole blocks and grows only "
+            "n_layers; grow the other dimensions with init='zero' or 'split'"
+        )
     if dim == "d_model":
         return _hidden_config(config, value)
     if dim == "n_kv_heads":
