@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -224,7 +225,8 @@ def test_stack_grows_only_layers(dim: str) -> None:
     target = model.config.sizes()[dim] + 2
     match = rf"{dim}={target} with init='stack': .*grows only n_layers"
     with pytest.raises(ValueError, match=match):
-        grow(model, n_layers=3, **{dim: target}, init="stack")
+        sizes: dict[str, Any] = {"n_layers": 3, dim: target}
+        grow(model, **sizes, init="stack")
     assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
     with pytest.raises(ValueError, match=rf"growth stage 0: {match}"):
         GrowthSchedule([{"step": 1, dim: target, "init": "stack"}]).validate_for(model.config)
