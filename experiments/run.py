@@ -4,7 +4,8 @@
     python experiments/run.py compare --budget long    # the same, 3x the compute
     python experiments/run.py moment                   # what to do with Adam at growth
     python experiments/run.py diag                     # growth at step 0 vs a fresh model
-    python experiments/run.py placement                # where the hidden factor sits
+    python experiments/run.py placement --dim d_model  # where the hidden factor sits
+    python experiments/run.py placement --dim d_qk     # where the key/query factor sits
 
 Each job is one ``python -m progrow.train experiment=compare ...`` process (one torch
 thread each, ``--jobs`` at a time) writing to ``experiments/runs/<table>/<run>/`` (not
@@ -372,76 +373,11 @@ def diag(seeds: Sequence[int], parallel: int) -> None:
     print(markdown)
 
 
-# -- placement: where the hidden expansion's sqrt(h/h') factor sits ---------------------------
-
-#: label -> growth.hidden_factor_at of a d_model 32 -> 64 growth at step 0.
-PLACEMENTS = {
-    "grown at step 0, factor on the gains (the paper's)": "gains",
-    "grown at step 0, factor on the readers": "readers",
-}
-
-
-def placement(seeds: Sequence[int], parallel: int, steps: int | None, schedule: str) -> None:
-    """d_model 32 -> 64 at step 0 with the factor on the norm gains or on the readers,
-    against a fresh ``small`` model, same steps, data and LR schedule. Both grown models
-    compute the smaller fresh model's function; only where the factor sits differs.
-
-    ``steps`` shortens the runs (a quick check); the table in ``experiments/results/`` is
-    written only at the default length and schedule, so it always holds full runs.
-    """
-    default_steps, val_every = BUDGETS["short"]
-    steps = steps or default_steps
-    common = [
-        f"budget.steps={steps}",
-        f"trainer.val_check_interval={min(val_every, steps)}",
-        f"optim.schedule={schedule}",
-    ]
-    tag = f"{steps}steps_{schedule}"
-    groups: dict[str, dict[Path, list[str]]] = {
-        label: {
-            RUNS / "placement" / f"d_model_{place}_{tag}_s{seed}": [
-                *AT_STEP0["d_model only"],
-                f"growth.hidden_factor_at={place}",
-                f"growth.name=d_model_{place}",
-                f"seed={seed}",
-                *common,
-            ]
-            for seed in seeds
-        }
-        for label, place in PLACEMENTS.items()
-    }
-    groups["fresh model=small"] = {
-        RUNS / "placement" / f"fresh_{tag}_s{seed}": [*COMPARE["baseline"], f"seed={seed}", *common]
-        for seed in seeds
-    }
-    run_all({k: v for jobs in groups.values() for k, v in jobs.items()}, parallel)
-    losses = {
-        name: [json.loads((p / "summary.json").read_text())["val_loss"] for p in jobs]
-        for name, jobs in groups.items()
-    }
-    fresh = losses["fresh model=small"]
-    lines = [
-        f"model=small trained {steps} steps ({schedule} LR schedule, same data) from a fresh "
-        f"init, or grown to it at step 0 from d_model 32; seeds {list(seeds)}.",
-        "",
-        "| start | final val loss | vs fresh (same seed) |",
-        "|---|---|---|",
-        *(
-            f"| {name} | {mean_sd(values, '.4f')} | "
-            f"{mean_sd([v - f for v, f in zip(values, fresh, strict=True)], '+.4f')} |"
-            for name, values in losses.items()
-        ),
-    ]
-    markdown = "\n".join(lines) + "\n"
-    if steps == default_steps and schedule == "cosine":
-        (RESULTS / "placement.md").write_text(markdown)
-        (RESULTS / "placement.json").write_text(json.dumps(losses, indent=2) + "\n")
-    print(markdown)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("table", choices=["compare", "moment", "diag", "placement"])
+    parser.add_argument("--dim", choices=["d_model", "d_qk"], default="d_model",
+                        help="placement: the expansion whose factor is placed")  # fmt: skip
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="short")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--jobs", type=int, default=2, help="processes at a time")
@@ -452,7 +388,9 @@ def main() -> None:
     if args.steps is not None and args.steps <= 0:
         parser.error(f"--steps={args.steps}: must be a positive integer")
     if args.table == "placement":
-        placement(args.seeds, args.jobs, args.steps, args.schedule)
+        from placement import placement  # experiments/placement.py, beside this file
+
+        placement(args.dim, args.seeds, args.jobs, args.steps, args.schedule)
     elif args.table == "compare":
         compare(args.budget, args.seeds, args.jobs)
     elif args.table == "moment":
