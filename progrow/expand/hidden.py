@@ -16,8 +16,8 @@ from progrow.record import ExpansionRecord
 #: Where the hidden expansion puts its ``sqrt(h / h')`` factor (see :func:`expand_hidden`).
 FactorAt = Literal["gains", "readers"]
 FACTOR_PLACEMENTS: tuple[str, ...] = get_args(FactorAt)
-#: The default placement: on the readers, which trains like a fresh model (a grown model
-#: with the factor on the gains trains measurably worse; see docs/expansions.md).
+#: The default placement: on the readers, which trains nearly like a fresh model (a grown
+#: model with the factor on the gains trains measurably worse; see docs/expansions.md).
 DEFAULT_FACTOR_AT: FactorAt = "readers"
 
 #: The weights of a block that read a normalized stream, by parameter-name suffix.
@@ -86,10 +86,11 @@ def expand_hidden(
     scale only the gains set, is then off by ``a`` for the fresh new reader columns too. On
     the readers, the gains stay at a fresh model's value and ``a`` (close to 1 for a
     modest growth) only shrinks weights of size ``init_std``, by less than their own
-    spread, which is why it is the default: grown at step 0, it trains like a fresh model
-    and the gains placement does not. The record holds ``a`` on every rescaled tensor, so
-    optimizer surgery divides the moments of those entries by ``a`` (first) and ``a**2``
-    (second), as if the optimizer had trained in the new parametrization.
+    spread, which is why it is the default: grown at step 0 (d_model 32 -> 64, 1000
+    steps) it ends 0.014 above a fresh model, the gains placement 0.063 above. The record
+    holds ``a`` on every rescaled tensor, so optimizer surgery divides the moments of
+    those entries by ``a`` (first) and ``a**2`` (second), as if the optimizer had trained
+    in the new parametrization.
 
     ``init="split"``: no zero block. ``d_model - h`` coordinates (spread evenly) are each
     split in ``m`` copies of ``x/sqrt(m)`` (two for a growth below 2x): every writer

@@ -25,7 +25,8 @@ from progrow.record import ExpansionRecord
 #: Where the key/query expansion puts its factor (see :func:`expand_qk`).
 QkFactorAt = Literal["keys", "queries", "shared"]
 QK_FACTOR_PLACEMENTS: tuple[str, ...] = get_args(QkFactorAt)
-#: The default placement of the key/query factor.
+#: The default placement of the key/query factor (the three measured alike; see
+#: docs/expansions.md).
 DEFAULT_QK_FACTOR_AT: QkFactorAt = "keys"
 
 
