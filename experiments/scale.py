@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import RESULTS, RUNS, mean_sd, pct, run_all  # the sibling runner's job cache
 
 from progrow.app.isoloss import iso_loss_flops
-from progrow.app.report import RunSummary, summarize
+from progrow.app.report import RunSummary, plot, summarize
 
 #: budget name -> steps of the target whose training FLOPs every run of the table spends.
 BUDGETS = {"short": 1000, "long": 3000}
@@ -162,8 +162,21 @@ def _label(name: str) -> str:
         return f"fixed target, {stem[5:]} steps"
     if stem.endswith("_start"):
         return "fixed start size (reference)"
-    _, schedule, placement = stem.split("_", 1)[1].rpartition("_")
+    schedule, _, placement = stem.split("_", 1)[1].rpartition("_")
     return f"grow {schedule}, {placement}"
+
+
+def _order(folder: Path) -> tuple[int, int, int, str]:
+    """Table order: baselines by budget, the start-size reference, then the growing runs
+    by schedule and placement (as listed in SCHEDULES and PLACEMENTS)."""
+    stem = folder.name.rsplit("_s", 1)[0]
+    if stem.startswith("base_"):
+        return 0, int(stem[5:]), 0, folder.name
+    if stem.endswith("_start"):
+        return 1, 0, 0, folder.name
+    schedule, _, placement = stem.split("_", 1)[1].rpartition("_")
+    known = list(PLACEMENTS)
+    return 2, SCHEDULES.index(schedule), known.index(placement), folder.name
 
 
 def _point(run: RunSummary) -> tuple[float, float]:
@@ -173,17 +186,17 @@ def _point(run: RunSummary) -> tuple[float, float]:
     return run.flops, run.final_val_loss
 
 
-def table_rows(budget: str, lr: str) -> list[dict[str, Any]]:
+def table_rows(budget: str, lr: str) -> tuple[list[dict[str, Any]], list[RunSummary]]:
     """One row per configuration of ``budget``'s table under LR schedule ``lr``, over the
     seeds that finished: the report's in-run crossing against the equal-budget baseline,
     and the iso-loss compute against the seed's own ladder of baselines."""
     folder = lr_dir(lr)
     ladder_names = {f"base_{s}" for s in BASELINES[budget]}
-    done = sorted(p.parent for p in folder.glob("*/summary.json"))
+    done = sorted((p.parent for p in folder.glob("*/summary.json")), key=_order)
     mine = [p for p in done if p.name.rsplit("_s", 1)[0] in ladder_names
             or p.name.startswith(f"{budget}_")]  # fmt: skip
     if not mine:
-        return []
+        return [], []
     runs = {Path(r.path).name: r for r in summarize(mine)}
     budget_flops = {r.seed: _point(r)[0] for n, r in runs.items()
                     if n.startswith(f"base_{BUDGETS[budget]}_")}  # fmt: skip
@@ -211,7 +224,7 @@ def table_rows(budget: str, lr: str) -> list[dict[str, Any]]:
             "crossing_time_saving_pct": [r.time_saving_pct for r in group],
             "iso_compute_x_budget": iso,
         })  # fmt: skip
-    return rows
+    return rows, list(runs.values())
 
 
 def _iso_text(values: list[float | str | None]) -> str:
@@ -268,9 +281,11 @@ def write_table(budget: str) -> None:
     ]
     payload: dict[str, Any] = {"budget_steps": steps, "tables": {}}
     for lr in LRS:
-        rows = table_rows(budget, lr)
+        rows, runs = table_rows(budget, lr)
         if not rows:
             continue
+        png = RESULTS / f"scale_{budget}_{lr}.png"
+        plot([r for r in runs if r.seed == 0], png)
         payload["tables"][lr] = rows
         lines += [
             "",
@@ -294,7 +309,7 @@ def write_table(budget: str) -> None:
                 f"| {_iso_text(row['iso_compute_x_budget'])} "
                 f"| {mean_sd([w for w in row['wall_s'] if w], '.0f')} |"
             )
-        lines += ["", _goal(rows, budget)]
+        lines += ["", _goal(rows, budget), "", f"![seed 0, {lr}]({png.name})"]
     hours = sum(w for rows in payload["tables"].values() for r in rows for w in r["wall_s"] if w)
     payload["job_hours"] = hours / 3600
     lines += [
