@@ -113,12 +113,16 @@ class Attention(nn.Module):
         v = self.v(x).view(b, t, kv, self.d_v).transpose(1, 2)  # (B, KV, T, v)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if kv != e:  # each KV head serves e // kv consecutive query heads
-            k = k.repeat_interleave(e // kv, dim=1)  # (B, KV, T, k) -> (B, E, T, k)
-            v = v.repeat_interleave(e // kv, dim=1)  # (B, KV, T, v) -> (B, E, T, v)
-        # The default scale is 1/sqrt(k), the paper's; expand_qk relies on it.
+        # The default scale is 1/sqrt(k), the paper's; expand_qk relies on it. With
+        # grouped-query attention each KV head serves e // kv consecutive query heads;
+        # enable_gqa does that without materializing repeated K and V.
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q,
+            k,
+            v,
+            is_causal=True,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=kv != e,
         )  # (B, E, T, v)
         y = y.transpose(1, 2).reshape(b, t, e * self.d_v)  # (B, T, E*v)
         return self.o(y)  # (B, T, E*v) -> (B, T, h)
