@@ -212,7 +212,12 @@ def table_rows(budget: str, lr: str) -> tuple[list[dict[str, Any]], list[RunSumm
             ratio: float | str | None = None
             if len(points) >= 2 and run.seed in budget_flops:
                 found = iso_loss_flops(points, _point(run)[1])
-                ratio = found.flops / budget_flops[run.seed] if found.flops else found.outside
+                base = budget_flops[run.seed]
+                if found.flops is not None:
+                    ratio = found.flops / base
+                elif found.bound is not None:  # outside the ladder: a bound, as ">1.50"
+                    side = ">" if found.outside == "better" else "<"
+                    ratio = f"{side}{found.bound / base:.2f}"
             iso.append(ratio)
         rows.append({
             "run": label,
@@ -228,16 +233,29 @@ def table_rows(budget: str, lr: str) -> tuple[list[dict[str, Any]], list[RunSumm
 
 
 def _iso_text(values: list[float | str | None]) -> str:
-    """Mean ± sd of the baseline compute for the loss, in multiples of the budget."""
+    """Mean ± sd of the baseline compute for the loss, in multiples of the budget; a
+    bound (``>1.50x``: better than the largest baseline) where the loss is outside the
+    ladder."""
     got = [v for v in values if isinstance(v, float)]
-    text = mean_sd(got, ".2f") + "x" if got else ""
-    outside = [v for v in values if isinstance(v, str)]
-    if outside:
-        text += (", " if text else "") + ", ".join(
-            "beyond the largest baseline" if v == "better" else "below the smallest"
-            for v in outside
-        )
-    return text or "-"
+    parts = [mean_sd(got, ".2f") + "x"] if got else []
+    parts += [f"{v}x" for v in values if isinstance(v, str)]
+    return ", ".join(parts) or "-"
+
+
+def _fraction(ratio: float | str | None) -> str | None:
+    """The compute fraction ``1 / ratio`` as text (a bound flips: ``>1.50`` -> ``<0.67``)."""
+    if ratio is None:
+        return None
+    if isinstance(ratio, float):
+        return f"{1 / ratio:.2f}"
+    return f"{'<' if ratio[0] == '>' else '>'}{1 / float(ratio[1:]):.2f}"
+
+
+def _meets(fraction: str | None, limit: float) -> bool:
+    """Met only when known to be: ``<0.80`` against 0.75 is undetermined, so not met."""
+    if fraction is None or fraction.startswith(">"):
+        return False
+    return float(fraction.lstrip("<")) <= limit
 
 
 def _goal(rows: list[dict[str, Any]], budget: str) -> str:
@@ -249,19 +267,17 @@ def _goal(rows: list[dict[str, Any]], budget: str) -> str:
     if not grown:
         return "no growing run finished"
     best = min(grown, key=lambda r: statistics.mean(r["final_val_loss"]))
-    iso_fracs = [1 / v if isinstance(v, float) else (0.0 if v == "better" else None)
-                 for v in best["iso_compute_x_budget"]]  # fmt: skip
-    cross = [None if v is None else 1 - v / 100 for v in best["crossing_saving_pct"]]
+    iso = [_fraction(v) for v in best["iso_compute_x_budget"]]
+    cross = [None if v is None else f"{1 - v / 100:.2f}" for v in best["crossing_saving_pct"]]
 
-    def verdict(fracs: list[float | None]) -> str:
-        ok = all(f is not None and f <= limit for f in fracs)
-        shown = ", ".join("-" if f is None else f"{f:.2f}" for f in fracs)
-        return f"{shown} ({'met' if ok else 'not met'})"
+    def verdict(fracs: list[str | None]) -> str:
+        ok = all(_meets(f, limit) for f in fracs)
+        return f"{', '.join(f or '-' for f in fracs)} ({'met' if ok else 'not met'})"
 
     return (
-        f"best growing run: **{best['run']}**; compute fraction for the baseline's loss per "
-        f"seed, goal <= {limit:.2f}: iso-loss {verdict(iso_fracs)}; in-run crossing "
-        f"{verdict(cross)}"
+        f"Goal (issue 8): the best growing run here, **{best['run']}**, needs this fraction "
+        f"of the baseline's compute for the baseline's final loss, per seed (goal <= "
+        f"{limit:.2f}): iso-loss {verdict(iso)}; in-run crossing {verdict(cross)}."
     )
 
 
@@ -306,7 +322,7 @@ def write_table(budget: str) -> None:
                 f"| {mean_sd(diffs, '+.4f') if grow else '-'} "
                 f"| {pct(row['crossing_saving_pct'], len(row['seeds'])) if grow else '-'} "
                 f"| {pct(row['crossing_time_saving_pct'], len(row['seeds'])) if grow else '-'} "
-                f"| {_iso_text(row['iso_compute_x_budget'])} "
+                f"| {_iso_text(row['iso_compute_x_budget']) if grow else '-'} "
                 f"| {mean_sd([w for w in row['wall_s'] if w], '.0f')} |"
             )
         lines += ["", _goal(rows, budget), "", f"![seed 0, {lr}]({png.name})"]
