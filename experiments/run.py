@@ -124,7 +124,7 @@ def pct(values: Sequence[float | None], n: int) -> str:
 
 
 def compare(budget: str, seeds: Sequence[int], parallel: int) -> None:
-    from progrow.app.report import plot, summarize
+    from progrow.app.report import crossing, plot, summarize
 
     steps, val_every = BUDGETS[budget]
     table = RUNS / f"compare_{budget}"
@@ -156,6 +156,11 @@ def compare(budget: str, seeds: Sequence[int], parallel: int) -> None:
     by_name: dict[str, list[Any]] = {name: [] for name in names}
     for run in runs:
         by_name[Path(run.path).name.rsplit("_s", 1)[0]].append(run)
+    # The report pairs a run only with a fixed-size run of its own final size; the
+    # start-size reference is measured against the target baseline of its seed directly.
+    bases = {r.seed: r for r in by_name["baseline"]}
+    for run in by_name.get("start_size", []):
+        crossing(run, bases[run.seed])
     summaries = {p: json.loads((p / "summary.json").read_text()) for p in jobs}
     rows: list[dict[str, Any]] = []
     for name, group in by_name.items():

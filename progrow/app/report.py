@@ -53,6 +53,7 @@ __all__ = [
     "BASELINE_SCHEDULE",
     "RunSummary",
     "compare",
+    "crossing",
     "find_runs",
     "flops_to_reach",
     "load_run",
@@ -117,21 +118,30 @@ def compare(runs: list[RunSummary], baseline: RunSummary | None = None) -> list[
     baselines = [baseline] if baseline is not None else [r for r in runs if r.is_baseline]
     for run in runs:
         base = pick_baseline(run, baselines)
-        if base is None or base.final_val_loss is None or not run.curve:
-            continue
-        run.baseline = base.path
-        reached = flops_to_reach(run.curve, base.final_val_loss)
-        run.flops_to_baseline = reached
-        base_flops = base.curve[-1][0]
-        if reached is not None and base_flops > 0:
-            run.saving_pct = 100.0 * (1.0 - reached / base_flops)
-        if run.time_curve and base.time_curve:
-            run.time_to_baseline = flops_to_reach(run.time_curve, base.final_val_loss)
-            base_time = base.time_curve[-1][0]
-            if run.time_to_baseline is not None and base_time > 0:
-                run.time_saving_pct = 100.0 * (1.0 - run.time_to_baseline / base_time)
+        if base is not None:
+            crossing(run, base)
         _iso_loss(run, baselines)
     return runs
+
+
+def crossing(run: RunSummary, base: RunSummary) -> None:
+    """Fill ``run``'s ``baseline``, ``flops_to_baseline``, ``saving_pct`` and the
+    training-time equivalents against ``base``'s final validation loss. :func:`compare`
+    calls it with the baseline it picked; call it directly to measure a run against a
+    model of another size (e.g. a fixed-size run of the starting size as a reference)."""
+    if base.final_val_loss is None or not run.curve:
+        return
+    run.baseline = base.path
+    reached = flops_to_reach(run.curve, base.final_val_loss)
+    run.flops_to_baseline = reached
+    base_flops = base.curve[-1][0]
+    if reached is not None and base_flops > 0:
+        run.saving_pct = 100.0 * (1.0 - reached / base_flops)
+    if run.time_curve and base.time_curve:
+        run.time_to_baseline = flops_to_reach(run.time_curve, base.final_val_loss)
+        base_time = base.time_curve[-1][0]
+        if run.time_to_baseline is not None and base_time > 0:
+            run.time_saving_pct = 100.0 * (1.0 - run.time_to_baseline / base_time)
 
 
 def _iso_loss(run: RunSummary, baselines: Sequence[RunSummary]) -> None:
