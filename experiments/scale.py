@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import RESULTS, RUNS, mean_sd, pct, run_all  # the sibling runner's job cache
 
 from progrow.app.isoloss import iso_loss_flops
-from progrow.app.report import RunSummary, plot, summarize
+from progrow.app.report import RunSummary, crossing, plot, summarize
 
 #: budget name -> steps of the target whose training FLOPs every run of the table spends.
 BUDGETS = {"short": 1000, "long": 3000}
@@ -200,6 +200,10 @@ def table_rows(budget: str, lr: str) -> tuple[list[dict[str, Any]], list[RunSumm
     runs = {Path(r.path).name: r for r in summarize(mine)}
     budget_flops = {r.seed: _point(r)[0] for n, r in runs.items()
                     if n.startswith(f"base_{BUDGETS[budget]}_")}  # fmt: skip
+    for name, run in runs.items():  # the start-size reference: against its seed's target
+        base = runs.get(f"base_{BUDGETS[budget]}_s{run.seed}")
+        if name.startswith(f"{budget}_start_") and base is not None:
+            crossing(run, base)
     groups: dict[str, list[Any]] = {}
     for name, run in runs.items():
         groups.setdefault(_label(name), []).append(run)
