@@ -201,9 +201,9 @@ def table_rows(budget: str, lr: str) -> tuple[list[dict[str, Any]], list[RunSumm
     budget_flops = {r.seed: _point(r)[0] for n, r in runs.items()
                     if n.startswith(f"base_{BUDGETS[budget]}_")}  # fmt: skip
     for name, run in runs.items():  # the start-size reference: against its seed's target
-        base = runs.get(f"base_{BUDGETS[budget]}_s{run.seed}")
-        if name.startswith(f"{budget}_start_") and base is not None:
-            crossing(run, base)
+        target = runs.get(f"base_{BUDGETS[budget]}_s{run.seed}")
+        if name.startswith(f"{budget}_start_") and target is not None:
+            crossing(run, target)
     groups: dict[str, list[Any]] = {}
     for name, run in runs.items():
         groups.setdefault(_label(name), []).append(run)
