@@ -344,7 +344,10 @@ Composition = Callable[..., ExpansionRecord]
 
 
 def _grow_all(
-    model: Transformer, gen: torch.Generator | None, init: Any = "zero"
+    model: Transformer,
+    gen: torch.Generator | None,
+    init: Any = "zero",
+    hidden_factor_at: Any = "gains",  # one rescale per tensor: the record is bit-exact
 ) -> ExpansionRecord:
     """Everything in one ``grow``; more query heads than KV heads asked for, so a model
     with one KV head per query head becomes grouped-query."""
@@ -360,7 +363,7 @@ def _grow_all(
         d_model=c.d_model + 6,
         n_layers=2 * c.n_layers,
         layer_positions="interleave",
-        hidden_factor_at="gains",  # one rescale per tensor: the record is bit-exact
+        hidden_factor_at=hidden_factor_at,
         init=init,
         generator=gen,
     )
@@ -371,21 +374,7 @@ def _grow_all_readers(
 ) -> ExpansionRecord:
     """:func:`_grow_all` with the default placement (the readers): W_K is rescaled twice,
     by d_qk's factor and by d_model's."""
-    c = model.config
-    kv = c.kv_heads + 1
-    return grow(
-        model,
-        d_mlp=2 * c.d_mlp + 1,
-        n_kv_heads=kv,
-        n_heads=kv * (c.kv_group + 1),
-        d_v=c.d_v + 3,
-        d_qk=c.d_qk + 2,
-        d_model=c.d_model + 6,
-        n_layers=2 * c.n_layers,
-        layer_positions="interleave",
-        init=init,
-        generator=gen,
-    )
+    return _grow_all(model, gen, init, hidden_factor_at="readers")
 
 
 def _grow_twice(

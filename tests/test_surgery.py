@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -39,6 +39,16 @@ CFG = TransformerConfig(
 )  # fmt: skip
 
 Grow = Callable[[Transformer, torch.Generator], ExpansionRecord]
+
+
+def _all(m: Transformer, g: torch.Generator, init: Literal["zero", "split"]) -> ExpansionRecord:
+    """Six expansions in one grow, with zero blocks or split copies."""
+    return grow(
+        m, d_mlp=9, n_heads=4, d_v=5, d_qk=5, d_model=13, n_layers=4,
+        layer_positions="interleave", init=init, generator=g,
+    )  # fmt: skip
+
+
 EXPANSIONS: dict[str, Grow] = {
     "d_mlp": lambda m, g: expand_mlp(m, 9, generator=g),
     "n_heads": lambda m, g: add_heads(m, 4, generator=g),
@@ -49,31 +59,10 @@ EXPANSIONS: dict[str, Grow] = {
     "d_model": lambda m, g: expand_hidden(m, 13, generator=g),
     "d_model-gains": lambda m, g: expand_hidden(m, 13, factor_at="gains", generator=g),
     "n_layers": lambda m, g: add_layers(m, 4, positions="interleave", generator=g),
-    "all": lambda m, g: grow(
-        m,
-        d_mlp=9,
-        n_heads=4,
-        d_v=5,
-        d_qk=5,
-        d_model=13,
-        n_layers=4,
-        layer_positions="interleave",
-        generator=g,
-    ),
+    "all": lambda m, g: _all(m, g, "zero"),
     "d_mlp-split": lambda m, g: expand_mlp(m, 9, init="split", generator=g),
     "d_model-split": lambda m, g: expand_hidden(m, 13, init="split", generator=g),
-    "all-split": lambda m, g: grow(
-        m,
-        d_mlp=9,
-        n_heads=4,
-        d_v=5,
-        d_qk=5,
-        d_model=13,
-        n_layers=4,
-        layer_positions="interleave",
-        init="split",
-        generator=g,
-    ),
+    "all-split": lambda m, g: _all(m, g, "split"),
 }
 
 Groups = list[dict[str, Any]]
