@@ -229,6 +229,7 @@ def test_checkpoint_from_before_written_placements_resumes_as_before(
         (["ckpt_path=/no/such.ckpt"], ConfigError, r"ckpt_path='/no/such\.ckpt'"),
         (["optim.lr=-1"], ConfigError, r"optim\.lr must be > 0, got -1"),
         (["growth.on_loss_jump=explode"], ConfigError, r"on_loss_jump.*'explode'"),
+        (["growth.lr_width_exponent=-1"], ConfigError, r"growth: lr_width_exponent.*got -1"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

@@ -383,6 +383,36 @@ def test_rewarmup_ramps_the_lr_applied_and_logged_and_leaves_nothing_behind(
     assert not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
 
 
+@pytest.mark.parametrize("rewarmup", [0, 2])
+def test_width_exponent_scales_the_lr_until_the_final_width(
+    tmp_path_factory: pytest.TempPathFactory, rewarmup: int
+) -> None:
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    applied = AppliedLR()
+    torch.manual_seed(0)
+    module = DecayingSGD()
+    # d_model 8 -> 12 -> 16: the factor (16 / width) ** 1.5 is 2**1.5, then (4/3)**1.5,
+    # then 1; a re-warmup ramp multiplies it after each growth.
+    stages = [{"step": 3, "d_model": 12}, {"step": 6, "d_model": 16, "d_mlp": 16}]
+    cb = growth(stages, model_attr="net", lr_width_exponent=1.5, rewarmup_steps=rewarmup)
+    run = trainer(9, [cb, applied], precision="64-true")
+    run.fit(module, datamodule=datamodule(cache))
+    width = {t: 2.0**1.5 if t < 3 else (4 / 3) ** 1.5 if t < 6 else 1.0 for t in range(9)}
+    ramp = {3: 0.5, 6: 0.5} if rewarmup else {}
+    expected = [0.1 / (1 + t) * width[t] * ramp.get(t, 1.0) for t in range(9)]
+    assert [applied.applied[t] for t in range(9)] == pytest.approx(expected, rel=1e-9)
+    optimizer = run.optimizers[0]  # the scheduled LR is back in the groups, no hook left
+    last = run.lr_scheduler_configs[0].scheduler.get_last_lr()
+    assert [g["lr"] for g in optimizer.param_groups] == last
+    assert not optimizer._optimizer_step_pre_hooks
+
+
+@pytest.mark.parametrize("bad", [-0.5, True, "1", float("nan"), 5.0])
+def test_width_exponent_rejects_bad_values(bad: Any) -> None:
+    with pytest.raises(ValueError, match=r"lr_width_exponent must be a number in \[0, 4\], got"):
+        growth([{"step": 3, "d_model": 12}], lr_width_exponent=bad)
+
+
 class SkipsAStep(SortedOrder):
     """SGD with a chainable scheduler (it reads the group's LR); at step 4, the first
     re-warmup step, the loss is infinite and the GradScaler skips the optimizer step."""

@@ -23,7 +23,13 @@ from progrow.placement import PLACEMENTS, Placement
 from progrow.schedule import GrowthSchedule
 
 #: Keys of ``cfg.growth`` that are GrowthCallback options (the rest: ``name``, ``stages``).
-GROWTH_OPTIONS = ("loss_tolerance", "on_loss_jump", "new_moments", "rewarmup_steps")
+GROWTH_OPTIONS = (
+    "loss_tolerance",
+    "on_loss_jump",
+    "new_moments",
+    "rewarmup_steps",
+    "lr_width_exponent",
+)
 #: TransformerConfig fields the app takes from the data rather than from ``cfg.model``.
 FROM_DATA = ("vocab_size", "max_seq_len")
 #: The configs: top-level ``conf/`` of the repository this package sits in.

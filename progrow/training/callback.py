@@ -45,7 +45,7 @@ from progrow.training.architecture import (
 )
 from progrow.training.fsdp import GrowableModelParallelStrategy, grow_sharded
 from progrow.training.module import lm_loss
-from progrow.training.rewarmup import Rewarmup, rewarmup_scale
+from progrow.training.rewarmup import Rewarmup, rewarmup_scale, width_lr_scale
 
 LossFn = Callable[[L.LightningModule, Tensor], Tensor]
 OnLossJump = Literal["raise", "warn", "ignore"]
@@ -159,6 +159,13 @@ class GrowthCallback(L.Callback):
         rewarmup_steps: after each growth, ramp the learning rate linearly from
             ``1/rewarmup_steps`` of its scheduled value back to it over this many steps
             (0: off).
+        lr_width_exponent: while the model is narrower than the schedule's final
+            ``d_model``, multiply the scheduled learning rate by
+            ``(final d_model / current d_model) ** lr_width_exponent`` (0: off). Adam's
+            best learning rate falls roughly as 1 / width, so 1.0 trains the small early
+            sizes at the rate that suits them; at the final size the factor is 1 and the
+            run follows the same schedule as a fixed-size baseline. Composes with
+            ``rewarmup_steps`` (the two factors multiply).
 
     Example:
         >>> cb = GrowthCallback([{"step": 10, "d_mlp": 64}, {"step": 20, "n_layers": 3}])
@@ -178,6 +185,7 @@ class GrowthCallback(L.Callback):
         on_loss_jump: OnLossJump = "raise",
         new_moments: NewMoments = "zero",
         rewarmup_steps: int = 0,
+        lr_width_exponent: float = 0.0,
         group_for_new: GroupForNew | None = None,
         param_order: ParamOrder | None = None,
     ) -> None:
@@ -195,6 +203,14 @@ class GrowthCallback(L.Callback):
             or rewarmup_steps < 0
         ):
             raise ValueError(f"rewarmup_steps must be an int >= 0, got {rewarmup_steps!r}")
+        if (
+            isinstance(lr_width_exponent, bool)
+            or not isinstance(lr_width_exponent, (int, float))
+            or not 0 <= lr_width_exponent <= 4
+        ):
+            raise ValueError(
+                f"lr_width_exponent must be a number in [0, 4], got {lr_width_exponent!r}"
+            )
         self.seed = seed
         self.model_attr = model_attr
         self.probe_batch = probe_batch
@@ -203,6 +219,8 @@ class GrowthCallback(L.Callback):
         self.on_loss_jump = on_loss_jump
         self.new_moments = new_moments
         self.rewarmup_steps = rewarmup_steps
+        self.lr_width_exponent = float(lr_width_exponent)
+        self._final_d_model: int | None = None  # set at setup, from the schedule
         self.group_for_new = group_for_new
         self.param_order = param_order
         self.events: list[GrowthEvent] = []
@@ -226,8 +244,11 @@ class GrowthCallback(L.Callback):
             )
         model = find_transformer(pl_module, self.model_attr)
         self.schedule.validate_for(model.config, trainer.max_steps)
+        self._final_d_model = max(
+            [model.config.d_model] + [s.sizes.get("d_model", 0) for s in self.schedule]
+        )
         self._probe = None
-        if self.rewarmup_steps:
+        if self._scales_lr:
             _run_before_lr_monitors(trainer, self)
 
     def on_save_checkpoint(
@@ -260,8 +281,12 @@ class GrowthCallback(L.Callback):
         # Again: resuming under a sharded strategy may set up new optimizers after fit start.
         self._attach_rewarmup(trainer)
 
+    @property
+    def _scales_lr(self) -> bool:
+        return bool(self.rewarmup_steps or self.lr_width_exponent)
+
     def _attach_rewarmup(self, trainer: L.Trainer) -> None:
-        if self.rewarmup_steps:
+        if self._scales_lr:
             self._rewarmup.attach(trainer.optimizers)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -286,8 +311,8 @@ class GrowthCallback(L.Callback):
         for index, stage in enumerate(self.schedule):
             if stage.step <= trainer.global_step and not self._reached(model, stage):
                 self._grow(trainer, pl_module, model, index, stage)
-        if self.rewarmup_steps:
-            self._start_rewarmup(trainer)
+        if self._scales_lr:
+            self._scale_lr(trainer, model)
 
     @staticmethod
     def _reached(model: Transformer, stage: GrowthStage) -> bool:
@@ -437,14 +462,27 @@ class GrowthCallback(L.Callback):
             raise RuntimeError(message)
         warnings.warn(message, stacklevel=2)
 
-    # -- learning-rate re-warmup after growth (progrow.training.rewarmup) --------------
+    # -- learning-rate factors: re-warmup after growth, width (progrow.training.rewarmup) -
 
-    def _start_rewarmup(self, trainer: L.Trainer) -> None:
-        if not self.events:
-            return
-        since = trainer.global_step - self.events[-1].step
-        scale = rewarmup_scale(since, self.rewarmup_steps)
-        if scale is not None:
+    def lr_scale(self, global_step: int, d_model: int) -> float:
+        """The factor on the scheduled learning rate at ``global_step`` for a model of
+        width ``d_model``: the width factor times the re-warmup ramp after the last growth.
+
+        Example:
+            >>> cb = GrowthCallback([{"step": 10, "d_model": 16}], lr_width_exponent=1.0)
+            >>> cb._final_d_model = 16
+            >>> cb.lr_scale(0, 8), cb.lr_scale(12, 16)
+            (2.0, 1.0)
+        """
+        scale = width_lr_scale(d_model, self._final_d_model or d_model, self.lr_width_exponent)
+        if self.events:
+            ramp = rewarmup_scale(global_step - self.events[-1].step, self.rewarmup_steps)
+            scale *= 1.0 if ramp is None else ramp
+        return scale
+
+    def _scale_lr(self, trainer: L.Trainer, model: Transformer) -> None:
+        scale = self.lr_scale(trainer.global_step, model.config.d_model)
+        if scale != 1.0:
             self._rewarmup.start_step(trainer.optimizers, scale)
 
     def on_before_optimizer_step(

@@ -1,7 +1,9 @@
-"""Learning-rate re-warmup after growth, without the scaled value leaking anywhere.
+"""Learning-rate factors on top of the schedule, without the scaled value leaking anywhere.
 
-For a few steps after a growth the learning rate is ramped back up: step ``i`` after it
-uses ``(i + 1) / rewarmup_steps`` of the scheduled value. The scaled value is in the
+Two factors, multiplied: for a few steps after a growth the learning rate is ramped back
+up (step ``i`` after it uses ``(i + 1) / rewarmup_steps`` of the scheduled value), and a
+model narrower than its final width may train at ``(final / width) ** exponent`` times the
+scheduled value. The scaled value is in the
 param groups from the start of the step's first micro-batch (so ``LearningRateMonitor``
 and the user's ``training_step`` see the value actually used) until the optimizer step's
 post-hook puts the scheduled value back, before the scheduler steps.
@@ -34,6 +36,19 @@ def rewarmup_scale(steps_since_growth: int, rewarmup_steps: int) -> float | None
     if rewarmup_steps <= 0 or not 0 <= steps_since_growth < rewarmup_steps:
         return None
     return (steps_since_growth + 1) / rewarmup_steps
+
+
+def width_lr_scale(d_model: int, final_d_model: int, exponent: float) -> float:
+    """The learning-rate factor of a model of width ``d_model`` that grows to
+    ``final_d_model``: ``(final_d_model / d_model) ** exponent`` (1 at the final width).
+
+    Example:
+        >>> [width_lr_scale(64, 128, p) for p in (1.0, 0.5)], width_lr_scale(128, 128, 1.0)
+        ([2.0, 1.4142135623730951], 1.0)
+    """
+    if exponent == 0 or d_model >= final_d_model:
+        return 1.0
+    return float((final_d_model / d_model) ** exponent)
 
 
 @dataclass
