@@ -41,11 +41,24 @@ BUDGETS = {"short": 1000, "long": 3000}
 #: budget (the long table: 1500..4500, the short one: 500..1500 plus 2000 and 3000).
 BASELINE_STEPS = (500, 1000, 1500, 2000, 3000, 4500)
 SCHEDULES = ("two_stage", "early", "late")
+#: schedule -> when its two stages fire (fractions of the run's steps): first to
+#: 96/384/3 heads/24/24/3 layers, then to the target.
+SCHEDULE_TEXT = {"two_stage": "0.2 and 0.45", "early": "0.1 and 0.25", "late": "0.35 and 0.65"}
 #: placement -> overrides: where the expansions put their factors / how new entries start.
 PLACEMENTS = {
     "readers": ["growth.hidden_factor_at=readers"],
     "gains": ["growth.hidden_factor_at=gains"],
     "split": ["growth.hidden_factor_at=readers", "growth.init=split"],
+    # readers, with the narrow early sizes at (128 / d_model) times the scheduled LR.
+    "lrwidth": ["growth.hidden_factor_at=readers", "growth.lr_width_exponent=1.0"],
+}
+#: placement -> what its rows mean (the table's legend).
+PLACEMENT_TEXT = {
+    "readers": "the hidden factor on the readers, new entries zero (the defaults)",
+    "gains": "the hidden factor on the norm gains (the paper's placement)",
+    "split": "readers, with `init=split` (no zero blocks: copied units, split outputs)",
+    "lrwidth": "readers, with the narrow sizes at (128 / d_model) times the scheduled LR "
+    "(`growth.lr_width_exponent=1`)",
 }
 LRS = ("wsd", "cosine")
 LR_TEXT = {
@@ -297,7 +310,12 @@ def write_table(budget: str) -> None:
         "vs the baseline's. Iso-loss: the compute a fixed target run (its own LR schedule "
         "over its own length) needs to end at the run's final loss, interpolated in "
         "log-FLOPs between the baselines listed, in multiples of the budget (>1: growth "
-        "saved 1 - 1/x of it).",
+        "saved 1 - 1/x of it). Schedules: two stages (to 96/384/3/24/24, 3 layers, then the "
+        "target) at "
+        + "; ".join(f"*{k}*: {v}" for k, v in SCHEDULE_TEXT.items())
+        + " of the run's steps. Growing runs: "
+        + "; ".join(f"*{k}*: {v}" for k, v in PLACEMENT_TEXT.items())
+        + ".",
     ]
     payload: dict[str, Any] = {"budget_steps": steps, "tables": {}}
     for lr in LRS:
