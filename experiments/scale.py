@@ -160,12 +160,55 @@ def main() -> None:
                         default=["baselines", "growth", "start"])  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2, help="processes at a time")
     parser.add_argument("--table-only", action="store_true", help="run nothing")
+    parser.add_argument(
+        "--lr-check", action="store_true", help="instead: the WSD baseline at other peak LRs"
+    )
     args = parser.parse_args()
+    if args.lr_check:
+        lr_check(args.budget, args.seeds, args.jobs, run=not args.table_only)
+        return
     if not args.table_only:
         jobs = select_jobs(args)
         print(f"{len(jobs)} jobs ({sum((p / 'summary.json').is_file() for p in jobs)} done)")
         run_all(jobs, args.jobs)
     write_table(args.budget)
+
+
+#: Peak learning rates of the LR check, besides the app's 3e-3 that every table uses.
+CHECK_LRS = ("1.5e-3", "6e-3")
+
+
+def lr_check(budget: str, seeds: list[int], parallel: int, *, run: bool) -> None:
+    """Is the tables' peak LR (3e-3) a fair one for the target? The equal-budget WSD
+    baseline at half and twice that LR; writes experiments/results/scale_lr_check_<budget>.md."""
+    steps = BUDGETS[budget]
+    jobs = {}
+    for seed in seeds:
+        for peak in CHECK_LRS:
+            folder, overrides = baseline_job("wsd", seed, steps)
+            jobs[RUNS / "scale" / "lr_check" / f"base_{steps}_lr{peak}_s{seed}"] = [
+                *overrides,
+                f"optim.lr={peak}",
+            ]
+    if run:
+        run_all(jobs, parallel)
+    lines = [
+        f"The fixed target at the **{budget}** budget ({steps} steps, WSD) by peak learning "
+        "rate; every table uses 3e-3.",
+        "",
+        "| peak LR | seed | final val loss |",
+        "|---|---|---|",
+    ]
+    for seed in seeds:
+        found = {"3e-3": baseline_job("wsd", seed, steps)[0]}
+        found |= {p: RUNS / "scale" / "lr_check" / f"base_{steps}_lr{p}_s{seed}" for p in CHECK_LRS}
+        for peak, folder in sorted(found.items(), key=lambda kv: float(kv[0])):
+            summary = folder / "summary.json"
+            if summary.is_file():
+                loss = json.loads(summary.read_text())["val_loss"]
+                lines.append(f"| {peak} | {seed} | {loss:.4f} |")
+    (RESULTS / f"scale_lr_check_{budget}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def _label(name: str) -> str:
