@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
 from lightning.pytorch.strategies import (
@@ -24,8 +23,6 @@ from lightning.pytorch.strategies import (
     SingleDeviceStrategy,
     Strategy,
 )
-from lightning_utilities.core.apply_func import apply_to_collection
-from torch import Tensor
 
 from progrow.events import GrowthEvent, events_from_dicts
 from progrow.model import Transformer
@@ -44,10 +41,9 @@ from progrow.training.architecture import (
     save_architecture,
 )
 from progrow.training.fsdp import GrowableModelParallelStrategy, grow_sharded
-from progrow.training.module import lm_loss
+from progrow.training.probe import LossFn, capture_probe, probe_loss
 from progrow.training.rewarmup import Rewarmup, rewarmup_scale, width_lr_scale
 
-LossFn = Callable[[L.LightningModule, Tensor], Tensor]
 OnLossJump = Literal["raise", "warn", "ignore"]
 
 
@@ -79,34 +75,6 @@ def _check_strategy(strategy: Strategy) -> None:
             "optimizer and the growth events stay in the worker processes. Use "
             "strategy='ddp', which runs the script once per process."
         )
-
-
-def probe_tokens(batch: Any) -> Tensor | None:
-    """The token ids of a batch of a common shape, for the default probe loss.
-
-    A ``(B, T + 1)`` integer tensor itself, the first element of a tuple or list (a
-    ``TensorDataset`` loader), or a mapping's ``"input_ids"``; ``None`` for anything else.
-    """
-    if isinstance(batch, Mapping):
-        batch = batch.get("input_ids")
-    elif isinstance(batch, (tuple, list)):
-        batch = batch[0] if batch else None
-    is_tokens = (
-        isinstance(batch, Tensor)
-        and batch.ndim == 2
-        and batch.shape[1] >= 2
-        and not batch.is_floating_point()
-        and not batch.is_complex()
-    )
-    return batch if is_tokens else None
-
-
-def _describe(batch: Any) -> str:
-    if isinstance(batch, Tensor):
-        return f"a {tuple(batch.shape)} {batch.dtype} tensor"
-    if isinstance(batch, Mapping):
-        return f"a {type(batch).__name__} with keys {sorted(map(str, batch))}"
-    return f"a {type(batch).__name__}"
 
 
 class GrowthCallback(L.Callback):
@@ -303,7 +271,7 @@ class GrowthCallback(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self._probe is None:
-            self._probe = self._capture_probe(trainer, batch)
+            self._probe = capture_probe(trainer, batch, self.probe_batch, self.loss_fn)
         ready = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         if (ready - 1) % trainer.accumulate_grad_batches != 0:
             return  # mid-accumulation: never grow between micro-batches of one step
@@ -319,46 +287,10 @@ class GrowthCallback(L.Callback):
         sizes = model.config.sizes()
         return all(sizes[dim] >= size for dim, size in stage.sizes.items())
 
-    def _capture_probe(self, trainer: L.Trainer, batch: Any) -> Any:
-        """This fit's probe batch, checked now (not at the first growth), the same on
-        every rank (rank 0's), on the CPU."""
-        datamodule = getattr(trainer, "datamodule", None)
-        if self.probe_batch is not None:
-            batch = self.probe_batch
-        elif datamodule is not None and hasattr(datamodule, "probe_batch"):
-            batch = datamodule.probe_batch()
-        if self.loss_fn is None:
-            tokens = probe_tokens(batch)
-            if tokens is None:
-                raise ValueError(
-                    f"GrowthCallback: the probe batch is {_describe(batch)}; the default "
-                    "probe loss needs token ids: a (B, T + 1) integer tensor, a tuple/list "
-                    "whose first element is one, or a dict with 'input_ids'. Pass "
-                    "loss_fn=(pl_module, batch) -> loss (or probe_batch=...) for this batch."
-                )
-            batch = tokens
-        batch = apply_to_collection(batch, Tensor, lambda t: t.detach().cpu().clone())
-        if trainer.world_size > 1:
-            # Each rank's first batch differs (distributed sampler): probe rank 0's on all,
-            # so every rank measures, logs and decides on the same numbers.
-            batch = trainer.strategy.broadcast(batch, src=0)
-        return batch
-
     def _probe_loss(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
-        model = find_transformer(pl_module, self.model_attr)
         assert self._probe is not None, "the probe batch is set at the first training batch"
-        batch = move_data_to_device(self._probe, pl_module.device)
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad(), trainer.precision_plugin.forward_context():
-                if self.loss_fn is not None:
-                    loss = self.loss_fn(pl_module, batch)
-                else:
-                    loss = lm_loss(model, batch)
-        finally:
-            pl_module.train(was_training)
-        return float(loss)
+        model = find_transformer(pl_module, self.model_attr)
+        return probe_loss(trainer, pl_module, model, self._probe, self.loss_fn)
 
     def _grow(
         self,
@@ -506,4 +438,4 @@ def _run_before_lr_monitors(trainer: L.Trainer, callback: L.Callback) -> None:
         callbacks.insert(monitors[0], callback)
 
 
-__all__ = ["GrowthCallback", "probe_tokens", "stage_seed"]
+__all__ = ["GrowthCallback", "stage_seed"]
