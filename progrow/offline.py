@@ -29,10 +29,11 @@ from progrow.expand.hidden import FactorAt, check_factor_at
 from progrow.expand.layers import Positions
 from progrow.expand.plan import Init, check_init
 from progrow.expand.widths import QkFactorAt, check_qk_factor_at
+from progrow.layout import param_names
 from progrow.model import Transformer
 from progrow.placement import BY_KEY, saved_placement
 from progrow.schedule import stage_seed
-from progrow.surgery import NewMoments, grow_with_optimizers, param_names
+from progrow.surgery import NewMoments, grow_with_optimizers
 
 #: Where progrow keeps its entry in a checkpoint (architecture, optimizer names, totals).
 CHECKPOINT_KEY = "progrow"

@@ -18,9 +18,9 @@ from torch import nn
 from torch.nn.modules.module import _EXTRA_STATE_KEY_SUFFIX as _EXTRA_STATE_KEY
 
 from progrow.config import TransformerConfig
+from progrow.layout import param_names
 from progrow.model import Transformer, config_to_tensor
 from progrow.offline import CHECKPOINT_KEY
-from progrow.surgery import param_names
 
 
 def _get(module: nn.Module, attr: str) -> Any:

@@ -29,10 +29,11 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from progrow.config import TransformerConfig
 from progrow.expand import grow
+from progrow.layout import param_names, prefix_of
 from progrow.model import Transformer
 from progrow.offline import CHECKPOINT_KEY, checkpoint_config
 from progrow.record import ExpansionRecord
-from progrow.surgery import StateTransport, carry_optimizers, param_names, prefix_of
+from progrow.surgery import StateTransport, carry_optimizers
 from progrow.training.architecture import find_transformer
 
 State = dict[str, Any]
