@@ -45,17 +45,20 @@ SCHEDULES = ("two_stage", "early", "late")
 #: 96/384/3 heads/24/24/3 layers, then to the target.
 SCHEDULE_TEXT = {"two_stage": "0.2 and 0.45", "early": "0.1 and 0.25", "late": "0.35 and 0.65"}
 #: placement -> overrides: where the expansions put their factors / how new entries start.
+#: Each pins every option it is about, so a later change of the app's defaults does not
+#: change what a cached folder name means.
+_FLAT_LR = "growth.lr_width_exponent=0"
 PLACEMENTS = {
-    "readers": ["growth.hidden_factor_at=readers"],
-    "gains": ["growth.hidden_factor_at=gains"],
-    "split": ["growth.hidden_factor_at=readers", "growth.init=split"],
+    "readers": ["growth.hidden_factor_at=readers", _FLAT_LR],
+    "gains": ["growth.hidden_factor_at=gains", _FLAT_LR],
+    "split": ["growth.hidden_factor_at=readers", "growth.init=split", _FLAT_LR],
     # readers, with the narrow early sizes at (128 / d_model) times the scheduled LR.
     "lrwidth": ["growth.hidden_factor_at=readers", "growth.lr_width_exponent=1.0"],
 }
 #: placement -> what its rows mean (the table's legend).
 PLACEMENT_TEXT = {
-    "readers": "the hidden factor on the readers, new entries zero (the defaults)",
-    "gains": "the hidden factor on the norm gains (the paper's placement)",
+    "readers": "the hidden factor on the readers, new entries zero, the scheduled LR at every size",
+    "gains": "as readers, with the hidden factor on the norm gains (the paper's placement)",
     "split": "readers, with `init=split` (no zero blocks: copied units, split outputs)",
     "lrwidth": "readers, with the narrow sizes at (128 / d_model) times the scheduled LR "
     "(`growth.lr_width_exponent=1`)",
