@@ -14,6 +14,7 @@ from lit_utils import app_overrides
 from progrow.app.report import (
     RunSummary,
     baseline_notes,
+    crossing,
     flops_to_reach,
     main,
     markdown,
@@ -115,6 +116,31 @@ def test_baseline_matches_seed_else_most_flops() -> None:
     bases = [_summary("none", 0, 10.0), _summary("none", 1, 5.0), _summary("none", 2, 20.0)]
     assert pick_baseline(_summary("x", 1, 1.0), bases) is bases[1]
     assert pick_baseline(_summary("x", 7, 1.0), bases) is bases[2]
+
+
+def test_a_fixed_size_run_is_not_its_own_baseline() -> None:
+    base = _summary("none", 0, 10.0)
+    assert pick_baseline(base, [base]) is None
+    other = _summary("none", 0, 20.0)
+    assert pick_baseline(base, [base, other]) is other
+
+
+def test_crossing_keeps_nothing_from_an_earlier_baseline() -> None:
+    """Measured again against a baseline it never reaches (e.g. the start-size reference
+    against the target), a run reports no saving, not the one of its first comparison."""
+    run = _summary("none", 0, 10.0, sizes={"d_model": 8, "n_layers": 1})
+    run.curve, run.final_val_loss = [(5.0, 2.0), (10.0, 1.5)], 1.5
+    run.time_curve = [(1.0, 2.0), (2.0, 1.5)]
+    easy = _summary("none", 0, 10.0)
+    easy.final_val_loss, easy.time_curve = 2.0, [(4.0, 2.0)]
+    crossing(run, easy)
+    assert run.saving_pct == pytest.approx(50.0) and run.time_saving_pct == pytest.approx(75.0)
+    hard = _summary("none", 0, 10.0)
+    hard.final_val_loss, hard.time_curve = 1.0, [(4.0, 1.0)]
+    crossing(run, hard)
+    assert run.baseline == hard.path
+    assert (run.flops_to_baseline, run.saving_pct) == (None, None)
+    assert (run.time_to_baseline, run.time_saving_pct) == (None, None)
 
 
 def test_only_a_fixed_size_run_of_the_final_size_is_a_baseline(

@@ -102,8 +102,12 @@ def pick_baseline(run: RunSummary, baselines: Sequence[RunSummary]) -> RunSummar
     """Among the fixed-size runs of ``run``'s final sizes, narrowed to those of ``run``'s
     LR schedule and then to those of equal compute (within 5% of its FLOPs) where any
     exist: the one with ``run``'s seed, else the one with the most FLOPs; ``None`` if
-    there is none."""
-    usable = [b for b in baselines if b.curve and qualifies_as_baseline(b, run)]
+    there is none. A fixed-size run is never its own baseline."""
+    usable = [
+        b
+        for b in baselines
+        if b.curve and b.path != run.path and qualifies_as_baseline(b, run)  # never itself
+    ]
     usable = [b for b in usable if b.lr_schedule == run.lr_schedule] or usable
     usable = [b for b in usable if _equal_compute(b, run)] or usable
     if not usable:
@@ -129,6 +133,9 @@ def crossing(run: RunSummary, base: RunSummary) -> None:
     training-time equivalents against ``base``'s final validation loss. :func:`compare`
     calls it with the baseline it picked; call it directly to measure a run against a
     model of another size (e.g. a fixed-size run of the starting size as a reference)."""
+    # Against this base only: nothing left from a baseline compared before.
+    run.baseline = run.flops_to_baseline = run.saving_pct = None
+    run.time_to_baseline = run.time_saving_pct = None
     if base.final_val_loss is None or not run.curve:
         return
     run.baseline = base.path
