@@ -185,14 +185,15 @@ def lr_check(budget: str, seeds: list[int], parallel: int, *, run: bool) -> None
     """Is the tables' peak LR (3e-3) a fair one for the target? The equal-budget WSD
     baseline at half and twice that LR; writes experiments/results/scale_lr_check_<budget>.md."""
     steps = BUDGETS[budget]
-    jobs = {}
-    for seed in seeds:
-        for peak in CHECK_LRS:
-            folder, overrides = baseline_job("wsd", seed, steps)
-            jobs[RUNS / "scale" / "lr_check" / f"base_{steps}_lr{peak}_s{seed}"] = [
-                *overrides,
-                f"optim.lr={peak}",
-            ]
+
+    def folder(peak: str, seed: int) -> Path:
+        return RUNS / "scale" / "lr_check" / f"base_{steps}_lr{peak}_s{seed}"
+
+    jobs = {
+        folder(peak, seed): [*baseline_job("wsd", seed, steps)[1], f"optim.lr={peak}"]
+        for seed in seeds
+        for peak in CHECK_LRS
+    }
     if run:
         run_all(jobs, parallel)
     lines = [
@@ -204,9 +205,9 @@ def lr_check(budget: str, seeds: list[int], parallel: int, *, run: bool) -> None
     ]
     for seed in seeds:
         found = {"3e-3": baseline_job("wsd", seed, steps)[0]}
-        found |= {p: RUNS / "scale" / "lr_check" / f"base_{steps}_lr{p}_s{seed}" for p in CHECK_LRS}
-        for peak, folder in sorted(found.items(), key=lambda kv: float(kv[0])):
-            summary = folder / "summary.json"
+        found |= {peak: folder(peak, seed) for peak in CHECK_LRS}
+        for peak, path in sorted(found.items(), key=lambda kv: float(kv[0])):
+            summary = path / "summary.json"
             if summary.is_file():
                 loss = json.loads(summary.read_text())["val_loss"]
                 lines.append(f"| {peak} | {seed} | {loss:.4f} |")

@@ -211,10 +211,8 @@ class GrowthCallback(L.Callback):
                 "(GrowableModelParallelStrategy); use new_moments='zero'"
             )
         model = find_transformer(pl_module, self.model_attr)
-        self.schedule.validate_for(model.config, trainer.max_steps)
-        self._final_d_model = max(
-            [model.config.d_model] + [s.sizes.get("d_model", 0) for s in self.schedule]
-        )
+        final = self.schedule.validate_for(model.config, trainer.max_steps)
+        self._final_d_model = final.d_model
         self._probe = None
         if self._scales_lr:
             _run_before_lr_monitors(trainer, self)
@@ -396,16 +394,8 @@ class GrowthCallback(L.Callback):
 
     # -- learning-rate factors: re-warmup after growth, width (progrow.training.rewarmup) -
 
-    def lr_scale(self, global_step: int, d_model: int) -> float:
-        """The factor on the scheduled learning rate at ``global_step`` for a model of
-        width ``d_model``: the width factor times the re-warmup ramp after the last growth.
-
-        Example:
-            >>> cb = GrowthCallback([{"step": 10, "d_model": 16}], lr_width_exponent=1.0)
-            >>> cb._final_d_model = 16
-            >>> cb.lr_scale(0, 8), cb.lr_scale(12, 16)
-            (2.0, 1.0)
-        """
+    def _lr_scale(self, global_step: int, d_model: int) -> float:
+        """The factor on the scheduled LR: the width factor times the re-warmup ramp."""
         scale = width_lr_scale(d_model, self._final_d_model or d_model, self.lr_width_exponent)
         if self.events:
             ramp = rewarmup_scale(global_step - self.events[-1].step, self.rewarmup_steps)
@@ -413,7 +403,7 @@ class GrowthCallback(L.Callback):
         return scale
 
     def _scale_lr(self, trainer: L.Trainer, model: Transformer) -> None:
-        scale = self.lr_scale(trainer.global_step, model.config.d_model)
+        scale = self._lr_scale(trainer.global_step, model.config.d_model)
         if scale != 1.0:
             self._rewarmup.start_step(trainer.optimizers, scale)
 

@@ -3,8 +3,8 @@
 Two factors, multiplied: for a few steps after a growth the learning rate is ramped back
 up (step ``i`` after it uses ``(i + 1) / rewarmup_steps`` of the scheduled value), and a
 model narrower than its final width may train at ``(final / width) ** exponent`` times the
-scheduled value. The scaled value is in the
-param groups from the start of the step's first micro-batch (so ``LearningRateMonitor``
+scheduled value. The scaled value is in the param groups from the start of the step's
+first micro-batch (so ``LearningRateMonitor``
 and the user's ``training_step`` see the value actually used) until the optimizer step's
 post-hook puts the scheduled value back, before the scheduler steps.
 
