@@ -5,6 +5,7 @@ Kept generic on purpose: the table of expansions lives in ``expansion_table.py``
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -21,6 +22,18 @@ from progrow import Transformer, TransformerConfig
 
 #: The checkout under test (the folder holding ``progrow/``).
 REPO = Path(__file__).resolve().parents[1]
+
+# ``--doctest-modules`` imports every module under tests/; the Hugging Face helpers need
+# ``transformers`` (the ``hf`` extra, which ``make test`` installs). Without it the tests
+# that use them skip with a reason (``pytest.importorskip``) instead of failing collection.
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a finder refuses it, or sys.modules[name] is None
+        return False
+
+
+collect_ignore = [] if _importable("transformers") else ["hf_utils.py"]
 
 
 def checkout_env() -> dict[str, str]:
