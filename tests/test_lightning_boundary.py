@@ -78,6 +78,39 @@ def test_default_probe_reads_tuple_and_dict_batches(shape: str) -> None:
     assert all(3.0 < (e.loss_before or 0.0) < 7.0 for e in cb.events)  # a real next-token loss
 
 
+class PairModule(BatchModule):
+    """A user's module trained on ``(inputs, targets)`` pairs (``TensorDataset(x, y)``)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        return torch.nn.functional.cross_entropy(
+            self.model(inputs).flatten(0, 1), targets.flatten()
+        )
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)  # the probe sees the initial model
+
+
+def test_default_probe_scores_inputs_against_targets() -> None:
+    """An ``(x, y)`` batch whose targets are not ``x`` shifted: the logged loss before
+    growth is the user's loss on the probe pair, not the loss of ``x`` read as tokens."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (16, TINY_MODEL["max_seq_len"]), generator=gen)
+    y = torch.randint(0, 256, x.shape, generator=gen)
+    torch.manual_seed(0)
+    module = PairModule()
+    start = copy.deepcopy(module.model).eval()
+    cb = growth(STAGES[:1])
+    trainer(3, [cb]).fit(module, DataLoader(TensorDataset(x, y), batch_size=4))
+    with torch.no_grad():
+        pair_loss = torch.nn.functional.cross_entropy(start(x[:4]).flatten(0, 1), y[:4].flatten())
+        tokens_loss = lm_loss(start, x[:4])
+    (event,) = cb.events
+    assert event.loss_before == pytest.approx(float(pair_loss), rel=1e-6)
+    assert abs(float(tokens_loss) - float(pair_loss)) > 1e-3
+    assert small_delta(event)
+
+
 class FailIfStepped(L.Callback):
     def on_before_optimizer_step(self, *args: Any) -> None:
         raise AssertionError("an optimizer step ran although the probe batch is unusable")
