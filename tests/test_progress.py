@@ -8,9 +8,11 @@ from typing import Any
 
 import lightning as L
 import pytest
-from lit_utils import datamodule, lm_module, trainer
+from hydra import compose, initialize_config_dir
+from lit_utils import app_overrides, datamodule, lm_module, trainer
 
 from progrow.app.progress import StepProgressBar
+from progrow.app.train import CONF_DIR, train
 
 
 class _Watch(L.Callback):
@@ -65,3 +67,30 @@ def test_a_resumed_bar_counts_global_steps_to_max_steps(
     assert steps == [(5, 8, False), (6, 8, False), (7, 8, False), (8, 8, True)]
     bars = [line for line in capsys.readouterr().out.splitlines() if "train steps" in line]
     assert bars and "8/8" in bars[-1], bars
+
+
+@pytest.mark.parametrize("bar", ["default", "null"])
+def test_progress_bar_null_means_no_bar(
+    bar: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``callbacks.progress_bar=null`` (the experiment configs' way to keep sweep output
+    clean) leaves no bar at all: before, Lightning put its own back (``Epoch 0/-2``,
+    ``v_num``). The default config shows the step bar (the check sees a bar at all)."""
+    overrides = [
+        o
+        for o in app_overrides(tmp_path / "cache", max_steps=2, val_every=2)
+        if "progress" not in o
+    ]
+    if bar == "null":
+        overrides.append("callbacks.progress_bar=null")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "growth=none"])
+    cfg.paths.output_dir = str(tmp_path / "run")
+    assert train(cfg)["global_step"] == 2
+    captured = capsys.readouterr()
+    console = captured.out + captured.err
+    if bar == "default":
+        assert "train steps" in console and "it/s" in console, console
+    else:
+        assert "train steps" not in console and "it/s" not in console, console
+    assert "Epoch 0" not in console and "v_num" not in console, console

@@ -210,6 +210,7 @@ def _optimizer_and_growth(settings: RunSettings) -> tuple[Any, Any]:
 def _build_trainer(job: _Job, preemption: PreemptionCallback) -> tuple[Any, list[Any]]:
     """The Trainer with the configured callbacks and loggers, hyperparameters logged."""
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar
 
     from progrow.app import wandb_extras
     from progrow.app.interrupt import slurm_plugins
@@ -223,7 +224,12 @@ def _build_trainer(job: _Job, preemption: PreemptionCallback) -> tuple[Any, list
     loggers = [instantiate(c, **_logger_extras(c, settings)) for c in settings.loggers.values()]
     wandb_extras.define_compute_axis(loggers)
     slurm = slurm_plugins(settings.trainer)
-    plugins = {"plugins": slurm} if slurm else {}
+    plugins: dict[str, Any] = {"plugins": slurm} if slurm else {}
+    if "enable_progress_bar" not in settings.trainer and not any(
+        isinstance(c, ProgressBar) for c in callbacks
+    ):
+        # callbacks.progress_bar=null means no bar, not Lightning's default one.
+        plugins["enable_progress_bar"] = False
     trainer = instantiate(
         settings.trainer,
         callbacks=callbacks,
