@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from progrow.checkpoint_files import load_checkpoint
 from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.events import GrowthEvent, events_from_dicts
 from progrow.expand.hidden import FactorAt, check_factor_at
@@ -353,11 +354,6 @@ def _write(checkpoint: dict[str, Any], path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint on CPU (a full pickle: only load files you trust)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
 
 
 def grow_family(

@@ -19,7 +19,7 @@ import torch
 from conftest import checkout_env, run_process_groups
 from lit_utils import TWO_STAGES, lm_module
 
-from progrow.offline import grow_checkpoint
+from progrow.offline import grow_checkpoint, load_checkpoint
 
 SCRIPT = Path(__file__).parent / "fsdp_growth_script.py"
 TIMEOUT_S = 300
@@ -27,12 +27,17 @@ RUNS = ("full_run", "sharded_2", "sharded_6", "sharded_10", "full_format", "full
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def fsdp_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **checkout_env()}
     # Its own process group, so a hang is ended by killing both ranks.
     run_process_groups([([sys.executable, str(SCRIPT), str(out)], env)], TIMEOUT_S, "FSDP run")
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def ranks(fsdp_out: Path) -> list[dict]:
+    return [torch.load(fsdp_out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
 
 def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
@@ -91,3 +96,38 @@ def test_resume_under_fsdp_is_bitwise_exact(ranks: list[dict], run: str) -> None
     for rank in ranks:
         assert_same(rank[run]["final"], expected, run)
         assert [e["step"] for e in rank[run]["events"]] == [4, 8]
+
+
+def _by_name(optimizer: dict, names: list[list[str]]) -> dict[str, dict[str, torch.Tensor]]:
+    """An optimizer state dict's moments by parameter name: the ids it keys them by are
+    labels (positions in the groups, or in the module's parameters), not a layout."""
+    ids = [i for group in optimizer["param_groups"] for i in group["params"]]
+    flat = [name for group in names for name in group]
+    return {flat[k]: optimizer["state"][i] for k, i in enumerate(ids) if i in optimizer["state"]}
+
+
+def test_a_sharded_checkpoint_reads_as_the_full_one(fsdp_out: Path) -> None:
+    """One device reads a sharded FSDP2 folder: the same tensors and optimizer state as
+    the full-format checkpoint of the same step (the two runs are bitwise equal), and
+    progrow-grow grows it exactly as it grows the full file."""
+    sharded = load_checkpoint(fsdp_out / "sharded" / "step=6.ckpt")
+    full = load_checkpoint(fsdp_out / "fullfmt" / "step=6.ckpt")
+    assert_same(sharded["state_dict"], full["state_dict"], "parameters")
+    assert sharded["global_step"] == full["global_step"] == 6
+    timing = ("train_seconds",)  # wall time differs between the two runs
+    drop = lambda entry: {k: v for k, v in entry.items() if k not in timing}  # noqa: E731
+    assert drop(sharded["progrow"]) == drop(full["progrow"])
+    (names,) = full["progrow"]["optimizer_params"]
+    got, want = (_by_name(c["optimizer_states"][0], names) for c in (sharded, full))
+    assert got.keys() == want.keys() and len(want) == sum(len(g) for g in names)
+    for name, state in want.items():
+        assert_same(state, got[name], f"optimizer state of {name}")
+    sizes = {k: v for k, v in TWO_STAGES[0].items() if k != "step"}
+    files = (fsdp_out / "sharded" / "step=4.ckpt", fsdp_out / "fullfmt" / "step=4.ckpt")
+    grown = [grow_checkpoint(load_checkpoint(p), sizes, seed=0) for p in files]
+    assert_same(grown[0]["state_dict"], grown[1]["state_dict"], "grown parameters")
+    (names,) = grown[1]["progrow"]["optimizer_params"]
+    got, want = (_by_name(c["optimizer_states"][0], names) for c in grown)
+    assert got.keys() == want.keys() and len(want) == sum(len(g) for g in names)
+    for name, state in want.items():
+        assert_same(state, got[name], f"grown optimizer state of {name}")

@@ -386,3 +386,34 @@ def test_command_line_init_split(
     argv = [str(src), "--d_mlp", "20", "--init", "copy", "-o", str(tmp_path / "x")]
     with pytest.raises(SystemExit):
         grow_main(argv)
+
+
+def _bad_inputs(root: Path) -> dict[str, Path]:
+    """Files and folders that are not progrow checkpoints, as users hand them over."""
+    root.mkdir()
+    tensor = root / "weights.pt"
+    torch.save(torch.zeros(3), tensor)
+    text = root / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    state = root / "state_dict.pt"
+    torch.save({"weight": torch.zeros(2)}, state)
+    empty = root / "empty.pt"
+    empty.write_bytes(b"")
+    folder = root / "a_folder"
+    folder.mkdir()
+    (folder / "x.txt").write_text("x")
+    return {"tensor": tensor, "text": text, "state": state, "empty": empty, "folder": folder}
+
+
+@pytest.mark.parametrize("kind", ["tensor", "text", "state", "empty", "folder", "missing"])
+def test_grow_cli_answers_a_bad_input_file_in_one_line(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every bad input ends in one line on stderr and exit status 2, nothing written."""
+    src = _bad_inputs(tmp_path / "in").get(kind, tmp_path / "nowhere.ckpt")
+    out = tmp_path / "out" / "grown.ckpt"
+    assert grow_main([str(src), "--d_mlp", "24", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("progrow-grow: ") and "\n" not in err, err
+    assert str(src) in err and "Traceback" not in err
+    assert not out.parent.exists()

@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             new_moments=args.new_moments,
             model_attr=args.model_attr,
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input files included: one line, exit 2
         print(f"progrow-grow: {err}", file=sys.stderr)
         return 2
     for path, event in events.items():
