@@ -28,6 +28,7 @@ from progrow.app.report import main as report_main
 from progrow.app.report import read_metrics, summarize
 from progrow.app.settings import model_config
 from progrow.app.train import CONF_DIR, train
+from progrow.config import TransformerConfig
 from progrow.flops import train_flops_per_token
 
 MAX_STEPS = 20  # all_six grows at steps 4, 8 and 12
@@ -164,6 +165,94 @@ def test_resume_with_a_changed_config_when_asked(
     # its checkpoints now carry the new identity: resuming them with seed=1 is accepted
     again = compose_run(tmp_path / "again", cache, f"ckpt_path={resumed['last_ckpt']}", "seed=1")
     assert train(again)["global_step"] == MAX_STEPS
+
+
+def test_cli_resume_refuses_changed_training_settings_before_any_work(
+    full_run: dict[str, Any], cache: Path, tmp_path: Path
+) -> None:
+    """Another batch size, learning rate or accumulation would silently continue another
+    training than the checkpoint's: `progrow-train` refuses it in one line naming each key
+    with both values (exit 2), leaves no run folder and the earlier run untouched."""
+    earlier = Path(full_run["output_dir"])
+    before = tree_digest(earlier)
+    ckpt = Path(full_run["ckpt_dir"]) / "step_10.ckpt"
+    changed = ["data.batch_size=8", "optim.lr=0.001", "trainer.accumulate_grad_batches=2"]
+    new_run = tmp_path / "new"
+    result = run_cli(
+        *tiny(cache),
+        f"ckpt_path={ckpt}",
+        *changed,
+        f"hydra.run.dir={new_run}",
+        cwd=tmp_path,
+        env={"HYDRA_FULL_ERROR": ""},
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"progrow-train: error: ckpt_path={ckpt}: "), line
+    for change in (
+        "data.batch_size 4 -> 8",
+        "optim.lr 0.003 -> 0.001",
+        "trainer.accumulate_grad_batches 1 -> 2",
+        "resume_allow_changes=true",
+    ):
+        assert change in line, (change, line)
+    assert not new_run.exists()
+    assert tree_digest(earlier) == before
+
+
+@pytest.mark.parametrize(
+    ("override", "change"),
+    [
+        ("optim.betas=[0.9,0.99]", "optim.betas [0.9, 0.95] -> [0.9, 0.99]"),
+        ("optim.weight_decay=0.0", "optim.weight_decay 0.1 -> 0.0"),
+        ("optim.schedule=wsd", "optim.schedule cosine -> wsd"),
+        ("optim.warmup_steps=5", "optim.warmup_steps 3 -> 5"),
+        ("trainer.precision=bf16-mixed", "trainer.precision 32-true -> bf16-mixed"),
+        ("trainer.gradient_clip_val=null", "trainer.gradient_clip_val 1.0 -> null"),
+        ("+trainer.gradient_clip_algorithm=value", "gradient_clip_algorithm null -> value"),
+        ("growth.rewarmup_steps=2", "growth.rewarmup_steps 0 -> 2"),
+        ("trainer=ddp_cpu", "processes 1 -> 2"),
+    ],
+    ids=lambda v: v.split("=")[0] if "=" in v else None,
+)
+def test_every_setting_of_a_step_is_part_of_the_run_identity(
+    override: str, change: str, cache: Path, tmp_path: Path
+) -> None:
+    """Each key of the registry is recorded as the run trains with it (the config's value,
+    or the default of what reads it) and a change of it is named with both values."""
+    from progrow.app.resume import check_resume, run_identity
+
+    model = TransformerConfig(vocab_size=256, max_seq_len=16)
+
+    def identity(*overrides: str) -> dict[str, Any]:
+        settings = RunSettings.from_config(compose_run(tmp_path, cache, *overrides))
+        return run_identity(settings, model, "data")
+
+    ckpt = tmp_path / "saved.ckpt"
+    torch.save({"progrow_run": identity()}, ckpt)
+    with pytest.raises(ConfigError) as info:
+        check_resume(str(ckpt), identity(override), allow_changes=False)
+    assert change in str(info.value), str(info.value)
+    allowed = check_resume(str(ckpt), identity(override), allow_changes=True)
+    assert any(change in line for line in allowed), allowed
+
+
+def test_resume_with_changed_training_settings_when_asked_logs_each(
+    full_run: dict[str, Any], cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ckpt = Path(full_run["ckpt_dir"]) / "step_10.ckpt"
+    changed = ["data.batch_size=8", "optim.lr=0.001", "trainer.accumulate_grad_batches=2"]
+    allowed = compose_run(
+        tmp_path, cache, f"ckpt_path={ckpt}", *changed, "resume_allow_changes=true"
+    )
+    assert train(allowed)["global_step"] == MAX_STEPS
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for change in (
+        "data.batch_size 4 -> 8",
+        "optim.lr 0.003 -> 0.001",
+        "trainer.accumulate_grad_batches 1 -> 2",
+    ):
+        assert f"resuming with a changed config (resume_allow_changes=true): {change}" in warned
 
 
 def test_resume_from_explicit_checkpoint_into_new_folder(

@@ -137,8 +137,10 @@ class RunSettings:
     budget_model: dict[str, int] | None = None
     """Sizes of the reference model of the budget (default: the schedule's final size)."""
     resume_allow_changes: bool = False
-    """Resume even if the data, schedule, model, ``max_steps`` or seed differ from the
-    checkpoint's run (default: refuse, naming what changed)."""
+    """Resume even if the run identity (the data, schedule, model, ``max_steps``, seed,
+    processes, or a key of :data:`progrow.app.resume.CONFIG_KEYS` such as ``optim.lr``)
+    differs from the checkpoint's run (default: refuse, naming what changed); each change
+    is then logged as a warning."""
     hf_init_from: Path | None = None
     """``hf.init_from``: a Hugging Face model folder to start from (replaces ``model``)."""
     hf_export_to: Path | None = None
