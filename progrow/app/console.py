@@ -41,6 +41,38 @@ def quiet_lightning() -> None:
         # Lightning suggests srun whenever it is on PATH (a cluster's login node); the hint
         # only matters inside a SLURM allocation, where it stays.
         warnings.filterwarnings("ignore", message=r".*The `srun` command is available.*")
+    # ModelCheckpoint warns that its folder holds files whenever a run resumes into its
+    # own folder. It could only overwrite checkpoints, and the app refuses a fresh start
+    # into a folder holding checkpoints before the Trainer exists (resolve_ckpt_path).
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # Resuming into a new run folder: the checkpoint callback does not reload its
+    # bookkeeping of the old folder's files, which a run writing elsewhere must leave
+    # alone anyway (the app's default keeps every checkpoint and monitors nothing).
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* won't be reloaded")
+
+
+#: Lightning's warning that a DistributedSampler may evaluate some samples twice.
+_VAL_SAMPLER = r"Using `DistributedSampler` with the dataloaders\. During `trainer\.validate\(\)`"
+
+
+def check_val_split(val_batches: int, processes: int | None) -> str | None:
+    """Under DDP/FSDP each process validates every ``processes``-th batch of the fixed
+    validation set, and Lightning's sampler repeats batches to give all as many. When
+    ``val_batches`` is a multiple of ``processes`` nothing repeats: Lightning's warning
+    about it (at the final ``trainer.validate``) is dropped. Otherwise the repeated
+    batches count twice in ``val/loss``; returns a message naming the key (and drops
+    Lightning's, which it replaces). ``processes=None`` (unknown): Lightning's stays."""
+    if processes is None or processes <= 1:
+        return None
+    warnings.filterwarnings("ignore", message=_VAL_SAMPLER)
+    extra = -val_batches % processes
+    if extra == 0:
+        return None
+    return (
+        f"data.val_batches={val_batches} does not split over {processes} processes: "
+        f"validation repeats {extra} batch(es), which count twice in val/loss; use a "
+        f"multiple of {processes}"
+    )
 
 
 def user_error(err: BaseException) -> str | None:

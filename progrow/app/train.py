@@ -118,8 +118,8 @@ def _prepare(settings: RunSettings) -> _Job:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from progrow.app import hf_io
-    from progrow.app.checks import check_devices, resolve_ckpt_path
-    from progrow.app.console import quiet_lightning
+    from progrow.app.checks import check_devices, resolve_ckpt_path, world_size
+    from progrow.app.console import check_val_split, quiet_lightning
     from progrow.app.interrupt import resume_message
     from progrow.app.resume import check_resume, run_identity, with_run_placement
     from progrow.app.settings import validate_schedule, with_compute_budget
@@ -138,6 +138,9 @@ def _prepare(settings: RunSettings) -> _Job:
     L.seed_everything(settings.seed, workers=True)
 
     datamodule = _datamodule(settings)
+    uneven = check_val_split(datamodule.val_batches, world_size(settings.trainer))
+    if uneven and getattr(rank_zero_only, "rank", 0) == 0:
+        log.warning(uneven)
     model_cfg, hf_start = _start_model(settings, datamodule)
     budget_flops = None
     if settings.budget_steps is not None:
@@ -200,7 +203,11 @@ def _optimizer_and_growth(settings: RunSettings) -> tuple[Any, Any]:
         raise ConfigError(f"optim: {err}") from None
     try:
         growth = GrowthCallback(
-            settings.growth.schedule, seed=settings.seed, **settings.growth.options
+            settings.growth.schedule,
+            seed=settings.seed,
+            # check_resume has refused a changed schedule unless the user allowed it
+            resume_allow_changes=settings.resume_allow_changes,
+            **settings.growth.options,
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"growth: {err}") from None
@@ -373,7 +380,7 @@ def _save_final_checkpoint(trainer: Any) -> str | None:
         return None
     if getattr(checkpoint, "_last_global_step_saved", -1) != trainer.global_step:
         last = checkpoint.last_model_path or str(Path(checkpoint.dirpath) / "last.ckpt")
-        trainer.save_checkpoint(last)
+        trainer.save_checkpoint(last, weights_only=False)  # full state, as ModelCheckpoint's
         return last
     return checkpoint.last_model_path or None
 

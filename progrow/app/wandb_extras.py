@@ -46,11 +46,23 @@ def stable_run_id(output_dir: Path) -> str:
     return run_id
 
 
+def _drop_unset_anonymous(logger: Logger) -> None:
+    """Lightning's WandbLogger always hands ``anonymous`` to ``wandb.init``, ``None``
+    when not asked for, and W&B warns on every run that the setting has no effect. Left
+    out, ``wandb.init`` gets what ``None`` meant (nothing set); an explicit
+    ``anonymous: true`` in the logger config is passed on as before."""
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and "anonymous" in init and init["anonymous"] is None:
+        del init["anonymous"]
+
+
 def define_compute_axis(loggers: list[Logger]) -> None:
-    """Declare ``compute/flops`` the x-axis of the metrics in ``BY_COMPUTE``."""
+    """Declare ``compute/flops`` the x-axis of the metrics in ``BY_COMPUTE`` (this starts
+    the W&B run)."""
     for logger in loggers:
         if not is_wandb(logger):
             continue
+        _drop_unset_anonymous(logger)
         run = getattr(logger, "experiment", None)  # rank 0: the wandb Run; else a dummy
         define = getattr(run, "define_metric", None)
         if define is None:

@@ -120,10 +120,14 @@ class LMModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
         self.val_loss.reset()
-        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
-        self.log("val/ppl", torch.exp(loss.clamp(max=30.0)))
-        self.log("compute/flops", self.flops)
-        self.log("time/train_s", self.train_seconds)
+        # Epoch-level values under DDP/FSDP: the loss (the metric syncs itself) and the
+        # FLOPs (counted from all ranks' tokens) are already the same on every rank, and
+        # "max" keeps them bit-exact (a mean of equal floats need not be); the training
+        # time is the slowest rank's, what the run waited for.
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, reduce_fx="max")
+        self.log("val/ppl", torch.exp(loss.clamp(max=30.0)), sync_dist=True, reduce_fx="max")
+        self.log("compute/flops", self.flops, sync_dist=True, reduce_fx="max")
+        self.log("time/train_s", self.train_seconds, sync_dist=True, reduce_fx="max")
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``: shard the Transformer with FSDP2 (each block,

@@ -217,7 +217,8 @@ def save_checkpoint_atomically(trainer: L.Trainer, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove(tmp)  # left by a crash: a sharded save must not mix with old shards
     trainer.strategy.barrier("progrow.save_checkpoint_atomically")
-    trainer.save_checkpoint(tmp)  # every rank; ends with a barrier
+    # The full training state; left unset, Lightning logs that it defaults to it.
+    trainer.save_checkpoint(tmp, weights_only=False)  # every rank; ends with a barrier
     if trainer.is_global_zero:
         if path.exists() and (tmp.is_dir() or path.is_dir()):
             old = path.with_name(f".{path.name}.old")
