@@ -12,10 +12,11 @@ with that default (:attr:`Placement.legacy`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from progrow.config import GROWABLE_DIMS
 from progrow.expand.hidden import DEFAULT_FACTOR_AT, check_factor_at
 from progrow.expand.widths import DEFAULT_QK_FACTOR_AT, check_qk_factor_at
 
@@ -103,24 +104,61 @@ def saved_placement(stages: Iterable[Mapping[str, Any]], index: int, key: str) -
     return p.check(listed[index][key], key)
 
 
-def placement_changes(
-    saved: Iterable[Mapping[str, Any]], stages: Iterable[Mapping[str, Any]]
+def stage_changes(
+    saved: Iterable[Mapping[str, Any]],
+    stages: Iterable[Mapping[str, Any]],
+    grown: Collection[int] = (),
 ) -> dict[int, str]:
-    """The stages that ``stages`` (e.g. ``schedule.to_list()``) place differently from a
-    saved list of the same run, by stage index (older lists read as :func:`saved_stages`).
+    """How ``stages`` (e.g. ``schedule.to_list()``) differ from a saved list of the same
+    run, by stage index: a stage whose step, sizes, placement or init changed, one added
+    and one dropped.
+
+    Older lists read as :func:`saved_stages`, except on the stages in ``grown`` (already
+    applied to the model): there a key the saved stage leaves out is compared only if it
+    is the step or a size. The others only say how the stage filled the grown model,
+    which is done, and a list may predate their being written.
 
     Example:
-        >>> placement_changes([{"step": 5, "d_model": 64}],
-        ...                   [{"step": 5, "d_model": 64, "hidden_factor_at": "readers"}])
+        >>> stage_changes([{"step": 5, "d_model": 64}],
+        ...               [{"step": 5, "d_model": 64, "hidden_factor_at": "readers"}])
         {0: "stage 0 (step 5): hidden_factor_at was 'gains', now 'readers'"}
+        >>> stage_changes([{"step": 5, "d_model": 64}],
+        ...               [{"step": 5, "d_model": 64, "hidden_factor_at": "readers"}], {0})
+        {}
+        >>> stage_changes([], [{"step": 5, "d_mlp": 32}])
+        {0: "stage 0 (step 5): not in the saved schedule, now {'step': 5, 'd_mlp': 32}"}
     """
+    old_list = [dict(stage) for stage in saved]
+    filled = saved_stages(old_list)
+    new_list = [dict(stage) for stage in stages]
     changes = {}
-    for i, (old, new) in enumerate(zip(saved_stages(saved), stages, strict=False)):
-        moved = [
-            f"{p.key} was {old[p.key]!r}, now {new[p.key]!r}"
-            for p in PLACEMENTS
-            if p.key in old and p.key in new and old[p.key] != new[p.key]
-        ]
-        if moved:
-            changes[i] = f"stage {i} (step {new.get('step')}): " + ", ".join(moved)
+    for i in range(max(len(old_list), len(new_list))):
+        old = (old_list[i] if i in grown else filled[i]) if i < len(old_list) else None
+        new = new_list[i] if i < len(new_list) else None
+        if i in grown and old is not None and new is not None:
+            new = {k: v for k, v in new.items() if k in old or k in _WHAT_AND_WHEN}
+        if old != new:
+            changes[i] = _stage_change(i, old, new)
     return changes
+
+
+def _stage_change(i: int, old: dict[str, Any] | None, new: dict[str, Any] | None) -> str:
+    """One line naming stage ``i``'s change (``None``: the list has no such stage)."""
+    step = (new or old or {}).get("step")
+    head = f"stage {i} (step {step}): "
+    if old is None:
+        return head + f"not in the saved schedule, now {new}"
+    if new is None:
+        return head + f"was {old}, not in this schedule"
+    keys = [*old, *(k for k in new if k not in old)]
+    moved = [k for k in keys if old.get(k, _UNSET) != new.get(k, _UNSET)]
+    return head + ", ".join(f"{k} was {_value(old, k)}, now {_value(new, k)}" for k in moved)
+
+
+def _value(stage: dict[str, Any], key: str) -> str:
+    return repr(stage[key]) if key in stage else "unset"
+
+
+_UNSET = object()
+#: The keys of a stage that say when (the step) and to what sizes the model grew.
+_WHAT_AND_WHEN = ("step", *GROWABLE_DIMS)

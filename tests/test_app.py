@@ -255,6 +255,20 @@ def test_resume_with_changed_training_settings_when_asked_logs_each(
         assert f"resuming with a changed config (resume_allow_changes=true): {change}" in warned
 
 
+def test_resume_allowed_under_a_moved_schedule_reaches_the_growth_callback(
+    full_run: dict[str, Any], cache: Path, tmp_path: Path
+) -> None:
+    """A longer run moves the fractional stages already grown (steps 4 and 8): allowed,
+    the growth callback continues with a warning naming both schedules (not an error)."""
+    ckpt = Path(full_run["ckpt_dir"]) / "step_10.ckpt"
+    cfg = compose_run(
+        tmp_path, cache, f"ckpt_path={ckpt}", "resume_allow_changes=true", max_steps=30
+    )
+    with pytest.warns(UserWarning, match=r"differs in a stage already grown: stage 0 \(step 6\)"):
+        resumed = train(cfg)
+    assert resumed["global_step"] == 30
+
+
 def test_resume_from_explicit_checkpoint_into_new_folder(
     full_run: dict[str, Any], cache: Path, tmp_path: Path
 ) -> None:

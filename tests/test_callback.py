@@ -453,6 +453,59 @@ def test_resumed_placement_change_is_warned_for_stages_ahead() -> None:
         cb.load_state_dict({"events": [], "schedule": cb.schedule.to_list()})
 
 
+#: Grown at step 2 (stage 0), checkpointed at step 4, stage 1 still ahead.
+SAVED_STAGES = [{"step": 2, "d_mlp": 20}, {"step": 6, "n_layers": 2}]
+
+
+@pytest.fixture(scope="module")
+def grown_once(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("grown_once") / "step4.ckpt"
+    trainer(8, [growth(SAVED_STAGES), SaveAfterBatch(path, 3)]).fit(
+        lm_module(8), datamodule=datamodule(cache)
+    )
+    return path
+
+
+def test_resume_under_another_schedule_in_a_grown_stage_is_refused(
+    cache: Path, grown_once: Path
+) -> None:
+    """A stage inserted before the one already grown makes the new stage 0 grow again
+    with stage 0's seed, logged as a second "stage 0": refused before any step, naming
+    both schedules; resume_allow_changes=True continues with a warning naming both."""
+    inserted = [{"step": 1, "d_model": 12}, *SAVED_STAGES]
+    rec = Recorder()
+    both = (
+        r"the checkpoint's schedule: \[\{'step': 2, 'd_mlp': 20\}, .*\]; "
+        r"this callback's: \[\{'step': 1, 'd_model': 12, .*\]"
+    )
+    with pytest.raises(ValueError, match=r"already grew per another schedule \(stage 0 .*" + both):
+        trainer(8, [growth(inserted), rec]).fit(
+            lm_module(8), datamodule=datamodule(cache), ckpt_path=str(grown_once)
+        )
+    assert rec.lrs == []  # refused before any optimizer step
+    allowed = growth(inserted, resume_allow_changes=True)
+    with pytest.warns(UserWarning, match=r"differs in a stage already grown: stage 0 .*" + both):
+        trainer(8, [allowed]).fit(
+            lm_module(8), datamodule=datamodule(cache), ckpt_path=str(grown_once)
+        )
+    with pytest.raises(ValueError, match="resume_allow_changes must be True or False"):
+        growth(inserted, resume_allow_changes="yes")
+
+
+def test_resume_under_another_schedule_ahead_warns_naming_both(
+    cache: Path, grown_once: Path
+) -> None:
+    changed = [SAVED_STAGES[0], {"step": 6, "n_layers": 3}]
+    cb = growth(changed)
+    with pytest.warns(UserWarning) as caught:
+        trainer(8, [cb]).fit(lm_module(8), datamodule=datamodule(cache), ckpt_path=str(grown_once))
+    (message,) = [str(w.message) for w in caught if "GrowthCallback" in str(w.message)]
+    assert "differs in a stage still ahead: stage 1 (step 6): n_layers was 2, now 3" in message
+    assert f"the checkpoint's schedule: {GrowthSchedule(SAVED_STAGES).to_list()}" in message
+    assert f"this callback's: {cb.schedule.to_list()}" in message
+    assert [(e.stage, e.step) for e in cb.events] == [(0, 2), (1, 6)]
+
+
 class CompiledModule(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()

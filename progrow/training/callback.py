@@ -26,7 +26,7 @@ from lightning.pytorch.strategies import (
 
 from progrow.events import GrowthEvent, events_from_dicts
 from progrow.model import Transformer
-from progrow.placement import placement_changes
+from progrow.placement import stage_changes
 from progrow.schedule import GrowthSchedule, GrowthStage, stage_seed
 from progrow.surgery import (
     GroupForNew,
@@ -113,8 +113,10 @@ class GrowthCallback(L.Callback):
         loss_fn: ``loss_fn(pl_module, batch) -> loss``; default: next-token cross-entropy
             of the Transformer on the batch's token ids (see :func:`probe_tokens`: a
             ``(B, T + 1)`` integer tensor, the first element of a tuple or list, or a
-            dict's ``"input_ids"``). Other batch shapes need a ``loss_fn``; without one
-            the fit stops at its first batch with a ``ValueError``.
+            dict's ``"input_ids"``), or of ``model(inputs)`` against ``targets`` for an
+            ``(inputs, targets)`` pair of integer tensors of one shape (see
+            :func:`probe_pair`). Other batch shapes need a ``loss_fn``; without one the fit
+            stops at its first batch with a ``ValueError``.
         loss_tolerance: largest accepted ``|loss_after - loss_before|``.
         on_loss_jump: "raise", "warn" or "ignore" when the tolerance is exceeded.
         new_moments: how optimizer surgery fills new Adam entries ("zero" or
@@ -134,6 +136,11 @@ class GrowthCallback(L.Callback):
             sizes at the rate that suits them; at the final size the factor is 1 and the
             run follows the same schedule as a fixed-size baseline. Composes with
             ``rewarmup_steps`` (the two factors multiply).
+        resume_allow_changes: resume a checkpoint whose run grew per another schedule
+            (a stage already grown that this schedule lists differently, or lacks): a
+            warning instead of the ``ValueError``. A stage of this schedule at the index
+            of an event of the checkpoint then draws that stage's values again and is
+            logged with its index. A difference in stages still ahead always warns.
 
     Example:
         >>> cb = GrowthCallback([{"step": 10, "d_mlp": 64}, {"step": 20, "n_layers": 3}])
@@ -156,6 +163,7 @@ class GrowthCallback(L.Callback):
         lr_width_exponent: float = 0.0,
         group_for_new: GroupForNew | None = None,
         param_order: ParamOrder | None = None,
+        resume_allow_changes: bool = False,
     ) -> None:
         self.schedule = (
             schedule if isinstance(schedule, GrowthSchedule) else GrowthSchedule(schedule)
@@ -191,6 +199,11 @@ class GrowthCallback(L.Callback):
         self._final_d_model: int | None = None  # set at setup, from the schedule
         self.group_for_new = group_for_new
         self.param_order = param_order
+        if not isinstance(resume_allow_changes, bool):
+            raise ValueError(
+                f"resume_allow_changes must be True or False, got {resume_allow_changes!r}"
+            )
+        self.resume_allow_changes = resume_allow_changes
         self.events: list[GrowthEvent] = []
         self._probe: Any = None  # this fit's probe batch, on the CPU
         self._rewarmup = Rewarmup()
@@ -228,15 +241,36 @@ class GrowthCallback(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.events = events_from_dicts(state_dict.get("events"))
-        # A run saved before the placement was always written grew with the factor on the
-        # gains; a schedule built now defaults to the readers. Say so (for the stages still
-        # ahead) rather than switch.
-        changes = placement_changes(state_dict.get("schedule") or [], self.schedule.to_list())
-        done = {event.stage for event in self.events}
-        for change in (text for i, text in changes.items() if i not in done):
+        if "schedule" in state_dict:  # (a state without one cannot be compared)
+            self._check_resumed_schedule(list(state_dict["schedule"] or []))
+
+    def _check_resumed_schedule(self, saved: list[dict[str, Any]]) -> None:
+        """Refuse a schedule that differs from the checkpoint's in a stage already grown,
+        warn about one that differs in a stage still ahead, naming both schedules.
+
+        The model already grew per the saved stages that have events; a stage listed
+        differently at such an index would grow again with that stage's seed and label
+        (two events "stage i"), or the record would describe growth that never happened.
+        Stages ahead may change (e.g. a run saved before placements were written grew
+        on the gains, a schedule built now places on the readers), but not silently.
+        """
+        now = self.schedule.to_list()
+        grown = {event.stage for event in self.events}
+        changes = stage_changes(saved, now, grown)
+        both = f"the checkpoint's schedule: {saved}; this callback's: {now}"
+        conflicts = [text for i, text in changes.items() if i in grown]
+        if conflicts and not self.resume_allow_changes:
+            raise ValueError(
+                "GrowthCallback: the checkpoint's run already grew per another schedule ("
+                + "; ".join(conflicts)
+                + f"); {both}. Resume with the stages already grown as they were (later "
+                "ones may change), or pass resume_allow_changes=True"
+            )
+        for i, text in changes.items():
+            already = "already grown" if i in grown else "still ahead"
             warnings.warn(
-                f"GrowthCallback: resuming a run whose {change}; pass the stage's "
-                "placement explicitly to continue it as it was",
+                f"GrowthCallback: resuming a run whose schedule differs in a stage "
+                f"{already}: {text}; {both}",
                 stacklevel=2,
             )
 
