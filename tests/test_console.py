@@ -118,3 +118,52 @@ def test_progrow_grow_refuses_branch_names_that_would_lose_an_output(
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "family").exists()
+
+
+def _composition_error(*overrides: str) -> BaseException:
+    from hydra import compose, initialize_config_dir
+
+    from progrow.app.settings import CONF_DIR
+
+    with (
+        pytest.raises(ConfigCompositionException) as info,
+        initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"),
+    ):
+        compose("train", overrides=list(overrides))
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("override", "tail"),
+    [
+        ("trainer.max_stepz=100", "; did you mean trainer.max_steps?"),
+        ("seeed=1", "; did you mean seed?"),
+        ("trainr.max_steps=3", "; did you mean trainer.max_steps?"),
+        ("growth.stages.0.stepp=3", "; did you mean growth.stages.0.step?"),
+        ("zzzqqq.xx=3", " (to add it, use +zzzqqq.xx=3)"),
+    ],
+)
+def test_a_typo_in_a_key_names_the_closest_existing_key(override: str, tail: str) -> None:
+    """Hydra's advice for an unknown key is to add it with ``+``; for a typo the closest
+    key of the composed config is what the user meant."""
+    key = override.split("=")[0]
+    assert user_error(_composition_error(override)) == f"{key}: no such key in the config{tail}"
+
+
+def test_main_names_the_closest_key_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from progrow.app.train import FULL_ERROR_ENV, main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROGROW_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.delenv(FULL_ERROR_ENV, raising=False)
+    monkeypatch.setattr("sys.argv", ["progrow-train", "trainer.max_stepz=100"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "progrow-train: error: trainer.max_stepz: no such key in the config; did you mean "
+        "trainer.max_steps?\n"
+    )

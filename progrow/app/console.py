@@ -3,11 +3,15 @@ config as one clean line instead of a traceback."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import re
 import shutil
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from progrow.app.settings import ConfigError
 
@@ -102,10 +106,60 @@ def user_error(err: BaseException) -> str | None:
         if isinstance(current, OverrideParseException):
             message = " ".join(current.message.split())
             return f"cannot parse the override {current.override!r}: {message}"
+        if isinstance(current, ConfigCompositionException):
+            unknown = unknown_key(current)
+            if unknown is not None:
+                return unknown
         if isinstance(current, (ConfigCompositionException, MissingConfigException)):
             return " ".join(str(current).split("Config search path:")[0].split())
         current = current.__cause__ or current.__context__
     return None
+
+
+def unknown_key(err: BaseException) -> str | None:
+    """For Hydra's "Could not override 'trainer.max_stepz'. To append to your config use
+    +trainer.max_stepz=100" (a key the composed config does not have): a message naming
+    the closest existing key, e.g. ``trainer.max_stepz: no such key in the config; did
+    you mean trainer.max_steps?``, or Hydra's ``+`` advice when no key is close. ``None``
+    for any other error."""
+    from omegaconf import Container
+    from omegaconf.errors import OmegaConfBaseException
+
+    match = re.match(r"Could not override '([^']+)'", str(err))
+    if match is None:
+        return None
+    key = match.group(1)
+    seen: set[int] = set()
+    cause = err.__cause__ or err.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        parent = getattr(cause, "parent_node", None)
+        if isinstance(cause, OmegaConfBaseException) and isinstance(parent, Container):
+            keys = list(_dotted_keys(parent._get_root()))
+            if key in keys:
+                return None  # missing for another reason: Hydra's message stays
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+            if close:
+                return f"{key}: no such key in the config; did you mean {close[0]}?"
+            append = re.search(r"use (\+\S+)", str(err))
+            hint = f" (to add it, use {append.group(1)})" if append else ""
+            return f"{key}: no such key in the config{hint}"
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _dotted_keys(node: object, prefix: str = "") -> Iterator[str]:
+    """Every key of a config, dotted as on the command line (``growth.stages.0.step``);
+    values are not resolved (``???`` and interpolations are fine)."""
+    from omegaconf import DictConfig, ListConfig
+
+    if not isinstance(node, (DictConfig, ListConfig)) or node._is_none() or node._is_missing():
+        return
+    names: Iterable[Any] = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for name in names:
+        key = f"{prefix}{name}"
+        yield key
+        yield from _dotted_keys(node._get_node(name), key + ".")
 
 
 def remove_if_unused(output_dir: Path) -> bool:
