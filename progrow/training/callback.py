@@ -310,7 +310,9 @@ class GrowthCallback(L.Callback):
         model = find_transformer(pl_module, self.model_attr)
         for index, stage in enumerate(self.schedule):
             if stage.step <= trainer.global_step and not self._reached(model, stage):
-                self._grow(trainer, pl_module, model, index, stage)
+                # The grown model: a sharded growth replaces the module, so the old handle
+                # would give a later stage and the width LR factor the old sizes.
+                model = self._grow(trainer, pl_module, model, index, stage)
         if self._scales_lr:
             self._scale_lr(trainer, model)
 
@@ -331,7 +333,9 @@ class GrowthCallback(L.Callback):
         model: Transformer,
         index: int,
         stage: GrowthStage,
-    ) -> None:
+    ) -> Transformer:
+        """Grow ``model`` to ``stage``'s sizes; returns the model as the module now holds it
+        (the same object after in-place growth, a new one after a sharded re-build)."""
         loss_before = self._probe_loss(trainer, pl_module)
         started = time.perf_counter()  # growth proper: expansion, surgery, DDP re-wrap
         params_before = model.num_params()
@@ -357,9 +361,9 @@ class GrowthCallback(L.Callback):
                 model_attr=self.model_attr,
                 **surgery,
             )
-            model = find_transformer(pl_module, self.model_attr)
         else:
             grow_with_optimizers(pl_module, model, trainer.optimizers, stage.sizes, **surgery)
+        model = find_transformer(pl_module, self.model_attr)  # one handle, either way
         if isinstance(trainer.strategy, DDPStrategy):
             # The old wrapper fixed its parameter set when built: without a new one the
             # grown parameters are never all-reduced (or the step fails).
@@ -385,6 +389,7 @@ class GrowthCallback(L.Callback):
         self.events.append(event)
         self._log(trainer, event)
         self._check_delta(event)
+        return model
 
     @staticmethod
     def _fresh_layout(trainer: L.Trainer, pl_module: L.LightningModule) -> list[list[list[str]]]:
