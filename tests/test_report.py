@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,70 @@ def test_cli_prints_table_and_writes_png(sweep: Path, capsys: pytest.CaptureFixt
     assert "all_six" in out and "(baseline)" in out and "%" in out
     assert png.is_file() and png.stat().st_size > 1000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_names_the_plot_after_the_runs_and_never_overwrites_one(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The default plot goes beside the runs with a name saying which runs it compares
+    (once ``report.png`` in the first folder, replaced by every later report); an existing
+    file is refused with one line naming it, unless ``--force``."""
+    png = sweep / "report-0_vs_1.png"
+    assert main([str(sweep)]) == 0
+    assert f"plot: {png}" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (sweep / "report.png").exists()
+    png.write_bytes(b"an earlier report")
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"a file of mine")
+    for args, existing in (([str(sweep)], png), ([str(sweep), "-o", str(mine)], mine)):
+        assert main(args) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""  # refused before printing a report
+        assert captured.err.splitlines() == [
+            f"progrow-report: error: {existing} exists; pass --force to replace it, "
+            "--out PATH to write elsewhere or --no-plot"
+        ]
+    assert png.read_bytes() == b"an earlier report" and mine.read_bytes() == b"a file of mine"
+    assert main([str(sweep), "--force"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([str(sweep / "0"), "--no-plot"]) == 0  # nothing written, nothing refused
+    assert not list((sweep / "0").glob("report*.png"))
+
+
+def test_growth_events_at_the_same_flops_stay_apart() -> None:
+    """Two runs growing at the same FLOPs: each run's events are drawn in its own colour,
+    with its own dash pattern and marker, the markers on its own curve (so at different
+    heights), instead of dotted verticals that overlap into one."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+    from matplotlib.lines import Line2D
+
+    from progrow.app.report import figure
+
+    runs = []
+    for name, losses in (("a", [4.0, 3.0, 2.0]), ("b", [5.0, 4.0, 3.5])):
+        run = _summary("all_six", 0, 3e9)
+        run.name, run.path = name, f"/runs/{name}"
+        run.curve = list(zip([1e9, 2e9, 3e9], losses, strict=True))
+        run.events = [GrowthEvent(stage=0, step=4, flops=1.5e9), GrowthEvent(1, 8, flops=2e9)]
+        runs.append(run)
+    fig = figure(runs)
+    ax = fig.axes[0]
+    styles = []
+    for run in runs:
+        curve = next(line for line in ax.get_lines() if line.get_label().endswith(f"({run.name})"))
+        mine = [a for a in ax.get_children() if a.get_gid() == f"growth-events:{run.name}"]
+        assert all(isinstance(a, Line2D) for a in mine)
+        assert {to_rgba(a.get_color()) for a in mine} == {to_rgba(curve.get_color())}
+        verticals = [a for a in mine if a.get_marker() in ("None", "", None)]
+        (markers,) = [a for a in mine if a.get_marker() not in ("None", "", None)]
+        assert [float(v.get_xdata()[0]) for v in verticals] == [1.5e9, 2e9]
+        (x0, y0), (x1, y1) = run.curve[:2]  # on its own curve (straight on the log axis)
+        between = y0 + (y1 - y0) * math.log(1.5e9 / x0) / math.log(x1 / x0)
+        assert list(markers.get_ydata()) == pytest.approx([between, y1])
+        styles.append(({v.get_linestyle() for v in verticals}, markers.get_marker()))
+    assert styles[0][0] != styles[1][0] and styles[0][1] != styles[1][1]
+    plt.close(fig)
 
 
 def test_cli_json_and_markdown(sweep: Path, capsys: pytest.CaptureFixture) -> None:
