@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -132,17 +133,19 @@ def test_signal_saves_at_next_step_and_resume_is_bitwise(
     assert_bitwise_equal(params(module), uninterrupted[accumulate])
 
 
-# USR1 (time limit) and TERM (preemption) requeue a running job; Ctrl-C never does; the
-# SIGTERM of `scancel` (the job is CANCELLED by then) must not undo the cancel.
+# USR1 (the time limit's warning) requeues a running job; Ctrl-C never does; SIGTERM never
+# does either: SLURM shows a scancel'd job as COMPLETING, like a preempted one, and a
+# scancel must not be undone (a preemption or scontrol requeue is requeued by SLURM).
 @pytest.mark.parametrize(
     ("signum", "state", "requeued"),
     [
         (signal.SIGUSR1, "RUNNING", True),
-        (signal.SIGTERM, "RUNNING", True),
+        (signal.SIGTERM, "RUNNING", False),
         (signal.SIGINT, "RUNNING", False),
-        (signal.SIGTERM, "CANCELLED", False),
+        (signal.SIGTERM, "COMPLETING", False),
+        (signal.SIGUSR1, "CANCELLED", False),
     ],
-    ids=["USR1", "TERM", "INT", "scancel"],
+    ids=["USR1", "TERM", "INT", "scancel", "USR1-after-cancel"],
 )
 def test_slurm_job_is_requeued_by_progrow_not_lightning(
     cache: Path,
@@ -171,10 +174,9 @@ def test_slurm_job_is_requeued_by_progrow_not_lightning(
     expected = {
         "RUNNING": ["show job -o 4242", "requeue 4242"],
         "CANCELLED": ["show job -o 4242"],
-    }[state]
-    assert (calls.read_text().splitlines() if calls.exists() else []) == (
-        [] if signum == signal.SIGINT else expected
-    )
+    }
+    asked = calls.read_text().splitlines() if calls.exists() else []
+    assert asked == (expected[state] if signum == signal.SIGUSR1 else [])
     # Lightning's handler would have written hpc_ckpt_1.ckpt and requeued a second time.
     assert not list(tmp_path.rglob("hpc_ckpt_*.ckpt"))
     # The ModelCheckpoint's last.ckpt holds step 4 (periodic saves: step 2 only).
@@ -275,3 +277,24 @@ def test_armed_signal_before_training_stops_at_the_first_step(
     assert (stopped.value.signum, stopped.value.step, stopped.value.requeued) == (10, 1, True)
     assert calls.read_text().splitlines() == ["show job -o 4242", "requeue 4242"]
     assert torch.load(ckpt, weights_only=False)["global_step"] == 1
+
+
+@pytest.mark.parametrize("ckpt_path", ["auto", None])
+def test_sigterm_message_never_claims_the_job_was_not_requeued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ckpt_path: str | None
+) -> None:
+    """After SIGTERM SLURM may have requeued the job itself (scontrol requeue, a
+    preemption): the message says what happens in each case instead of "not requeued"."""
+    from types import SimpleNamespace
+
+    from progrow.app.interrupt import interrupted_message
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    settings: Any = SimpleNamespace(ckpt_path=ckpt_path, output_dir=tmp_path)
+    stop = FitInterrupted(signal.SIGTERM, 7, str(tmp_path / "last.ckpt"), requeued=False)
+    text = interrupted_message(stop, settings)
+    assert "not requeued" not in text
+    assert "progrow does not requeue on SIGTERM" in text and "if SLURM requeues it" in text
+    assert ("resumes from this checkpoint" in text) is (ckpt_path == "auto")
+    usr1 = FitInterrupted(signal.SIGUSR1, 7, str(tmp_path / "last.ckpt"), requeued=False)
+    assert "SLURM job 4242 not requeued" in interrupted_message(usr1, settings)

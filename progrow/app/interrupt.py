@@ -60,13 +60,27 @@ def interrupted_message(stop: FitInterrupted, settings: RunSettings) -> str:
             "checkpoint (ckpt_path=auto in the same run folder)."
         )
         return "\n".join(lines)
-    if stop.signum != signal.SIGINT and slurm_job_id() is not None:
+    job = slurm_job_id()
+    if stop.signum == signal.SIGTERM and job is not None:
+        # scancel, a preemption, scontrol requeue and the time limit all send SIGTERM:
+        # progrow never requeues on it; SLURM requeues a preempted or requeued job itself.
+        resumes = (
+            "resumes from this checkpoint (ckpt_path=auto)"
+            if settings.ckpt_path == "auto"
+            else "starts over: it was not launched with ckpt_path=auto"
+        )
+        lines.append(
+            f"SLURM job {job}: progrow does not requeue on SIGTERM. After scancel or the time "
+            f"limit the job ends here; if SLURM requeues it (a preemption, scontrol requeue), "
+            f"its next attempt {resumes}."
+        )
+    elif stop.signum != signal.SIGINT and job is not None:
         why = (
             "see the log above"
             if settings.ckpt_path == "auto"
             else "without ckpt_path=auto a requeued attempt would not resume"
         )
-        lines.append(f"SLURM job {slurm_job_id()} not requeued ({why}).")
+        lines.append(f"SLURM job {job} not requeued ({why}).")
     lines.append(f"Continue with: {continue_command(settings.output_dir)}")
     return "\n".join(lines)
 

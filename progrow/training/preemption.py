@@ -11,12 +11,16 @@ and ``trainer.fit`` ends by raising :class:`FitInterrupted` on every rank.
 
 Signals:
 
-* ``SIGUSR1``: SLURM's warning before the time limit (``--signal=SIGUSR1@90``);
-* ``SIGTERM``: preemption, ``scancel``, the time limit itself, a container stop;
-* ``SIGINT``: Ctrl-C. Saves but never requeues; a second Ctrl-C quits at once.
+* ``SIGUSR1``: SLURM's warning before the time limit (``--signal=SIGUSR1@90``). Saves
+  and requeues the job when it is a SLURM job (``SLURM_JOB_ID`` is set).
+* ``SIGTERM``: ``scancel``, a preemption, ``scontrol requeue``, the time limit itself, a
+  container stop. Saves and stops; never requeues. At this signal SLURM shows the same
+  job state (``COMPLETING``) for a cancel as for a preemption or a time limit, so the
+  signal cannot tell them apart: a ``scancel`` must end the job, and a preemption with
+  ``PreemptMode=REQUEUE`` or an ``scontrol requeue`` is requeued by SLURM itself.
+* ``SIGINT``: Ctrl-C. Saves and stops; a second Ctrl-C quits at once.
 
-The first two requeue the job when it is a SLURM job (``SLURM_JOB_ID`` is set). The
-requeued job keeps its id, so a run folder named after it and ``ckpt_path=auto`` (or
+A requeued job keeps its id, so a run folder named after it and ``ckpt_path=auto`` (or
 ``trainer.fit(ckpt_path=<the saved file>)``) continue the run exactly.
 """
 
@@ -42,14 +46,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
-#: Signals that end in a requeue when the process is part of a SLURM job.
-REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-#: Signals handled by default: the requeue signals and Ctrl-C.
-DEFAULT_SIGNALS = (*REQUEUE_SIGNALS, signal.SIGINT)
+#: Signals that end in a requeue when the process is part of a SLURM job: only the time
+#: limit's warning. SIGTERM also comes from ``scancel``, which must stop the job.
+REQUEUE_SIGNALS = (signal.SIGUSR1,)
+#: Signals handled by default: the time-limit warning, termination and Ctrl-C.
+DEFAULT_SIGNALS = (*REQUEUE_SIGNALS, signal.SIGTERM, signal.SIGINT)
+#: The signals :meth:`PreemptionCallback.arm` records before training (a job's, not Ctrl-C).
+_ARMED_EARLY = (*REQUEUE_SIGNALS, signal.SIGTERM)
 
 _REASONS = {
     signal.SIGUSR1: "SIGUSR1 (time limit ahead)",
-    signal.SIGTERM: "SIGTERM (preemption or cancel)",
+    signal.SIGTERM: "SIGTERM (cancel, preemption or time limit)",
     signal.SIGINT: "SIGINT (Ctrl-C)",
 }
 
@@ -251,8 +258,9 @@ class PreemptionCallback(L.Callback):
     3. every rank takes part in saving a normal checkpoint of that step to ``ckpt_path``,
        atomically (default: the :class:`~lightning.pytorch.callbacks.ModelCheckpoint`'s
        ``last.ckpt``, so ``ckpt_path=auto`` and "resume from last" find it);
-    4. for SIGUSR1/SIGTERM in a SLURM job, rank 0 runs ``scontrol requeue $SLURM_JOB_ID``
-       (``requeue=False`` turns this off); never for Ctrl-C;
+    4. for SIGUSR1 in a SLURM job, rank 0 runs ``scontrol requeue $SLURM_JOB_ID``
+       (``requeue=False`` turns this off); never for SIGTERM (``scancel`` sends it) or
+       Ctrl-C;
     5. ``trainer.fit`` raises :class:`FitInterrupted` on every rank.
 
     The handlers are installed when training starts, replacing Lightning's own (its SIGTERM
@@ -267,10 +275,10 @@ class PreemptionCallback(L.Callback):
     Args:
         ckpt_path: where to save; default: the ModelCheckpoint's last checkpoint path
             (``<dirpath>/last.ckpt``), else ``<default_root_dir>/checkpoints/last.ckpt``.
-        requeue: requeue the SLURM job after SIGUSR1/SIGTERM; ``None``: when
+        requeue: requeue the SLURM job after SIGUSR1; ``None``: when
             ``SLURM_JOB_ID`` is set.
-        signals: the signals to handle (default SIGUSR1, SIGTERM, SIGINT). Only SIGUSR1 and
-            SIGTERM requeue.
+        signals: the signals to handle (default SIGUSR1, SIGTERM, SIGINT). Only SIGUSR1
+            requeues.
 
     Example:
         >>> cb = PreemptionCallback(requeue=False)
@@ -300,7 +308,7 @@ class PreemptionCallback(L.Callback):
         job would neither save nor requeue). A signal recorded before training stops the
         run at its first optimizer step. Call :meth:`disarm` when the run is over.
         """
-        self._armed = tuple(s for s in self.signals if s in REQUEUE_SIGNALS)
+        self._armed = tuple(s for s in self.signals if s in _ARMED_EARLY)
         self._latch.install(self._armed)
 
     def disarm(self) -> None:
