@@ -14,10 +14,11 @@ import os
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import checkout_env, run_process_groups
-from lit_utils import TWO_STAGES, lm_module
+from lit_utils import TWO_STAGES, datamodule, growth, lm_module
 
 from progrow.offline import grow_checkpoint, load_checkpoint
 
@@ -131,3 +132,25 @@ def test_a_sharded_checkpoint_reads_as_the_full_one(fsdp_out: Path) -> None:
     assert got.keys() == want.keys() and len(want) == sum(len(g) for g in names)
     for name, state in want.items():
         assert_same(state, got[name], f"grown optimizer state of {name}")
+
+
+def test_a_checkpoint_resumed_on_another_world_size_is_refused(fsdp_out: Path) -> None:
+    """The full FSDP2 checkpoint of 2 processes on one device: refused, naming both world
+    sizes, instead of continuing another part of the data stream (per-rank position)."""
+    trainer = L.Trainer(
+        max_steps=12,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[growth()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    with pytest.raises(ValueError, match=r"written by 2 process\(es\), resumed on 1"):
+        trainer.fit(
+            lm_module(12),
+            datamodule=datamodule(fsdp_out / "cache"),
+            ckpt_path=str(fsdp_out / "fullfmt" / "step=6.ckpt"),
+        )

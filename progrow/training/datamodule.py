@@ -251,6 +251,28 @@ class LMDataModule(L.LightningDataModule):
         """Open the token cache on every process."""
         _ = self.corpus
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the saved data position means: micro-batch ``i`` of rank ``r`` is window
+        draw ``i * world_size + r`` of the stream, so the position is per rank."""
+        return {"world_size": self._rank()[1]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Refuse a resume on another number of processes: its ranks would continue at
+        the saved per-rank position of a differently interleaved stream, repeating or
+        skipping batches instead of continuing the run's data.
+
+        Raises:
+            ValueError: the checkpoint was written with another world size.
+        """
+        saved = state_dict.get("world_size")
+        world_size = self._rank()[1]
+        if saved is not None and int(saved) != world_size:
+            raise ValueError(
+                f"checkpoint written by {saved} process(es), resumed on {world_size}: the "
+                f"data position is per process, so the run would not continue its data "
+                f"stream; resume with {saved} process(es) (devices x nodes)"
+            )
+
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
         if trainer is None:
