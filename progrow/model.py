@@ -222,11 +222,12 @@ class Transformer(nn.Module):
             x = block(x, rope)
         return self.lm_head(self.norm_f(x))  # (B, T, h) -> (B, T, V)
 
-    # The architecture travels with the state dict (as its "_extra_state" entry), and
-    # loading a state dict first gives this model that architecture: a model built at the
-    # starting size loads a grown checkpoint (resume, load_from_checkpoint, validate,
-    # test, predict, plain load_state_dict) with no hook on any outer module, and pickling
-    # or deep-copying the model copies nothing but the model.
+    # The architecture travels with the state dict (as its "_extra_state" entry), so a
+    # reader knows what it holds; loading never changes the architecture by itself. A
+    # state dict of another config fails to load, as torch's does for other shapes
+    # (naming both configs); rebuilding first is an explicit step: :meth:`rebuild` with
+    # :func:`state_dict_config`, or progrow.training's checkpoint restore
+    # (``load_architecture``), which runs before any optimizer holds the parameters.
 
     def get_extra_state(self) -> Tensor:
         # A tensor, not a dict: code that clones, compares or moves every state-dict
@@ -234,9 +235,9 @@ class Transformer(nn.Module):
         return config_to_tensor(self.config)
 
     def set_extra_state(self, state: Any) -> None:
-        # _load_from_state_dict applied the config before the weights loaded.
-        if config_from_tensor(state) != self.config:
-            raise RuntimeError("the state dict's config was not applied before loading")
+        # Nothing to set: _load_from_state_dict compares the config (where it can report
+        # a mismatch together with torch's size mismatches).
+        pass
 
     def _load_from_state_dict(
         self,
@@ -248,21 +249,33 @@ class Transformer(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        key = prefix + _EXTRA_STATE_KEY
-        if key in state_dict:
-            self.rebuild(config_from_tensor(state_dict[key]))
+        # Load-state-dict pre-hooks run in here first (an explicit rebuild on restore).
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-        if key not in state_dict and key in missing_keys:
-            missing_keys.remove(key)  # a state dict from before configs travelled with it
+        key = prefix + _EXTRA_STATE_KEY
+        if key not in state_dict:
+            if key in missing_keys:
+                missing_keys.remove(key)  # a state dict from before configs travelled with it
+            return
+        saved = config_from_tensor(state_dict[key])
+        if saved != self.config:
+            error_msgs.append(
+                f"the state dict holds a Transformer of another config (this model -> the "
+                f"state dict's: {config_diff(self.config, saved)}; sizes {self.config.sizes()}"
+                f" -> {saved.sizes()}): rebuild the model first, with model.rebuild("
+                "progrow.model.state_dict_config(state_dict)), before building its optimizer"
+            )
 
     def rebuild(self, config: TransformerConfig) -> None:
         """Give this model the structure of ``config`` in place, values uninitialized.
 
-        Nothing happens if the model already has ``config``. The new submodules are built
-        on the meta device (so no random number is drawn) and then allocated on the
-        device and dtype of the current parameters; the caller loads their values.
+        The explicit step before loading a state dict of another size (see
+        :func:`state_dict_config`): an optimizer built over the old parameters does not
+        hold the new ones, so build it after. Nothing happens if the model already has
+        ``config``. The new submodules are built on the meta device (so no random number
+        is drawn) and then allocated on the device and dtype of the current parameters;
+        the caller loads their values.
         """
         if config == self.config:
             return
@@ -295,6 +308,38 @@ def config_from_tensor(data: Tensor) -> TransformerConfig:
     """Inverse of :func:`config_to_tensor`."""
     raw = json.loads(bytes(data.cpu().tolist()).decode())
     return TransformerConfig.from_dict(raw)
+
+
+def state_dict_config(state_dict: Mapping[str, Any], prefix: str = "") -> TransformerConfig | None:
+    """The config of the Transformer whose state dict ``state_dict`` holds under
+    ``prefix`` (e.g. ``"model."`` in a LightningModule's); ``None`` for a state dict from
+    before configs travelled with it.
+
+    Example:
+        >>> small = Transformer(TransformerConfig(vocab_size=16, d_model=8, n_layers=1))
+        >>> big = Transformer(small.config.replace(n_layers=2))
+        >>> small.rebuild(state_dict_config(big.state_dict()))
+        >>> small.load_state_dict(big.state_dict())
+        <All keys matched successfully>
+    """
+    data = state_dict.get(prefix + _EXTRA_STATE_KEY)
+    return None if data is None else config_from_tensor(data)
+
+
+def config_diff(old: TransformerConfig, new: TransformerConfig) -> str:
+    """The fields in which two configs differ, as ``field old -> new``.
+
+    Example:
+        >>> a = TransformerConfig(vocab_size=16, d_model=8)
+        >>> config_diff(a, a.replace(d_model=12, n_layers=3))
+        'd_model 8 -> 12, n_layers 2 -> 3'
+    """
+    before, after = old.to_dict(), new.to_dict()
+    return ", ".join(
+        f"{k} {before.get(k)} -> {after.get(k)}"
+        for k in [*before, *(k for k in after if k not in before)]
+        if before.get(k) != after.get(k)
+    )
 
 
 def is_residual_projection(name: str) -> bool:

@@ -309,6 +309,11 @@ def test_users_own_module_grows_and_resumes(cache: Path, tmp_path: Path) -> None
     assert resumed.net.config == module.net.config
     assert [e.step for e in cb2.events] == [4, 8]  # stage 0 restored, stage 1 grown again
     assert_bitwise_equal(params(resumed), params(module))
+    # The callback rebuilt the model for the resume only: a later load of another size
+    # fails instead of shrinking the model under its optimizer.
+    with pytest.raises(RuntimeError, match="size mismatch for"):
+        resumed.net.load_state_dict(UserModule().net.state_dict())
+    assert resumed.net.config == module.net.config
 
 
 #: bf16 autocast moves the probe loss by about 1.2e-4 across TWO_STAGES; a hidden expansion

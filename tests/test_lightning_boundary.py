@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from progrow import LMModule, Transformer, TransformerConfig
 from progrow.training import lm_loss
-from progrow.training.architecture import optimizer_param_names
+from progrow.training.architecture import load_architecture, optimizer_param_names
 from progrow.training.fsdp import GrowableModelParallelStrategy
 
 STAGES = [{"step": 2, "d_mlp": 16, "d_model": 10}, {"step": 4, "n_layers": 2}]
@@ -163,11 +163,15 @@ def test_popen_ddp_passes_the_strategy_check() -> None:
 
 
 class UserLM(L.LightningModule):
-    """A user's module with every entry point: the Transformer at ``self.net``."""
+    """A user's module with every entry point: the Transformer at ``self.net``, restored
+    at the checkpoint's (grown) size by ``load_architecture`` in ``on_load_checkpoint``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.net = Transformer(TransformerConfig(**TINY_MODEL))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        load_architecture(self, checkpoint, "net")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return lm_loss(self.net, batch[0])
@@ -257,6 +261,34 @@ def test_grown_checkpoint_loads_without_a_prior_fit(grown: tuple[Path, UserLM], 
         assert results
     assert fresh.net.config == module.net.config
     torch.testing.assert_close(outputs(fresh.eval()), outputs(module), rtol=0, atol=0)
+
+
+class BareLM(UserLM):
+    """A user's module that does not restore the architecture itself."""
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        pass
+
+
+def test_only_an_explicit_rebuild_restores_a_grown_checkpoint(
+    grown: tuple[Path, UserLM],
+) -> None:
+    """Without load_architecture a grown checkpoint fails to load (the model never changes
+    size by itself); the growth callback rebuilds it while it resumes a fit, and only
+    then: afterwards a load of another size fails again."""
+    folder, module = grown
+    torch.manual_seed(1)
+    with pytest.raises(RuntimeError, match="size mismatch for"):
+        trainer(6, [], limit_val_batches=2).validate(
+            BareLM(), loader(), ckpt_path=str(folder / "step=6.ckpt"), verbose=False
+        )
+    resumed = BareLM()
+    trainer(6, [growth(STAGES, model_attr="net")]).fit(
+        resumed, loader(), ckpt_path=str(folder / "step=3.ckpt")
+    )
+    assert resumed.net.config == module.net.config
+    with pytest.raises(RuntimeError, match="size mismatch for"):
+        resumed.net.load_state_dict(BareLM().net.state_dict())
 
 
 def test_checkpoint_from_before_the_state_dict_carried_the_config(tmp_path: Path) -> None:

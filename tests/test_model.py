@@ -15,7 +15,7 @@ from torch.testing import assert_close
 
 from progrow import Transformer, TransformerConfig, grow
 from progrow.flops import matmul_params
-from progrow.model import apply_rope, rope_cos_sin, rope_inv_freq
+from progrow.model import apply_rope, rope_cos_sin, rope_inv_freq, state_dict_config
 
 BAD_FIELDS = [
     ("vocab_size", 0),
@@ -312,21 +312,48 @@ def test_flops_count_every_matrix_of_the_blocks(variant: dict[str, Any]) -> None
     assert matmul_params(config) == sum(m.weight.numel() for m in linears)
 
 
-@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
-def test_state_dict_carries_the_architecture(tie: bool) -> None:
-    # A model of the starting size loading a grown state dict becomes the grown model
-    # (config, eps, tying, dtype), with no outer hook.
+def _small_and_grown(tie: bool = False) -> tuple[Transformer, Transformer]:
     torch.manual_seed(0)
     config = TransformerConfig(vocab_size=32, d_model=8, d_mlp=12, n_heads=2, d_qk=3, d_v=3,
                                n_layers=1, norm_eps=1e-3, tie_embeddings=tie)  # fmt: skip
     grown = Transformer(config).double()
     grow(grown, d_model=12, d_mlp=20, n_layers=3, generator=torch.Generator().manual_seed(0))
-    small = Transformer(config).double()
+    return Transformer(config).double(), grown
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_state_dict_carries_the_architecture(tie: bool) -> None:
+    # A model of the starting size, rebuilt to the architecture a grown state dict names,
+    # loads it and becomes the grown model (config, eps, tying, dtype).
+    small, grown = _small_and_grown(tie)
+    state = grown.state_dict()
+    assert state_dict_config(state) == grown.config
     rng = torch.get_rng_state()
-    small.load_state_dict(grown.state_dict())
+    small.rebuild(state_dict_config(state))
+    small.load_state_dict(state)
     assert torch.equal(torch.get_rng_state(), rng)  # rebuilt on meta: nothing drawn
-    assert small.config == grown.config and small.config.norm_eps != config.norm_eps
+    assert small.config == grown.config and small.config.norm_eps != 1e-3
     assert (small.lm_head.weight is small.tok_emb.weight) == tie
     assert all(p.dtype == torch.float64 for p in small.parameters())
     tokens = torch.randint(0, 32, (2, 7))
     torch.testing.assert_close(small(tokens), grown(tokens), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "not_strict"])
+@pytest.mark.parametrize("into", ["small", "grown"])
+def test_loading_another_size_fails_and_keeps_the_architecture(into: str, strict: bool) -> None:
+    """A plain load never resizes the model (an optimizer would keep the old parameters):
+    it fails as torch's does for other shapes, naming both sizes, and the model keeps its
+    config and its parameter objects."""
+    small, grown = _small_and_grown()
+    target, source = (small, grown) if into == "small" else (grown, small)
+    config = target.config
+    optimizer = torch.optim.AdamW(target.parameters())
+    with pytest.raises(RuntimeError, match="size mismatch for") as info:
+        target.load_state_dict(source.state_dict(), strict=strict)
+    assert f"sizes {config.sizes()} -> {source.config.sizes()}" in str(info.value)
+    assert "model.rebuild(progrow.model.state_dict_config(state_dict))" in str(info.value)
+    assert target.config == config
+    assert [id(p) for p in target.parameters()] == [
+        id(p) for p in optimizer.param_groups[0]["params"]
+    ]

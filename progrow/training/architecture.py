@@ -1,8 +1,13 @@
 """The architecture in checkpoints.
 
-A :class:`progrow.Transformer` carries its config in its own state dict and rebuilds
-itself to that config when a state dict loads, so a model built at the starting size
-loads a grown checkpoint through any entry point. Lightning checkpoints also hold the
+A :class:`progrow.Transformer` carries its config in its own state dict, and a state dict
+of another config fails to load into it (as torch's does for other shapes): the model
+never changes size behind an optimizer's back. Restoring a grown checkpoint into a module
+built at the starting size is an explicit step, taken before any optimizer exists:
+:func:`load_architecture` from a LightningModule's ``on_load_checkpoint`` (``LMModule``
+does; a module of your own calls it there too, for ``load_from_checkpoint`` and
+``validate``/``test``/``predict(ckpt_path=...)``), and :func:`rebuild_on_load` while the
+:class:`~progrow.GrowthCallback` restores a fit. Lightning checkpoints also hold the
 config under ``checkpoint["progrow"]["model_config"]`` (:func:`save_architecture`), for
 readers of checkpoints and for :func:`upgrade_state_dict`, which makes a checkpoint
 written before the state dict carried the config load the same way.
@@ -16,10 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.module import _EXTRA_STATE_KEY_SUFFIX as _EXTRA_STATE_KEY
+from torch.utils.hooks import RemovableHandle
 
 from progrow.config import TransformerConfig
 from progrow.layout import param_names
-from progrow.model import Transformer, config_to_tensor
+from progrow.model import Transformer, config_to_tensor, state_dict_config
 from progrow.offline import CHECKPOINT_KEY
 
 
@@ -79,21 +85,60 @@ def save_architecture(
     entry.update(extra)
 
 
+def _state_prefix(module: nn.Module, attr: str) -> str:
+    """The prefix of the Transformer's entries in ``module``'s state dict (``"model."``)."""
+    target = find_transformer(module, attr)
+    name = next(name for name, sub in module.named_modules() if sub is target)
+    return f"{name}." if name else ""
+
+
 def upgrade_state_dict(module: nn.Module, checkpoint: dict[str, Any], attr: str = "model") -> bool:
     """Put the checkpoint's saved config into its state dict if the state dict lacks it.
 
     For checkpoints written before a :class:`Transformer`'s state dict carried its
-    config: afterwards loading the state dict rebuilds the grown shapes, as for new
-    checkpoints. Returns whether it changed the checkpoint.
+    config: afterwards :func:`load_architecture` rebuilds the grown shapes from it, as for
+    new checkpoints. Returns whether it changed the checkpoint.
     """
     entry = checkpoint.get(CHECKPOINT_KEY) or {}
     state_dict = checkpoint.get("state_dict")
     if "model_config" not in entry or not isinstance(state_dict, dict):
         return False
-    target = find_transformer(module, attr)
-    prefix = next(name for name, sub in module.named_modules() if sub is target)
-    key = f"{prefix}.{_EXTRA_STATE_KEY}" if prefix else _EXTRA_STATE_KEY
+    key = _state_prefix(module, attr) + _EXTRA_STATE_KEY
     if key in state_dict:
         return False
     state_dict[key] = config_to_tensor(TransformerConfig.from_dict(entry["model_config"]))
     return True
+
+
+def load_architecture(module: nn.Module, checkpoint: dict[str, Any], attr: str = "model") -> bool:
+    """Rebuild ``module.<attr>`` to the architecture of ``checkpoint``'s state dict, so that
+    the state dict loads next; returns whether the architecture changed.
+
+    Call it from ``on_load_checkpoint`` (Lightning calls that before loading the state
+    dict and before building optimizers). A checkpoint from before the state dict carried
+    the config is upgraded first (:func:`upgrade_state_dict`).
+    """
+    upgrade_state_dict(module, checkpoint, attr)
+    target = find_transformer(module, attr)
+    config = state_dict_config(checkpoint.get("state_dict") or {}, _state_prefix(module, attr))
+    if config is None or config == target.config:
+        return False
+    target.rebuild(config)
+    return True
+
+
+def rebuild_on_load(model: Transformer) -> RemovableHandle:
+    """Until the returned handle is removed, a state dict loading into ``model`` first
+    rebuilds it to the state dict's architecture.
+
+    For a restore that happens before any optimizer exists (the growth callback's resume
+    of a fit, whatever the user's module does in ``on_load_checkpoint``); remove the
+    handle once restored, so later loads fail on another size instead.
+    """
+
+    def rebuild(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+        config = state_dict_config(state_dict, prefix)
+        if config is not None:
+            model.rebuild(config)
+
+    return model.register_load_state_dict_pre_hook(rebuild)

@@ -23,6 +23,7 @@ from lightning.pytorch.strategies import (
     SingleDeviceStrategy,
     Strategy,
 )
+from torch.utils.hooks import RemovableHandle
 
 from progrow.events import GrowthEvent, events_from_dicts
 from progrow.model import Transformer
@@ -38,6 +39,7 @@ from progrow.surgery import (
 from progrow.training.architecture import (
     find_transformer,
     optimizer_param_names,
+    rebuild_on_load,
     save_architecture,
 )
 from progrow.training.fsdp import GrowableModelParallelStrategy, grow_sharded
@@ -98,9 +100,11 @@ class GrowthCallback(L.Callback):
 
     Growth is idempotent: a stage whose sizes the model already has is skipped, so resuming
     from a checkpoint before, between or after stages does the right thing. The callback
-    also writes the architecture into every checkpoint (``checkpoint["progrow"]``); the
-    Transformer's own state dict carries it too and rebuilds the grown shapes when it
-    loads, so nothing is attached to the user's module.
+    also writes the architecture into every checkpoint (``checkpoint["progrow"]``; the
+    Transformer's own state dict carries it too). Resuming a fit, it rebuilds the grown
+    shapes as the checkpoint's state dict loads, before the optimizers are built
+    (:func:`~progrow.training.architecture.rebuild_on_load`, from setup to fit start
+    only); any other load of another size fails, as torch's does.
 
     Args:
         schedule: a :class:`GrowthSchedule` or a list of mappings such as
@@ -206,6 +210,7 @@ class GrowthCallback(L.Callback):
         self.resume_allow_changes = resume_allow_changes
         self.events: list[GrowthEvent] = []
         self._probe: Any = None  # this fit's probe batch, on the CPU
+        self._restoring: RemovableHandle | None = None  # see setup
         self._rewarmup = Rewarmup()
 
     # -- setup: validate before step 0, make checkpoints carry the architecture ----------
@@ -229,6 +234,16 @@ class GrowthCallback(L.Callback):
         self._probe = None
         if self._scales_lr:
             _run_before_lr_monitors(trainer, self)
+        # A resumed fit loads the checkpoint's state dict after setup, before the
+        # optimizers exist: give the model the checkpoint's (grown) size then, and only
+        # then (on_fit_start ends it). Sharded: GrowableModelParallelStrategy does it.
+        self._end_restore()
+        self._restoring = rebuild_on_load(model)
+
+    def _end_restore(self) -> None:
+        if self._restoring is not None:
+            self._restoring.remove()
+            self._restoring = None
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -275,6 +290,7 @@ class GrowthCallback(L.Callback):
             )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end_restore()
         self._attach_rewarmup(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -290,11 +306,13 @@ class GrowthCallback(L.Callback):
             self._rewarmup.attach(trainer.optimizers)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._end_restore()
         self._rewarmup.detach()
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
+        self._end_restore()
         self._rewarmup.detach()  # no scaled LR left in an optimizer a user may save
 
     # -- the growth itself --------------------------------------------------------------

@@ -19,8 +19,8 @@ from progrow.model import Transformer
 from progrow.optim import OptimConfig, build_adamw, lr_multiplier
 from progrow.training.architecture import (
     CHECKPOINT_KEY,
+    load_architecture,
     save_architecture,
-    upgrade_state_dict,
 )
 
 
@@ -38,8 +38,10 @@ class LMModule(L.LightningModule):
     cumulative training compute ``compute/flops`` and ``compute/tokens`` (all ranks
     together), computed per step from the architecture of that step, so a growing run's
     cheap early steps count as cheap. Compute totals and the current architecture are
-    saved in every checkpoint; loading rebuilds the grown shapes first, so resuming or
-    ``LMModule.load_from_checkpoint`` works before and after any growth.
+    saved in every checkpoint; restoring one rebuilds the grown shapes first
+    (``on_load_checkpoint``: :func:`~progrow.training.architecture.load_architecture`), so
+    resuming, ``LMModule.load_from_checkpoint`` and ``validate``/``test``/``predict`` with
+    a ``ckpt_path`` work before and after any growth.
 
     Example:
         >>> module = LMModule({"vocab_size": 16, "d_model": 8, "n_layers": 1})
@@ -162,7 +164,8 @@ class LMModule(L.LightningModule):
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        upgrade_state_dict(self, checkpoint)  # a checkpoint from before configs travelled
+        # Before the weights load and the optimizers exist: the checkpoint's (grown) size.
+        load_architecture(self, checkpoint)
         entry = checkpoint.get(CHECKPOINT_KEY, {})
         self.flops = float(entry.get("flops", 0.0))
         self.tokens = int(entry.get("tokens", 0))
