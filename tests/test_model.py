@@ -327,9 +327,10 @@ def test_state_dict_carries_the_architecture(tie: bool) -> None:
     # loads it and becomes the grown model (config, eps, tying, dtype).
     small, grown = _small_and_grown(tie)
     state = grown.state_dict()
-    assert state_dict_config(state) == grown.config
+    config = state_dict_config(state)
+    assert config == grown.config
     rng = torch.get_rng_state()
-    small.rebuild(state_dict_config(state))
+    small.rebuild(config)
     small.load_state_dict(state)
     assert torch.equal(torch.get_rng_state(), rng)  # rebuilt on meta: nothing drawn
     assert small.config == grown.config and small.config.norm_eps != 1e-3
