@@ -298,3 +298,41 @@ def test_sigterm_message_never_claims_the_job_was_not_requeued(
     assert ("resumes from this checkpoint" in text) is (ckpt_path == "auto")
     usr1 = FitInterrupted(signal.SIGUSR1, 7, str(tmp_path / "last.ckpt"), requeued=False)
     assert "SLURM job 4242 not requeued" in interrupted_message(usr1, settings)
+
+
+class DeadServiceLogger(L.pytorch.loggers.CSVLogger):
+    """A logger whose backing service dies at step 3 (as wandb-core does on the job's
+    SIGTERM)."""
+
+    last_step = -1
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.last_step = max(self.last_step, step or 0)
+        super().log_metrics(metrics, step)
+
+    def save(self) -> None:
+        if self.last_step >= 3:
+            raise ConnectionResetError("Connection lost")
+        super().save()
+
+    def finalize(self, status: str) -> None:
+        """As WandbLogger's: nothing that reaches the service."""
+
+
+def test_a_dead_logger_does_not_stop_the_requeue(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = fake_scontrol(tmp_path, monkeypatch, "RUNNING")
+    fake_slurm_job(monkeypatch)
+    fit = trainer(
+        8,
+        [SendSignal(3, signal.SIGUSR1), PreemptionCallback()],
+        root=tmp_path,
+        logger=DeadServiceLogger(tmp_path / "logs"),
+        log_every_n_steps=1,
+    )
+    with pytest.raises(FitInterrupted) as stopped:
+        fit.fit(lm_module(8), datamodule=datamodule(cache))
+    assert stopped.value.requeued and stopped.value.step == 4
+    assert calls.read_text().splitlines() == ["show job -o 4242", "requeue 4242"]
+    assert torch.load(stopped.value.ckpt_path, weights_only=False)["global_step"] == 4

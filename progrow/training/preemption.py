@@ -238,6 +238,28 @@ def save_checkpoint_atomically(trainer: L.Trainer, path: Path) -> None:
     trainer.strategy.barrier("progrow.save_checkpoint_atomically")  # all see the new one
 
 
+def _flush_loggers(trainer: L.Trainer) -> None:
+    """Log this step's metrics, which the loop would log right after the hook that stops
+    (Lightning has no public call for it; tests/test_app.py checks the CSV has no gap),
+    and flush every logger, before anything can kill the process.
+
+    A logger whose service died (wandb-core receives the job's signals too, and exits on
+    SIGTERM) must not stop the stop: the checkpoint is already saved, the requeue and the
+    other ranks' barrier still have to happen. Its failure is logged instead.
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    log_step_metrics = getattr(connector, "update_train_step_metrics", None)
+    steps: list[tuple[str, Any]] = [("log this step's metrics", log_step_metrics)]
+    steps += [(f"{type(lg).__name__}.save()", lg.save) for lg in trainer.loggers]
+    for what, call in steps:
+        if not callable(call):
+            continue
+        try:
+            call()
+        except Exception as err:
+            log.warning("%s failed at the signal (checkpoint already saved): %r", what, err)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -379,15 +401,7 @@ class PreemptionCallback(L.Callback):
             # So that the checkpoint callback of the resumed run keeps writing this file.
             checkpoint.last_model_path = str(path)
         save_checkpoint_atomically(trainer, path)
-        # This step's metrics, which the loop would log right after this hook (Lightning
-        # has no public call for it; tests/test_app.py checks the CSV has no gap), then
-        # flushed, before anything can kill the process.
-        connector = getattr(trainer, "_logger_connector", None)
-        log_step_metrics = getattr(connector, "update_train_step_metrics", None)
-        if callable(log_step_metrics):
-            log_step_metrics()
-        for logger in trainer.loggers:
-            logger.save()
+        _flush_loggers(trainer)
         job_id = slurm_job_id()
         want = self.requeue if self.requeue is not None else job_id is not None
         requeue = signum in REQUEUE_SIGNALS and want and job_id is not None
