@@ -80,10 +80,11 @@ def timed_growth(cb: GrowthCallback) -> tuple[list[tuple[float, float]], dict[st
 
         return run
 
-    def wrapped(*args: Any, **kwargs: Any) -> None:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
-        original(*args, **kwargs)
+        model = original(*args, **kwargs)  # the grown model: the callback goes on with it
         spans.append((t0, time.perf_counter()))
+        return model
 
     cb._grow = wrapped  # type: ignore[method-assign]
     cb._probe_loss = timed("probe", cb._probe_loss)  # type: ignore[method-assign]

@@ -306,7 +306,9 @@ def test_key_bias_gets_no_gradient_with_learned_positions() -> None:
     tokens = make_tokens(cfg, length=cfg.max_seq_len + 1)
     lm_loss(model, tokens).backward()
     for block in model.blocks:
-        k_bias, q_bias = block.attn.k.bias, block.attn.q.bias
+        attn = block.attn
+        assert isinstance(attn, Attention)
+        k_bias, q_bias = attn.k.bias, attn.q.bias
         assert k_bias.grad is not None and q_bias.grad is not None
         assert k_bias.grad.abs().max() < 1e-12 * q_bias.grad.abs().max()
 
