@@ -42,6 +42,7 @@ from progrow.training.architecture import (
     rebuild_on_load,
     save_architecture,
 )
+from progrow.training.compiled import fresh_compile, is_compiled
 from progrow.training.fsdp import GrowableModelParallelStrategy, grow_sharded
 from progrow.training.probe import LossFn, capture_probe, probe_loss
 from progrow.training.rewarmup import Rewarmup, rewarmup_scale, width_lr_scale
@@ -382,6 +383,8 @@ class GrowthCallback(L.Callback):
         else:
             grow_with_optimizers(pl_module, model, trainer.optimizers, stage.sizes, **surgery)
         model = find_transformer(pl_module, self.model_attr)  # one handle, either way
+        if is_compiled(model):
+            fresh_compile()  # the grown model compiles once, with static shapes
         if isinstance(trainer.strategy, DDPStrategy):
             # The old wrapper fixed its parameter set when built: without a new one the
             # grown parameters are never all-reduced (or the step fails).

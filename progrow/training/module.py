@@ -22,6 +22,7 @@ from progrow.training.architecture import (
     load_architecture,
     save_architecture,
 )
+from progrow.training.compiled import compile_in_place, compile_options, graphs_compiled
 
 
 def lm_loss(model: torch.nn.Module, batch: Tensor) -> Tensor:
@@ -53,8 +54,17 @@ class LMModule(L.LightningModule):
         self,
         model: TransformerConfig | Mapping[str, Any],
         optim: OptimConfig | Mapping[str, Any] | None = None,
+        compile: bool | Mapping[str, Any] | None = None,
     ) -> None:
+        """``compile``: ``torch.compile`` the Transformer (``True``, or options such as
+        ``{"backend": "inductor", "mode": "max-autotune"}``); after each growth it is
+        compiled afresh, once (:mod:`progrow.training.compiled`)."""
         super().__init__()
+        self.compile_options = compile_options(compile)
+        #: Per compile (the start, then each growth): the step, the sizes, the graphs
+        #: dynamo compiled for it and the wall time of that first step, compile included.
+        self.compile_stats: list[dict[str, Any]] = []
+        self._compiling: dict[str, Any] | None = None
         model_cfg = model if isinstance(model, TransformerConfig) else TransformerConfig(**model)
         optim_cfg = optim if isinstance(optim, OptimConfig) else OptimConfig(**(optim or {}))
         # Plain dicts, so checkpoints load without pickled classes.
@@ -104,9 +114,41 @@ class LMModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
+        if self.compile_options is not None:
+            self._start_compile_stats()
+
+    def _start_compile_stats(self) -> None:
+        """At the first step of each size (after the growth callback's hook, which Lightning
+        runs first): count the graphs and time the step that compiles it."""
+        sizes = self.model.config.sizes()
+        if self.compile_stats and self.compile_stats[-1]["sizes"] == sizes:
+            return
+        if self._compiling is not None and self._compiling["sizes"] == sizes:
+            return
+        compile_in_place(self.model, self.compile_options or {})
+        self._compiling = {
+            "step": int(self.trainer.global_step),
+            "sizes": sizes,
+            "graphs_before": graphs_compiled(),
+            "started": time.perf_counter(),
+        }
+
+    def _end_compile_stats(self) -> None:
+        entry, self._compiling = self._compiling, None
+        if entry is None:
+            return
+        self.compile_stats.append({
+            "step": entry["step"],
+            "sizes": entry["sizes"],
+            "graphs": graphs_compiled() - entry["graphs_before"],
+            "first_step_s": time.perf_counter() - entry["started"],
+        })  # fmt: skip
+        self.log("compile/graphs", float(self.compile_stats[-1]["graphs"]))
+        self.log("compile/first_step_s", self.compile_stats[-1]["first_step_s"])
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._tick()
+        self._end_compile_stats()
         if self._step_started is None:
             return
         elapsed = time.perf_counter() - self._step_started
@@ -136,11 +178,12 @@ class LMModule(L.LightningModule):
         then the whole model). Idempotent, as Lightning asks; the growth callback calls it
         again to shard a grown model."""
         mesh = self._device_mesh
-        if mesh is None:
-            return  # single device or DDP: nothing to shard
-        from progrow.training.fsdp import data_parallel_mesh, shard_transformer
+        if mesh is not None:  # else single device or DDP: nothing to shard
+            from progrow.training.fsdp import data_parallel_mesh, shard_transformer
 
-        shard_transformer(self.model, data_parallel_mesh(mesh))
+            shard_transformer(self.model, data_parallel_mesh(mesh))
+        if self.compile_options is not None:  # after sharding, as FSDP2 wants it
+            compile_in_place(self.model, self.compile_options)
 
     def configure_optimizers(self) -> Any:
         optimizer = build_adamw(self, self.optim_config)
