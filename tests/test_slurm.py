@@ -113,20 +113,110 @@ def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
     return ckpt["state_dict"]
 
 
+@pytest.fixture(scope="module")
+def reference(slurm_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted job of the tests' config: the final state every signal test must
+    end at."""
+    ref_dir = tmp_path_factory.mktemp("slurm_reference") / "reference"
+    overrides = job_overrides(Path(slurm_env["PROGROW_CACHE"]))
+    ref_id = sbatch(slurm_env, ref_dir, "--time=10", "--wait", overrides=overrides)
+    assert job_info(ref_id, slurm_env)["JobState"] == "COMPLETED", ref_dir.with_suffix(".out")
+    return ref_dir
+
+
+# Slowed down (0.2 s per step, in the job only) so that a signal lands mid-run.
+THROTTLE = ["+callbacks.throttle._target_=lit_utils.Throttle", "+callbacks.throttle.seconds=0.2"]
+
+
+def start_throttled(env: dict[str, str], run_dir: Path) -> tuple[str, Path]:
+    """Submit the tests' job, slowed down; return its id and log once its step-10
+    checkpoint exists."""
+    overrides = [*job_overrides(Path(env["PROGROW_CACHE"])), *THROTTLE]
+    job_id = sbatch(env, run_dir, "--time=10", overrides=overrides)
+    log = run_dir.with_suffix(".out")
+    first_ckpt = run_dir / "checkpoints" / f"step_{CKPT_EVERY}.ckpt"
+    wait_for(f"{first_ckpt.name}", first_ckpt.is_file, 240, log)
+    return job_id, log
+
+
+def release_requeued(env: dict[str, str], job_id: str, log: Path) -> None:
+    """A requeued job waits for a begin time (about 2 minutes): release it as soon as the
+    first attempt's processes are gone and its credential, revoked at a 1 s resolution,
+    cannot be confused with the new one (else: "Job credential revoked", job FAILED)."""
+    wait_for("the node to be idle", lambda: _sinfo_states(env) == {"idle"}, 120, log)
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True)
+    wait_for("the second attempt", lambda: job_info(job_id, env)["JobState"] in ENDED, 240, log)
+
+
+def assert_same_final_state(reference: Path, run_dir: Path) -> None:
+    expected, got = final_state(reference), final_state(run_dir)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    print(f"final parameters: {len(got)} tensors bitwise equal to the uninterrupted job")
+
+
+def stopped_at(output: str, signame: str, run_dir: Path) -> int:
+    """The step the one attempt stopped by ``signame`` saved ``last.ckpt`` at."""
+    stopped = re.findall(rf"Stopped by {signame} at step (\d+); checkpoint saved: (\S+)", output)
+    assert len(stopped) == 1 and stopped[0][1] == str(run_dir / "checkpoints" / "last.ckpt")
+    step = int(stopped[0][0])
+    assert CKPT_EVERY < step < MAX_STEPS, step
+    return step
+
+
+def test_scancel_saves_and_stops_the_job(slurm_env: dict[str, str], tmp_path: Path) -> None:
+    """A plain ``scancel``: the checkpoint of the running step is saved, and the job ends
+    CANCELLED, not requeued (SIGTERM never requeues)."""
+    run_dir = tmp_path / "run"
+    job_id, log = start_throttled(slurm_env, run_dir)
+    subprocess.run(["scancel", job_id], env=slurm_env, check=True)
+    wait_for("the cancel", lambda: job_info(job_id, slurm_env)["JobState"] in ENDED, 120, log)
+    time.sleep(5)  # a requeue would show as PENDING by now
+    info = job_info(job_id, slurm_env)
+    wait_for("the job's output", lambda: "Stopped by SIGTERM" in log.read_text(), 60, log)
+    output = log.read_text()
+    print(f"--- job {job_id}, scancel ---")
+    print("\n".join(line for line in output.splitlines() if _progrow_line(line)))
+    print(f"job {job_id}: JobState={info['JobState']} Restarts={info['Restarts']}")
+    assert (info["JobState"], info["Restarts"]) == ("CANCELLED", "0")
+    step = stopped_at(output, "SIGTERM", run_dir)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == step
+    assert "progrow does not requeue on SIGTERM" in output and "requeueing" not in output
+
+
+def test_external_requeue_resumes_exactly(
+    slurm_env: dict[str, str], tmp_path: Path, reference: Path
+) -> None:
+    """``scontrol requeue`` by someone else: SLURM sends SIGTERM and requeues the job
+    itself; progrow saves, does not requeue a second time, does not claim the job was not
+    requeued, and the next attempt resumes from the signal's step, ending bitwise where
+    the uninterrupted job ends."""
+    run_dir = tmp_path / "run"
+    job_id, log = start_throttled(slurm_env, run_dir)
+    subprocess.run(["scontrol", "requeue", job_id], env=slurm_env, check=True)
+    release_requeued(slurm_env, job_id, log)
+    info, output = job_info(job_id, slurm_env), log.read_text()
+    print(f"--- job {job_id}, external requeue, both attempts ---")
+    print("\n".join(line for line in output.splitlines() if _progrow_line(line)))
+    print(f"job {job_id}: JobState={info['JobState']} Restarts={info['Restarts']}")
+    assert (info["JobState"], info["Restarts"], info["ExitCode"]) == ("COMPLETED", "1", "0:0")
+    step = stopped_at(output, "SIGTERM", run_dir)
+    assert "not requeued" not in output and "requeueing" not in output
+    last = str(run_dir / "checkpoints" / "last.ckpt")
+    assert re.findall(r"resumed from (\S+) at step (\d+)", output) == [(last, str(step))]
+    assert_same_final_state(reference, run_dir)
+
+
 def test_sbatch_ddp_job_requeues_once_and_resumes_exactly(
-    slurm_env: dict[str, str], tmp_path: Path
+    slurm_env: dict[str, str], tmp_path: Path, reference: Path
 ) -> None:
     started = time.monotonic()
     overrides = job_overrides(Path(slurm_env["PROGROW_CACHE"]))
-    ref_dir, run_dir = tmp_path / "reference", tmp_path / "run"
-    ref_id = sbatch(slurm_env, ref_dir, "--time=10", "--wait", overrides=overrides)
-    assert job_info(ref_id, slurm_env)["JobState"] == "COMPLETED", ref_dir.with_suffix(".out")
-
-    # Slowed down (0.2 s per step, in the job only) so that the signal lands mid-run.
-    throttle = [
-        "+callbacks.throttle._target_=lit_utils.Throttle",
-        "+callbacks.throttle.seconds=0.2",
-    ]
+    ref_dir, run_dir = reference, tmp_path / "run"
+    throttle = list(THROTTLE)
     # Time-limit mode: SIGUSR1 60-90 s into each attempt; the (unthrottled) second one ends
     # before that.
     limits = ["--time=3", "--signal=SIGUSR1@120"] if TIME_LIMIT else ["--time=10"]
@@ -144,18 +234,7 @@ def test_sbatch_ddp_job_requeues_once_and_resumes_exactly(
         return info.get("JobState") == "PENDING" and info.get("Restarts") == "1"
 
     wait_for("the requeue", requeued, 300 if TIME_LIMIT else 120, log)
-    # A requeued job waits for a begin time (about 2 minutes): release it as soon as the
-    # first attempt's processes are gone and its credential, revoked at a 1 s resolution,
-    # cannot be confused with the new one (else: "Job credential revoked", job FAILED).
-    wait_for("the node to be idle", lambda: _sinfo_states(slurm_env) == {"idle"}, 120, log)
-    time.sleep(2)
-    subprocess.run(
-        ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm_env, check=True
-    )
-    done = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
-    wait_for(
-        "the second attempt", lambda: job_info(job_id, slurm_env)["JobState"] in done, 240, log
-    )
+    release_requeued(slurm_env, job_id, log)
     info, output = job_info(job_id, slurm_env), log.read_text()
     print(f"--- job {job_id}, both attempts ({time.monotonic() - started:.0f} s) ---")
     print("\n".join(line for line in output.splitlines() if _progrow_line(line)))
@@ -180,11 +259,7 @@ def test_sbatch_ddp_job_requeues_once_and_resumes_exactly(
     assert summary["resumed_from"] == last and summary["global_step"] == MAX_STEPS
 
     # Same final parameters as the uninterrupted job.
-    expected, got = final_state(ref_dir), final_state(run_dir)
-    assert expected.keys() == got.keys()
-    for key in expected:
-        assert torch.equal(expected[key], got[key]), key
-    print(f"final parameters: {len(got)} tensors bitwise equal to the uninterrupted job")
+    assert_same_final_state(ref_dir, run_dir)
 
     # One CSV run continued (version_0, then version_1 from the resumed step), reading as
     # the uninterrupted run's: same validation curve, growth events and final loss.
