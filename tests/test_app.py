@@ -615,3 +615,22 @@ def test_ctrl_c_saves_says_where_and_auto_resumes_bitwise(
 
     assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["version_0", "version_1"]
     assert train_losses(tmp_path) == train_losses(Path(full_run["output_dir"]))
+
+
+def test_compile_runs_the_default_schedule_compiled(
+    full_run: dict[str, Any], cache: Path, tmp_path: Path
+) -> None:
+    """``compile=...``: the default schedule, compiled (aot_eager: no code generation on
+    CPU), ends where the eager run ends, and the summary lists one compile per size."""
+    summary = train(compose_run(tmp_path, cache, "compile={backend: aot_eager}"))
+    assert full_run["compile"] is None
+    stats = summary["compile"]
+    assert [s["step"] for s in stats] == [0, 4, 8, 12]
+    assert [s["sizes"] for s in stats[1:]] == [e["sizes"] for e in summary["events"]]
+    assert all(1 <= s["graphs"] <= 2 and s["first_step_s"] > 0 for s in stats), stats
+    assert summary["val_loss"] == pytest.approx(full_run["val_loss"], abs=1e-4)
+
+
+def test_compile_options_are_checked_by_the_app(cache: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"compile=\{'bakend': 'inductor'\}"):
+        RunSettings.from_config(compose_run(tmp_path, cache, "compile={bakend: inductor}"))

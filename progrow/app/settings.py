@@ -141,6 +141,8 @@ class RunSettings:
     processes, or a key of :data:`progrow.app.resume.CONFIG_KEYS` such as ``optim.lr``)
     differs from the checkpoint's run (default: refuse, naming what changed); each change
     is then logged as a warning."""
+    compile: dict[str, Any] | None = None
+    """``compile``: ``torch.compile`` options for the Transformer (``None``: eager)."""
     hf_init_from: Path | None = None
     """``hf.init_from``: a Hugging Face model folder to start from (replaces ``model``)."""
     hf_export_to: Path | None = None
@@ -188,6 +190,7 @@ class RunSettings:
         hf = _section(raw, "hf")
         _check_keys("hf", hf, {"init_from", "export_to"})
         return cls(
+            compile=_compile(raw.get("compile")),
             hf_init_from=_optional_path("hf.init_from", hf.get("init_from")),
             hf_export_to=_optional_path("hf.export_to", hf.get("export_to")),
             budget_steps=budget_steps,
@@ -210,6 +213,19 @@ class RunSettings:
             loggers=_targets("logger", _section(raw, "logger")),
             raw=raw,
         )
+
+
+def _compile(value: Any) -> dict[str, Any] | None:
+    """``compile``: ``false``/``null`` (eager), ``true`` (inductor, torch's defaults) or a
+    mapping of ``torch.compile`` options (``{backend: ..., mode: ...}``)."""
+    from progrow.training.compiled import compile_options
+
+    if value is not None and not isinstance(value, (bool, dict)):
+        raise ConfigError(f"compile={value!r}: must be true, false or torch.compile options")
+    try:
+        return compile_options(value)
+    except ValueError as err:
+        raise ConfigError(f"compile={value!r}: {err}") from None
 
 
 def _resume(raw: dict[str, Any]) -> tuple[str | None, bool]:

@@ -74,6 +74,12 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     head.add_row("run folder", summary["output_dir"])
     head.add_row("logs", "\n".join(summary["log_dirs"]) or "(no logger)")
     head.add_row("checkpoints", summary["ckpt_dir"])
+    if summary.get("compile"):
+        stats = summary["compile"]
+        per_size = ", ".join(f"step {c['step']}: {c['first_step_s']:.1f} s" for c in stats)
+        graphs = sum(c["graphs"] for c in stats)
+        head.add_row("torch.compile", f"{graphs} graphs; first step per size (compile "
+                     f"included): {per_size}")  # fmt: skip
     if summary.get("hf_export"):
         head.add_row("Hugging Face model", summary["hf_export"])
     if summary.get("resumed_from"):

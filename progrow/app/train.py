@@ -151,7 +151,7 @@ def _prepare(settings: RunSettings) -> _Job:
     if settings.hf_export_to is not None:
         hf_io.check_export(settings.hf_export_to, model_cfg, settings.growth)
     optim, growth = _optimizer_and_growth(settings)
-    module = LMModule(model_cfg, optim)
+    module = LMModule(model_cfg, optim, compile=settings.compile)
     identity = run_identity(settings, model_cfg, datamodule.fingerprint)
     if resume is not None:
         for change in check_resume(resume, identity, settings.resume_allow_changes):
@@ -331,6 +331,8 @@ def _summary(
         "fingerprint": job.datamodule.fingerprint,
         "report_dir": str(_sweep_dir() or settings.output_dir),
         "hf_export": None if settings.hf_export_to is None else str(settings.hf_export_to),
+        # Per size (the start, then each growth): graphs compiled, first step's seconds.
+        "compile": None if settings.compile is None else module.compile_stats,
     }
 
 
