@@ -32,6 +32,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import RESULTS, RUNS, run_all  # the sibling runner's job cache
 
+from progrow.app.isoloss import iso_loss_flops
+
 #: size name -> model overrides (model=scale_target with these widths and depth).
 SIZES: dict[str, dict[str, int]] = {
     "start": dict(d_model=64, d_mlp=256, n_heads=2, d_qk=16, d_v=16, n_layers=2),
@@ -91,6 +93,141 @@ def jobs() -> dict[Path, list[str]]:
     return dict(ordered)
 
 
+#: Seed-0 WSD runs of experiments/scale.py's tables (results/scale_<budget>.json) that
+#: this table reuses: row label -> (size, budget steps) for fixed runs.
+SCALE_FIXED = {
+    f"fixed target, {n} steps": ("target", n) for n in (500, 1000, 1500, 2000, 3000, 4500)
+}
+SCALE_GROWTH = ("grow two_stage, readers", "grow two_stage, lrwidth", "grow late, readers",
+                "grow early, readers")  # fmt: skip
+SCALE_BUDGETS = {"short": 1000, "long": 3000}
+
+
+def _scale_rows(
+    seed: int = 0,
+) -> tuple[dict[tuple[str, int], dict[str, float]], dict[tuple[str, int], dict[str, float]]]:
+    """Fixed runs ``(size, steps) -> {loss, flops}`` and growing runs ``(label, budget)``
+    of the scale tables (WSD, ``seed``)."""
+    fixed: dict[tuple[str, int], dict[str, float]] = {}
+    grown: dict[tuple[str, int], dict[str, float]] = {}
+    for name, steps in SCALE_BUDGETS.items():
+        path = RESULTS / f"scale_{name}.json"
+        if not path.is_file():
+            continue
+        for row in json.loads(path.read_text())["tables"].get("wsd", []):
+            if seed not in row["seeds"]:
+                continue
+            i = row["seeds"].index(seed)
+            point = {"loss": row["final_val_loss"][i], "flops": row["flops"][i]}
+            if row["run"] in SCALE_FIXED:
+                fixed[SCALE_FIXED[row["run"]]] = point
+            elif row["run"] == "fixed start size (reference)":
+                fixed[("start", steps)] = point
+            elif row["run"] in SCALE_GROWTH:
+                grown[(row["run"], steps)] = point
+    return fixed, grown
+
+
+def _fixed_points(found: dict[str, dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
+    fixed, _ = _scale_rows()
+    for name, summary in found.items():
+        if name.startswith("fixed_"):
+            _, size, steps, _seed = name.split("_")
+            fixed[(size, int(steps))] = {"loss": summary["val_loss"], "flops": summary["flops"]}
+    return fixed
+
+
+def _iso(points: list[tuple[float, float]], loss: float, budget_flops: float) -> str:
+    """Compute (x budget) a fixed run of one size needs to end at ``loss``."""
+    if not points:
+        return "-"
+    if len(points) == 1:  # one budget measured: a bound on one side
+        flops, reached = points[0]
+        return f"{'<=' if loss >= reached else '>'}{flops / budget_flops:.2f}x"
+    found = iso_loss_flops(points, loss)
+    if found.flops is not None:
+        return f"{found.flops / budget_flops:.2f}x"
+    assert found.bound is not None
+    return f"{'>' if found.outside == 'better' else '<'}{found.bound / budget_flops:.2f}x"
+
+
+def _least(ratios: list[str]) -> str:
+    """The least compute any fixed size needs, from per-size ratios ("1.24x", "<1.00x":
+    less than the smallest budget measured, ">1.00x": more than the largest, "-")."""
+    known = [(float(r.strip("<=>x")), r[0]) for r in ratios if r != "-"]
+    if not known:
+        return "-"
+    exact = [v for v, kind in known if kind.isdigit()]
+    below = [v for v, kind in known if kind == "<"]
+    if below and (not exact or min(below) <= min(exact)):
+        return f"<{min(below):.2f}x"
+    if exact:
+        return f"{min(exact):.2f}x"
+    return f">{min(v for v, _ in known):.2f}x"
+
+
+def envelope_table(found: dict[str, dict[str, Any]]) -> list[str]:
+    """Per budget: every fixed size's final loss, the best, and the growing runs against
+    the target and against the best fixed size's curve (iso-loss)."""
+    fixed = _fixed_points(found)
+    _, grown = _scale_rows()
+    sizes = list(SIZES)
+    lines = [
+        "| budget (target steps) | " + " | ".join(f"fixed {s}" for s in sizes)
+        + " | best fixed |",
+        "|---" * (len(sizes) + 2) + "|",
+    ]  # fmt: skip
+    for steps in BUDGETS:
+        losses = {s: fixed[(s, steps)]["loss"] for s in sizes if (s, steps) in fixed}
+        if not losses:
+            continue
+        best = min(losses, key=lambda s: losses[s])
+        cells = [f"{losses[s]:.4f}" if s in losses else "-" for s in sizes]
+        lines.append(f"| {steps} | " + " | ".join(cells) + f" | {best} ({losses[best]:.4f}) |")
+    lines += [
+        "",
+        "| growing run | budget | final loss | vs best fixed | iso-loss vs target | "
+        "iso-loss vs each size (start / half / mid / target) | iso-loss vs envelope |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (label, steps), point in sorted(grown.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        losses = {s: fixed[(s, steps)]["loss"] for s in sizes if (s, steps) in fixed}
+        best = min(losses.values()) if losses else None
+        budget_flops = point["flops"]
+        per_size = []
+        for size in sizes:
+            pts = sorted((v["flops"], v["loss"]) for (s, _), v in fixed.items() if s == size)
+            per_size.append(_iso(pts, point["loss"], budget_flops))
+        envelope = _least(per_size)
+        vs_best = "-" if best is None else f"{point['loss'] - best:+.4f}"
+        lines.append(
+            f"| {label} | {steps} | {point['loss']:.4f} | {vs_best} | {per_size[-1]} | "
+            f"{' / '.join(per_size)} | {envelope} |"
+        )
+    return lines
+
+
+def tax_table(found: dict[str, dict[str, Any]]) -> list[str]:
+    """Grown to the half-way size at several points vs the half-way size trained fixed on
+    the same budget."""
+    fixed = found.get(f"fixed_half_{TAX_BUDGET}_s0")
+    lines = [
+        "| run | grows at | final loss | gap vs fixed half | tokens (M) | training s |",
+        "|---|---|---|---|---|---|",
+    ]
+    if fixed is not None:
+        lines.append(f"| fixed half | - | {fixed['val_loss']:.4f} | - | "
+                     f"{fixed['tokens'] / 1e6:.1f} | {fixed['train_s']:.0f} |")  # fmt: skip
+    for at in TAX_AT:
+        run = found.get(f"tax_half_{at}_{TAX_BUDGET}_s0")
+        if run is None:
+            continue
+        gap = "-" if fixed is None else f"{run['val_loss'] - fixed['val_loss']:+.4f}"
+        lines.append(f"| start -> half | {at:.0%} | {run['val_loss']:.4f} | {gap} | "
+                     f"{run['tokens'] / 1e6:.1f} | {run['train_s']:.0f} |")  # fmt: skip
+    return lines
+
+
 def _result(folder: Path) -> dict[str, Any] | None:
     summary = folder / "summary.json"
     return json.loads(summary.read_text()) if summary.is_file() else None
@@ -108,7 +245,22 @@ def main() -> None:
     found = {p.name: r for p in jobs() if (r := _result(p)) is not None}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "envelope_runs.json").write_text(json.dumps(found, indent=2) + "\n")
-    print(f"{len(found)} runs finished")
+    hours = sum(r.get("train_s") or 0.0 for r in found.values()) / 3600
+    lines = [
+        "Envelope: final validation loss of fixed sizes (WSD, seed 0) by budget, and the "
+        "growing runs of the scale tables against it.",
+        "",
+        *envelope_table(found),
+        "",
+        f"Growth tax: start -> half-way size in one stage, budget {TAX_BUDGET} target steps.",
+        "",
+        *tax_table(found),
+        "",
+        f"{len(found)} runs of this table finished; their training: {hours:.1f} CPU-core "
+        "hours (one thread each).",
+    ]
+    (RESULTS / "envelope.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
