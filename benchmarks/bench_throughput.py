@@ -35,10 +35,10 @@ import torch
 from progrow import LMModule, Transformer, TransformerConfig
 from progrow.data import load_stdlib
 from progrow.expand import grow
+from progrow.loss import lm_loss
 from progrow.optim import OptimConfig, build_adamw, warmup_cosine
 from progrow.surgery import param_names, update_optimizer
 from progrow.training import LMDataModule
-from progrow.training.module import lm_loss
 
 #: Model A before growth (grown to C = _common.BASE with every expansion, layers interleaved).
 SMALL = dict(d_model=192, d_mlp=512, n_heads=3, d_qk=48, d_v=48, n_layers=6)

@@ -1,4 +1,5 @@
-"""Reading a training checkpoint from disk, whatever wrote it: a Lightning checkpoint file
+"""progrow's checkpoint format (its keys, the architecture it records) and reading a
+training checkpoint from disk, whatever wrote it: a Lightning checkpoint file
 (one device, DDP, or FSDP2 with ``save_distributed_checkpoint=False``) or a sharded FSDP2
 checkpoint folder (torch distributed-checkpoint shards plus Lightning's ``meta.pt``).
 
@@ -14,15 +15,38 @@ from __future__ import annotations
 
 import pickle
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from progrow.config import TransformerConfig
+
+#: Where progrow keeps its entry in a checkpoint (architecture, optimizer names, totals).
+CHECKPOINT_KEY = "progrow"
+#: The growth callback's entry in ``checkpoint["callbacks"]`` (its default state key).
+CALLBACK_KEY = "GrowthCallback"
 #: Lightning's file of everything but the tensors in a sharded checkpoint folder.
 SHARDED_META = "meta.pt"
 #: torch distributed-checkpoint's index file in a sharded folder.
 SHARDED_INDEX = ".metadata"
+
+
+def checkpoint_config(checkpoint: Mapping[str, Any]) -> TransformerConfig:
+    """The Transformer architecture stored in a progrow checkpoint.
+
+    Raises:
+        ValueError: the checkpoint has no ``progrow.model_config`` entry (it was not
+            written by a progrow module or callback) or an unreadable one.
+    """
+    entry = checkpoint.get(CHECKPOINT_KEY)
+    if not isinstance(entry, Mapping) or "model_config" not in entry:
+        raise ValueError(
+            f"checkpoint has no '{CHECKPOINT_KEY}.model_config' entry: offline growth needs a "
+            "checkpoint written while training with progrow (LMModule or GrowthCallback)"
+        )
+    return TransformerConfig.from_dict(dict(entry["model_config"]))
 
 
 def is_sharded_checkpoint(path: str | Path) -> bool:

@@ -23,7 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from progrow.checkpoint_files import load_checkpoint
+from progrow.checkpoint_files import (
+    CALLBACK_KEY,
+    CHECKPOINT_KEY,
+    checkpoint_config,
+    load_checkpoint,
+)
 from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.events import GrowthEvent, events_from_dicts
 from progrow.expand.hidden import FactorAt, check_factor_at
@@ -31,15 +36,11 @@ from progrow.expand.layers import Positions
 from progrow.expand.plan import Init, check_init
 from progrow.expand.widths import QkFactorAt, check_qk_factor_at
 from progrow.layout import param_names
+from progrow.loss import lm_loss
 from progrow.model import Transformer
 from progrow.placement import BY_KEY, saved_placement
 from progrow.schedule import stage_seed
 from progrow.surgery import NewMoments, grow_with_optimizers
-
-#: Where progrow keeps its entry in a checkpoint (architecture, optimizer names, totals).
-CHECKPOINT_KEY = "progrow"
-#: The growth callback's entry in ``checkpoint["callbacks"]`` (its default state key).
-CALLBACK_KEY = "GrowthCallback"
 
 
 def check_sizes(config: TransformerConfig, sizes: Mapping[str, Any]) -> dict[str, int]:
@@ -64,22 +65,6 @@ def check_sizes(config: TransformerConfig, sizes: Mapping[str, Any]) -> dict[str
     if not todo:
         raise ValueError(f"nothing to grow: the checkpoint already has the sizes {dict(sizes)}")
     return todo
-
-
-def checkpoint_config(checkpoint: Mapping[str, Any]) -> TransformerConfig:
-    """The Transformer architecture stored in a progrow checkpoint.
-
-    Raises:
-        ValueError: the checkpoint has no ``progrow.model_config`` entry (it was not
-            written by a progrow module or callback) or an unreadable one.
-    """
-    entry = checkpoint.get(CHECKPOINT_KEY)
-    if not isinstance(entry, Mapping) or "model_config" not in entry:
-        raise ValueError(
-            f"checkpoint has no '{CHECKPOINT_KEY}.model_config' entry: offline growth needs a "
-            "checkpoint written while training with progrow (LMModule or GrowthCallback)"
-        )
-    return TransformerConfig.from_dict(dict(entry["model_config"]))
 
 
 def _load_model(state: Mapping[str, Tensor], config: TransformerConfig, prefix: str) -> nn.Module:
@@ -153,8 +138,6 @@ def _load_optimizers(
 
 
 def _probe_loss(model: Transformer, batch: Tensor) -> float:
-    from progrow.training.module import lm_loss
-
     was_training = model.training
     model.eval()
     try:

@@ -11,9 +11,12 @@ from progrow.config import GROWABLE_DIMS, TransformerConfig, check_positive_int
 from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt
 from progrow.expand.plan import Init, check_init
 from progrow.expand.widths import DEFAULT_QK_FACTOR_AT, QkFactorAt
+from progrow.perturb import ShrinkPerturb, check_new_noise, check_shrink_perturb
 from progrow.placement import BY_KEY, PLACEMENT_KEYS, PLACEMENTS
 
-_STAGE_KEYS = ("step", *GROWABLE_DIMS, "layer_positions", *PLACEMENT_KEYS, "init")
+#: Stage keys that change the grown model on purpose (:mod:`progrow.perturb`).
+PERTURB_KEYS = ("shrink_perturb", "new_noise")
+_STAGE_KEYS = ("step", *GROWABLE_DIMS, "layer_positions", *PLACEMENT_KEYS, "init", *PERTURB_KEYS)
 
 
 def stage_seed(seed: int, stage_index: int) -> int:
@@ -50,6 +53,18 @@ class GrowthStage:
     split outgoing weights) or "stack" (layers only, not preserving); see
     :func:`progrow.grow`."""
 
+    shrink_perturb: ShrinkPerturb | None = None
+    """Shrink-and-perturb of the old weights after the expansion, ``θ ← λθ + σε``
+    (``None``: off); see :mod:`progrow.perturb`."""
+    new_noise: float = 0.0
+    """Std of the noise put on the new entries the expansion leaves zero (0: off); see
+    :mod:`progrow.perturb`."""
+
+    @property
+    def perturbs(self) -> bool:
+        """Whether this stage changes the function on purpose (its probe loss jumps)."""
+        return self.shrink_perturb is not None or self.new_noise > 0
+
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"step": self.step, **self.sizes}
         if "n_layers" in self.sizes:
@@ -62,6 +77,10 @@ class GrowthStage:
                 out[p.key] = getattr(self, p.key)
         if self.init != "zero":  # the default is left out: older lists match
             out["init"] = self.init
+        if self.shrink_perturb is not None:  # (the same for the perturbations)
+            out["shrink_perturb"] = self.shrink_perturb.as_dict()
+        if self.new_noise:
+            out["new_noise"] = self.new_noise
         return out
 
 
@@ -210,6 +229,8 @@ def _build_stage(
     placed = {key: _placement(i, key, raw.pop(key, None), raw) for key in PLACEMENT_KEYS}
     try:
         init = check_init(raw.pop("init", "zero"), "init")
+        shrink_perturb = check_shrink_perturb(raw.pop("shrink_perturb", None))
+        new_noise = check_new_noise(raw.pop("new_noise", 0.0))
     except ValueError as err:
         raise ValueError(f"growth stage {i}: {err}") from None
     sizes = {k: v for k, v in raw.items() if v is not None}
@@ -227,6 +248,8 @@ def _build_stage(
         hidden_factor_at=cast(FactorAt, placed["hidden_factor_at"]),
         qk_factor_at=cast(QkFactorAt, placed["qk_factor_at"]),
         init=init,
+        shrink_perturb=shrink_perturb,
+        new_noise=new_noise,
     )
 
 

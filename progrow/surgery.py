@@ -12,7 +12,9 @@ parametrization (see ``docs/expansions.md``): a
 parameter multiplied by ``a`` has gradients divided by ``a``, so averages of gradients
 (``exp_avg``, ``momentum_buffer``) are divided by ``a`` and averages of squared gradients
 (``exp_avg_sq``, ``max_exp_avg_sq``) by ``a**2``; new entries are zero; ``step`` is kept.
-Factors may differ entry by entry (exact splits); each entry gets its own.
+Factors may differ entry by entry (exact splits); each entry gets its own. Instead of
+carrying, ``optimizer_state`` may start the state of the changed parameters, or of every
+parameter, afresh (see :func:`update_optimizer`).
 
 Twins (new entries copied from an old one by an exact split, ``init="split"``) get their
 source's moments divided by their own factor (first) and its square (second), the same
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -52,9 +54,18 @@ from progrow.layout import (
     prefix_of,
 )
 from progrow.model import Transformer
+from progrow.perturb import (
+    ShrinkPerturb,
+    check_new_noise,
+    check_shrink_perturb,
+    perturb_grown_,
+)
 from progrow.record import ExpansionRecord, ParamChange
 
 NewMoments = Literal["zero", "bias_corrected"]
+#: What happens to optimizer state at a growth (see :func:`update_optimizer`).
+OptimizerState = Literal["carry", "reset_old", "reset_all"]
+OPTIMIZER_STATES: tuple[str, ...] = get_args(OptimizerState)
 
 _ADAM_KEYS = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
 #: The optimizers whose state semantics are known, and the state keys each may hold.
@@ -93,6 +104,29 @@ def check_new_moments(new_moments: Any) -> NewMoments:
     return new_moments
 
 
+def check_optimizer_state(
+    optimizer_state: Any, new_moments: Any = "zero", field: str = "optimizer_state"
+) -> OptimizerState:
+    """``optimizer_state`` if it is one of :data:`OPTIMIZER_STATES` and goes with
+    ``new_moments``, else a ``ValueError`` naming ``field`` and the value.
+
+    A reset leaves no moment to fill, so ``new_moments="bias_corrected"`` (which fills
+    new second moments from the old ones) would do nothing and is refused with it.
+
+    Example:
+        >>> check_optimizer_state("reset_old")
+        'reset_old'
+    """
+    if not isinstance(optimizer_state, str) or optimizer_state not in OPTIMIZER_STATES:
+        raise ValueError(f"{field}={optimizer_state!r}: use one of {list(OPTIMIZER_STATES)}")
+    if optimizer_state != "carry" and new_moments != "zero":
+        raise ValueError(
+            f"{field}={optimizer_state!r} with new_moments={new_moments!r}: a reset leaves "
+            "no moment to fill; use new_moments='zero' or optimizer_state='carry'"
+        )
+    return optimizer_state  # type: ignore[return-value]  # checked against its values
+
+
 def grow_with_optimizers(
     module: nn.Module,
     model: Transformer,
@@ -108,6 +142,9 @@ def grow_with_optimizers(
     group_for_new: GroupForNew | None = None,
     param_order: ParamOrder | None = None,
     layout: Callable[[nn.Module], Sequence[Sequence[Sequence[str]]]] | None = None,
+    optimizer_state: OptimizerState = "carry",
+    shrink_perturb: ShrinkPerturb | None = None,
+    new_noise: float = 0.0,
 ) -> ExpansionRecord:
     """Grow ``model`` (held by ``module``) to ``sizes`` and carry every optimizer across.
 
@@ -117,8 +154,10 @@ def grow_with_optimizers(
     ``module``. Returns the record (names relative to ``model``).
 
     ``layer_positions``, ``hidden_factor_at``, ``qk_factor_at`` and ``init`` go to
-    :func:`progrow.grow`.
-    ``group_for_new`` and ``param_order`` go to every :func:`update_optimizer` call.
+    :func:`progrow.grow`; ``new_noise`` and ``shrink_perturb`` then change the grown
+    model on purpose (:func:`progrow.perturb.perturb_grown_`, drawing from ``generator``
+    after the expansions). ``new_moments``, ``optimizer_state``, ``group_for_new`` and
+    ``param_order`` go to every :func:`update_optimizer` call.
     Without them, ``layout(module)``, called once the module has grown, gives per
     optimizer the groups it must end with (:func:`layout_options`), e.g. the names of the
     optimizers ``configure_optimizers`` builds over the grown module.
@@ -131,6 +170,9 @@ def grow_with_optimizers(
         >>> record.expansions, model.config.d_mlp
         (('d_mlp',), 12)
     """
+    check_optimizer_state(optimizer_state, check_new_moments(new_moments))
+    shrink_perturb = check_shrink_perturb(shrink_perturb)
+    new_noise = check_new_noise(new_noise)
     old_names = param_names(module)
     prefix = prefix_of(module, model)
     record = grow(
@@ -142,12 +184,16 @@ def grow_with_optimizers(
         qk_factor_at=qk_factor_at,
         generator=generator,
     )
+    perturb_grown_(
+        model, record, shrink_perturb=shrink_perturb, new_noise=new_noise, generator=generator
+    )
     carry_optimizers(
         module,
         record.prefixed(prefix),
         old_names,
         optimizers,
         new_moments=new_moments,
+        optimizer_state=optimizer_state,
         group_for_new=group_for_new,
         param_order=param_order,
         layout=layout,
@@ -166,6 +212,7 @@ def carry_optimizers(
     param_order: ParamOrder | None = None,
     layout: Callable[[nn.Module], Sequence[Sequence[Sequence[str]]]] | None = None,
     transport: StateTransport | None = None,
+    optimizer_state: OptimizerState = "carry",
 ) -> None:
     """:func:`update_optimizer` for each optimizer of a grown ``module``.
 
@@ -192,6 +239,7 @@ def carry_optimizers(
             module,
             new_moments=new_moments,
             transport=transport,
+            optimizer_state=optimizer_state,
             **opts,
         )
 
@@ -228,6 +276,7 @@ def update_optimizer(
     param_order: ParamOrder | None = None,
     new_moments: NewMoments = "zero",
     transport: StateTransport | None = None,
+    optimizer_state: OptimizerState = "carry",
 ) -> None:
     """Move ``optimizer`` onto the grown parameters of ``module``, in place.
 
@@ -261,6 +310,20 @@ def update_optimizer(
     about ``1/(1-b1)`` steps, instead of starting 3.2x too large. First moments stay zero.
     No effect on SGD.
 
+    ``optimizer_state`` says whose state is carried as above and whose starts afresh:
+
+    * ``"carry"`` (default): every parameter's, as above;
+    * ``"reset_old"``: the parameters the growth changed (reshaped or rescaled; their old
+      entries' moments describe gradients of the smaller model) and the new ones start
+      afresh; parameters the growth left as they were (or only renamed) carry theirs;
+    * ``"reset_all"``: every parameter starts afresh.
+
+    Afresh means as a new optimizer would start it, per parameter: Adam's ``step`` 0 and
+    zero moments (so its bias correction restarts: the first update is ``g / |g|``-sized,
+    not the ``(1-b1)/sqrt(1-b2)`` times that zero moments get under a kept step), SGD's
+    momentum buffer dropped (torch starts it from the next gradient). Group
+    hyperparameters, the LR scheduler and the groups' order are kept in every case.
+
     Args:
         optimizer: a ``torch.optim`` Adam, AdamW or SGD over (some of) ``module``'s params.
         record: what the growth did (names relative to ``module``).
@@ -273,6 +336,7 @@ def update_optimizer(
         new_moments: ``"zero"`` (default) or ``"bias_corrected"``.
         transport: how state is read and stored (default: as it is); see
             :class:`StateTransport`.
+        optimizer_state: ``"carry"`` (default), ``"reset_old"`` or ``"reset_all"``.
 
     Raises:
         TypeError: unsupported optimizer class (named).
@@ -291,7 +355,7 @@ def update_optimizer(
         torch.Size([12, 8])
     """
     known = _supported_keys(optimizer)
-    check_new_moments(new_moments)
+    check_optimizer_state(optimizer_state, check_new_moments(new_moments))
     params = dict(module.named_parameters())
     # 1. Where every parameter the optimizer holds now is after the growth (by name).
     old_by_new, names_per_group = existing_names(optimizer, record, old_names, params, known)
@@ -301,10 +365,28 @@ def update_optimizer(
     names_per_group = ordered(names_per_group, module, params, param_order)
     # 4. Stage the new state (nothing changed yet), 5. commit it (nothing can raise).
     fill_typical = new_moments == "bias_corrected"
+    reset = _reset_names(optimizer_state, record, old_by_new, names_per_group)
     staged = _stage_state(
-        optimizer, record, old_by_new, names_per_group, params, fill_typical, transport
+        optimizer, record, old_by_new, names_per_group, params, fill_typical, transport, reset
     )
     _commit(optimizer, names_per_group, params, staged)
+
+
+def _reset_names(
+    optimizer_state: OptimizerState,
+    record: ExpansionRecord,
+    old_by_new: dict[str, Tensor],
+    names_per_group: list[list[str]],
+) -> frozenset[str]:
+    """The parameters whose state starts afresh under ``optimizer_state``."""
+    every = frozenset(n for names in names_per_group for n in names)
+    if optimizer_state == "reset_all":
+        return every
+    if optimizer_state == "reset_old":
+        changes = record.changes
+        unchanged = {n for n in old_by_new if n not in changes or changes[n].is_identity}
+        return every - unchanged
+    return frozenset()
 
 
 def _supported_keys(optimizer: torch.optim.Optimizer) -> frozenset[str]:
@@ -325,38 +407,49 @@ def _stage_state(
     params: dict[str, nn.Parameter],
     fill_typical: bool,
     transport: StateTransport | None = None,
+    reset: frozenset[str] = frozenset(),
 ) -> dict[str, State]:
     """The state of every grown parameter: existing ones first, then new ones (whose
-    state copies the group's step and, with ``fill_typical``, their siblings' moments).
-    With a ``transport``, each state is read just before and written just after its rule."""
+    state copies the group's step and, with ``fill_typical``, their siblings' moments);
+    those in ``reset`` start afresh (:func:`_reset`) instead, and an empty state is left
+    out. With a ``transport``, each state is read just before and written just after
+    its rule."""
     staged: dict[str, State] = {}
     for name, old_p in old_by_new.items():
         state = optimizer.state.get(old_p)
         if state and transport is not None:
             state = transport.read(old_p, state)
         change = record.changes.get(name)
-        if state and change is not None and not change.is_identity:
-            if tuple(params[name].shape) != change.new_shape:
-                raise ValueError(
-                    f"{name}: module shape {tuple(params[name].shape)} is not "
-                    f"the record's {change.new_shape}"
-                )
-            staged[name] = _carry(state, change, fill_typical)
+        grown = change if change is not None and not change.is_identity else None
+        if state and grown is not None and tuple(params[name].shape) != grown.new_shape:
+            raise ValueError(
+                f"{name}: module shape {tuple(params[name].shape)} is not "
+                f"the record's {grown.new_shape}"
+            )
+        if state and name in reset:
+            staged[name] = _reset(params[name], state)
+        elif state and grown is not None:
+            staged[name] = _carry(state, grown, fill_typical)
         elif state:
             staged[name] = state  # same values and shape: keep the very same state
-        if name in staged and transport is not None:
+        if staged.get(name) and transport is not None:
             staged[name] = transport.write(params[name], staged[name])
     for names in names_per_group:
-        group_states = [staged[n] for n in names if n in staged]
+        group_states = [staged[n] for n in names if staged.get(n)]
         for name in names:
             if name in old_by_new or not group_states:
                 continue  # existing, or a group that has not stepped: lazy init as usual
-            key = layer_pattern(name)
-            siblings = [s for n, s in staged.items() if n in old_by_new and layer_pattern(n) == key]
-            staged[name] = _fresh(params[name], group_states[0], siblings, fill_typical)
-            if transport is not None:
+            if name in reset:
+                staged[name] = _reset(params[name], group_states[0])
+            else:
+                key = layer_pattern(name)
+                siblings = [
+                    s for n, s in staged.items() if n in old_by_new and layer_pattern(n) == key
+                ]
+                staged[name] = _fresh(params[name], group_states[0], siblings, fill_typical)
+            if staged[name] and transport is not None:
                 staged[name] = transport.write(params[name], staged[name])
-    return staged
+    return {name: state for name, state in staged.items() if state}
 
 
 def _commit(
@@ -388,6 +481,25 @@ def _carry(state: State, change: ParamChange, fill_typical: bool) -> State:
     return out
 
 
+def _reset(param: Tensor, template: State) -> State:
+    """The state a new optimizer starts ``param`` with, shaped after ``template`` (the
+    parameter's own state or its group's): Adam's ``step`` 0 and zero moments, which
+    torch then steps exactly as its lazy init; SGD's momentum buffer left out, since
+    torch starts it from the first gradient, not from zero (with dampening they differ).
+    """
+    out: State = {}
+    for key, value in template.items():
+        if key == "momentum_buffer":
+            continue
+        if key == "step":
+            out[key] = torch.zeros_like(value) if isinstance(value, Tensor) else 0
+        elif isinstance(value, Tensor):
+            out[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        else:
+            out[key] = value
+    return out
+
+
 def _fresh(param: Tensor, template: State, siblings: list[State], fill_typical: bool) -> State:
     """State of a wholly new parameter: the group's step, zero moments (or typical ones)."""
     out: State = {}
@@ -407,13 +519,16 @@ def _fresh(param: Tensor, template: State, siblings: list[State], fill_typical: 
 # The layout helpers live in progrow.layout; they stay importable from here, where the
 # optimizer surgery's users have always found them.
 __all__ = [
+    "OPTIMIZER_STATES",
     "SUPPORTED",
     "GroupForNew",
     "NewMoments",
+    "OptimizerState",
     "ParamOrder",
     "StateTransport",
     "carry_optimizers",
     "check_new_moments",
+    "check_optimizer_state",
     "grow_with_optimizers",
     "layout_options",
     "optimizer_state_by_name",

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from hydra.errors import ConfigCompositionException, OverrideParseException
 
+from progrow.app import ConfigError
 from progrow.app.console import remove_if_unused, user_error
 from progrow.app.grow import main as grow_main
-from progrow.app.settings import ConfigError
 
 
 def _raised_from(cause: BaseException) -> BaseException:

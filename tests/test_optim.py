@@ -12,7 +12,7 @@ import pytest
 from test_configs import compose_train, settings_of
 
 from progrow import LMModule, OptimConfig
-from progrow.app.settings import ConfigError
+from progrow.app import ConfigError
 from progrow.app.train import _optimizer_and_growth
 from progrow.optim import lr_multiplier
 

@@ -6,6 +6,7 @@ Only :mod:`progrow.train` sees a ``DictConfig``; it converts it with
 typed values.
 """
 
-from progrow.app.settings import ConfigError, RunSettings
+from progrow.app.errors import ConfigError
+from progrow.app.settings import RunSettings
 
 __all__ = ["ConfigError", "RunSettings"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from progrow.app.settings import ConfigError
+from progrow.app.errors import ConfigError
 
 
 def count_devices(devices: Any) -> int | None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from progrow.app.settings import ConfigError
+from progrow.app.errors import ConfigError
 
 #: Lightning's messages that are not about the run (an advert).
 _NOISE = ("litlogger",)

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from progrow.app.settings import ConfigError, GrowthSettings
+from progrow.app.errors import ConfigError
+from progrow.app.settings import GrowthSettings
 from progrow.config import TransformerConfig
 from progrow.model import Transformer
 

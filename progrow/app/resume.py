@@ -21,7 +21,8 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from progrow.app.settings import ConfigError, RunSettings
+from progrow.app.errors import ConfigError
+from progrow.app.settings import RunSettings
 from progrow.config import TransformerConfig
 from progrow.placement import BY_KEY, saved_stages, unnamed_placements
 

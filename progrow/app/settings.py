@@ -17,6 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from progrow.app.checks import world_size
+from progrow.app.errors import ConfigError
 from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.expand.plan import check_init
 from progrow.placement import PLACEMENTS, Placement
@@ -36,10 +38,6 @@ FROM_DATA = ("vocab_size", "max_seq_len")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: Label of a schedule whose stages are not those of a ``conf/growth/<name>.yaml``.
 CUSTOM_SCHEDULE = "custom"
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key and the value."""
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
@@ -370,7 +368,6 @@ def with_compute_budget(
     gets more steps. Its stages must be fractions of the run. Returns the new settings and
     the budget in FLOPs.
     """
-    from progrow.app.checks import world_size
     from progrow.flops import steps_for_budget, train_flops_per_token
 
     assert settings.budget_steps is not None

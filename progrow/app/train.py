@@ -166,7 +166,7 @@ def _prepare(settings: RunSettings) -> _Job:
 def _datamodule(settings: RunSettings) -> Any:
     """The data module, its corpus loaded (or its cache built): the vocabulary sizes the
     model."""
-    from progrow.app.settings import ConfigError
+    from progrow.app.errors import ConfigError
     from progrow.training import LMDataModule
 
     try:
@@ -193,7 +193,7 @@ def _start_model(settings: RunSettings, datamodule: Any) -> tuple[TransformerCon
 
 def _optimizer_and_growth(settings: RunSettings) -> tuple[Any, Any]:
     """The optimizer config and the growth callback, their errors named by config key."""
-    from progrow.app.settings import ConfigError
+    from progrow.app.errors import ConfigError
     from progrow.optim import OptimConfig
     from progrow.training import GrowthCallback
 

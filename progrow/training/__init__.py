@@ -6,10 +6,11 @@ surgery, schedules, FLOPs and data (``progrow``, ``progrow.expand``, ``progrow.d
 do not.
 """
 
+from progrow.loss import lm_loss
 from progrow.training.callback import GrowthCallback, stage_seed
 from progrow.training.datamodule import SOURCES, LMDataModule, trainer_position
 from progrow.training.fsdp import GrowableModelParallelStrategy
-from progrow.training.module import LMModule, lm_loss
+from progrow.training.module import LMModule
 from progrow.training.preemption import FitInterrupted, PreemptionCallback
 
 __all__ = [

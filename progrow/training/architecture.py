@@ -23,10 +23,10 @@ from torch import nn
 from torch.nn.modules.module import _EXTRA_STATE_KEY_SUFFIX as _EXTRA_STATE_KEY
 from torch.utils.hooks import RemovableHandle
 
+from progrow.checkpoint_files import CHECKPOINT_KEY
 from progrow.config import TransformerConfig
 from progrow.layout import param_names
 from progrow.model import Transformer, config_to_tensor, state_dict_config
-from progrow.offline import CHECKPOINT_KEY
 
 
 def _get(module: nn.Module, attr: str) -> Any:

@@ -27,13 +27,14 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from progrow.checkpoint_files import CHECKPOINT_KEY, checkpoint_config
 from progrow.config import TransformerConfig
 from progrow.expand import grow
 from progrow.layout import param_names, prefix_of
 from progrow.model import Transformer
-from progrow.offline import CHECKPOINT_KEY, checkpoint_config
+from progrow.perturb import check_new_noise, check_shrink_perturb, perturb_grown_
 from progrow.record import ExpansionRecord
-from progrow.surgery import StateTransport, carry_optimizers
+from progrow.surgery import StateTransport, carry_optimizers, check_optimizer_state
 from progrow.training.architecture import find_transformer
 
 State = dict[str, Any]
@@ -143,7 +144,8 @@ def grow_sharded(
     shards with :func:`~progrow.surgery.carry_optimizers`, the same rules as unsharded
     training, one parameter's state gathered at a time (:data:`SHARDED_STATE`). Every rank
     must call this together. ``options`` are :func:`~progrow.surgery.grow_with_optimizers`'s
-    (``layer_positions``, ``generator``, ``layout``, ...; ``new_moments`` must be "zero").
+    (``layer_positions``, ``generator``, ``layout``, ``shrink_perturb``, ...;
+    ``new_moments`` must be "zero").
 
     Returns:
         The expansion record (names relative to the Transformer).
@@ -155,6 +157,12 @@ def grow_sharded(
             f"new_moments={options['new_moments']!r} is not supported under FSDP2 (its "
             "sibling statistics would need the whole state gathered); use 'zero'"
         )
+    check_optimizer_state(options.get("optimizer_state", "carry"))  # before any change
+    options = {
+        **options,
+        "shrink_perturb": check_shrink_perturb(options.get("shrink_perturb")),
+        "new_noise": check_new_noise(options.get("new_noise", 0.0)),
+    }
     sharded_model = find_transformer(module, model_attr)
     for sub in sharded_model.modules():
         if isinstance(sub, FSDPModule):
@@ -167,13 +175,17 @@ def grow_sharded(
     _set_transformer(module, model_attr, plain)
     del sharded_model  # its shards live on only in the optimizers, until they are carried
     grow_keys = ("layer_positions", "hidden_factor_at", "qk_factor_at", "init", "generator")
+    perturb_keys = ("shrink_perturb", "new_noise")
     grow_options: dict[str, Any] = {k: v for k, v in options.items() if k in grow_keys}
     targets: dict[str, Any] = dict(sizes)
     record = grow(plain, **targets, **grow_options)
+    perturb = {k: v for k, v in options.items() if k in perturb_keys}
+    # The full model, the same values on every rank (drawn on the CPU from one seed).
+    perturb_grown_(plain, record, generator=grow_options.get("generator"), **perturb)
     reshard()
     if not isinstance(next(find_transformer(module, model_attr).parameters()), DTensor):
         raise RuntimeError("reshard() left the grown Transformer unsharded")
-    carry = {k: v for k, v in options.items() if k not in grow_keys}
+    carry = {k: v for k, v in options.items() if k not in grow_keys + perturb_keys}
     carry_optimizers(
         module, record.prefixed(prefix), old_names, optimizers, transport=SHARDED_STATE, **carry
     )

@@ -9,12 +9,12 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
 from progrow.config import TransformerConfig
 from progrow.flops import train_flops_per_token
+from progrow.loss import lm_loss
 from progrow.model import Transformer
 from progrow.optim import OptimConfig, build_adamw, lr_multiplier
 from progrow.training.architecture import (
@@ -23,13 +23,6 @@ from progrow.training.architecture import (
     save_architecture,
 )
 from progrow.training.compiled import compile_in_place, compile_options, graphs_compiled
-
-
-def lm_loss(model: torch.nn.Module, batch: Tensor) -> Tensor:
-    """Next-token cross-entropy on a ``(B, T + 1)`` batch of token ids."""
-    inputs, targets = batch[:, :-1], batch[:, 1:]
-    logits = model(inputs)  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
 class LMModule(L.LightningModule):

@@ -13,8 +13,8 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
+from progrow.loss import lm_loss
 from progrow.model import Transformer
-from progrow.training.module import lm_loss
 
 LossFn = Callable[[L.LightningModule, Tensor], Tensor]
 #: What the default probe loss reads: ``(B, T + 1)`` token ids, or ``(inputs, targets)``.

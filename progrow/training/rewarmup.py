@@ -1,10 +1,12 @@
 """Learning-rate factors on top of the schedule, without the scaled value leaking anywhere.
 
-Two factors, multiplied: for a few steps after a growth the learning rate is ramped back
-up (step ``i`` after it uses ``(i + 1) / rewarmup_steps`` of the scheduled value), and a
-model narrower than its final width may train at ``(final / width) ** exponent`` times the
-scheduled value. The scaled value is in the param groups from the start of the step's
-first micro-batch (so ``LearningRateMonitor``
+Three factors, multiplied: for a few steps after a growth the learning rate is ramped back
+up (step ``i`` after it uses ``from + (1 - from) * (i + 1) / rewarmup_steps`` of the
+scheduled value), a model narrower than its final width may train at
+``(final / width) ** exponent`` times the scheduled value, and each param group of
+weight matrices may train at ``(final fan-in / fan-in) ** exponent`` times it (its own
+factor: :func:`fan_in_finals`). The scaled value is in the param groups from the start
+of the step's first micro-batch (so ``LearningRateMonitor``
 and the user's ``training_step`` see the value actually used) until the optimizer step's
 post-hook puts the scheduled value back, before the scheduler steps.
 
@@ -18,24 +20,36 @@ scheduler, and checkpoints never hold a scaled one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from progrow.config import TransformerConfig
+from progrow.layout import layer_pattern, param_names, prefix_of
+from progrow.model import Transformer
 
-def rewarmup_scale(steps_since_growth: int, rewarmup_steps: int) -> float | None:
+
+def rewarmup_scale(
+    steps_since_growth: int, rewarmup_steps: int, start: float = 0.0
+) -> float | None:
     """The factor on the scheduled LR ``steps_since_growth`` steps after a growth, or
-    ``None`` outside the re-warmup window.
+    ``None`` outside the re-warmup window: a line from ``start`` (the factor before the
+    window's first step) to 1 at its last step.
 
     Example:
         >>> [rewarmup_scale(i, 4) for i in (-1, 0, 3, 4)]
         [None, 0.25, 1.0, None]
+        >>> [rewarmup_scale(i, 4, start=0.2) for i in (0, 3)]
+        [0.4, 1.0]
     """
     if rewarmup_steps <= 0 or not 0 <= steps_since_growth < rewarmup_steps:
         return None
-    return (steps_since_growth + 1) / rewarmup_steps
+    ramp = (steps_since_growth + 1) / rewarmup_steps
+    return ramp if start == 0 else start + (1 - start) * ramp
 
 
 def width_lr_scale(d_model: int, final_d_model: int, exponent: float) -> float:
@@ -51,20 +65,110 @@ def width_lr_scale(d_model: int, final_d_model: int, exponent: float) -> float:
     return float((final_d_model / d_model) ** exponent)
 
 
+def fan_in_roles(configs: Sequence[TransformerConfig]) -> dict[str, tuple[int, ...]]:
+    """Per weight matrix of a Transformer, named as in every layer (``blocks.#.attn.o.weight``),
+    its fan-in (the ``nn.Linear``'s input size) under each of ``configs``.
+
+    Embeddings (a tied output projection included), norm gains and biases have none.
+
+    Example:
+        >>> from progrow import TransformerConfig
+        >>> small = TransformerConfig(d_model=8, d_mlp=16, n_layers=1)
+        >>> fan_in_roles([small, small.replace(d_mlp=32)])["blocks.#.mlp.proj.weight"]
+        (16, 32)
+    """
+    per_config = []
+    for config in configs:
+        with torch.device("meta"):  # shapes only: nothing is allocated or drawn
+            model = Transformer(config)
+        per_config.append(
+            {
+                layer_pattern(name): int(param.shape[1])
+                for name, param in model.named_parameters()
+                if name.endswith(".weight")
+                and isinstance(model.get_submodule(name.rpartition(".")[0]), nn.Linear)
+            }
+        )
+    return {role: tuple(sizes[role] for sizes in per_config) for role in per_config[-1]}
+
+
+def fan_in_finals(
+    optimizers: Sequence[torch.optim.Optimizer],
+    module: nn.Module,
+    model: Transformer,
+    configs: Sequence[TransformerConfig],
+    option: str = "lr_fan_in_exponent",
+) -> list[list[int | None]]:
+    """Per optimizer and param group, the fan-in its weight matrices end with (under the
+    last of ``configs``), or ``None`` for a group whose LR is not scaled (embeddings,
+    gains, biases, parameters outside ``model``).
+
+    A group's factor must be one number, so its weights must have one fan-in under every
+    config (``model``'s sizes before and after each stage).
+
+    Raises:
+        ValueError: naming ``option``, the group and two of its parameters, for a group
+            that mixes weights of different fan-ins (or scaled and unscaled ones).
+    """
+    roles = fan_in_roles(configs)
+    prefix = prefix_of(module, model)
+    names = param_names(module)
+    out: list[list[int | None]] = []
+    for i, optimizer in enumerate(optimizers):
+        finals: list[int | None] = []
+        for g, group in enumerate(optimizer.param_groups):
+            seen: dict[tuple[int, ...] | None, str] = {}
+            for p in group["params"]:
+                name = names.get(id(p), "?")
+                inner = name[len(prefix) :] if name.startswith(prefix) else None
+                seen.setdefault(None if inner is None else roles.get(layer_pattern(inner)), name)
+            if len(seen) > 1:
+                shown = "; ".join(f"{n}: {s or 'not scaled'}" for s, n in list(seen.items())[:2])
+                raise ValueError(
+                    f"{option}: param group {g} of optimizer {i} mixes parameters whose "
+                    f"fan-ins differ ({shown}), so no one learning-rate factor fits it; "
+                    "give each fan-in its own group, e.g. progrow.optim.param_groups(..., "
+                    "by_fan_in=True) (LMModule: OptimConfig(fan_in_groups=True), which "
+                    "the app sets with growth.lr_fan_in_exponent)"
+                )
+            sizes = next(iter(seen), None)
+            finals.append(None if sizes is None else sizes[-1])
+        out.append(finals)
+    return out
+
+
+def fan_in_factors(
+    optimizers: Sequence[torch.optim.Optimizer],
+    finals: Sequence[Sequence[int | None]],
+    exponent: float,
+) -> list[list[float]]:
+    """Per optimizer and param group, ``(final fan-in / fan-in) ** exponent``: the fan-in
+    read from the group's first weight now, the final one from :func:`fan_in_finals`
+    (1 for the groups it leaves unscaled, and at the final size)."""
+    return [
+        [
+            1.0
+            if final is None
+            else width_lr_scale(int(group["params"][0].shape[1]), final, exponent)
+            for group, final in zip(optimizer.param_groups, group_finals, strict=True)
+        ]
+        for optimizer, group_finals in zip(optimizers, finals, strict=True)
+    ]
+
+
 @dataclass
 class _Scaled:
-    scale: float
-    groups: list[tuple[dict[str, Any], float]]  # (param group, its scheduled lr)
+    groups: list[tuple[dict[str, Any], float, float]]  # (param group, scheduled lr, factor)
     visible: bool = True  # the groups hold the scaled value now
     in_step: bool = False  # inside optimizer.step (between its pre- and post-hook)
 
     def apply(self) -> None:
-        for group, lr in self.groups:
-            group["lr"] = lr * self.scale
+        for group, lr, scale in self.groups:
+            group["lr"] = lr * scale
         self.visible = True
 
     def undo(self) -> None:
-        for group, lr in self.groups:
+        for group, lr, _ in self.groups:
             group["lr"] = lr
         self.visible = False
 
@@ -96,12 +200,22 @@ class Rewarmup:
             handle.remove()
         self._handles.clear()
 
-    def start_step(self, optimizers: list[torch.optim.Optimizer], scale: float) -> None:
-        """At the first micro-batch of a re-warmup step: show the scaled LRs."""
-        for optimizer in optimizers:
+    def start_step(
+        self,
+        optimizers: list[torch.optim.Optimizer],
+        scale: float,
+        per_group: Sequence[Sequence[float]] | None = None,
+    ) -> None:
+        """At the first micro-batch of a scaled step: show the scaled LRs, ``scale`` times
+        each group's own factor from ``per_group`` (per optimizer, per group) if given."""
+        for i, optimizer in enumerate(optimizers):
             if id(optimizer) in self._scaled:
                 continue
-            scaled = _Scaled(scale, [(g, g["lr"]) for g in optimizer.param_groups])
+            groups = optimizer.param_groups
+            factors = per_group[i] if per_group is not None else [1.0] * len(groups)
+            scaled = _Scaled(
+                [(g, g["lr"], scale * f) for g, f in zip(groups, factors, strict=True)]
+            )
             scaled.apply()
             self._scaled[id(optimizer)] = scaled
 
