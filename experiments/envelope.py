@@ -93,6 +93,11 @@ def jobs() -> dict[Path, list[str]]:
     return dict(ordered)
 
 
+def target_tax_jobs() -> dict[Path, list[str]]:
+    """The tax with the target as the end size (its fixed run: the scale tables')."""
+    return dict(tax_job(at, end="target") for at in (0.25, 0.45, 0.1))
+
+
 #: Seed-0 WSD runs of experiments/scale.py's tables (results/scale_<budget>.json) that
 #: this table reuses: row label -> (size, budget steps) for fixed runs.
 SCALE_FIXED = {
@@ -210,21 +215,27 @@ def envelope_table(found: dict[str, dict[str, Any]]) -> list[str]:
 def tax_table(found: dict[str, dict[str, Any]]) -> list[str]:
     """Grown to the half-way size at several points vs the half-way size trained fixed on
     the same budget."""
-    fixed = found.get(f"fixed_half_{TAX_BUDGET}_s0")
+    fixed_runs = {"half": found.get(f"fixed_half_{TAX_BUDGET}_s0")}
+    target_fixed, _ = _scale_rows()
+    if ("target", TAX_BUDGET) in target_fixed:
+        fixed_runs["target"] = {"val_loss": target_fixed[("target", TAX_BUDGET)]["loss"]}
     lines = [
-        "| run | grows at | final loss | gap vs fixed half | tokens (M) | training s |",
+        "| run | grows at | final loss | gap vs the fixed end size | tokens (M) | training s |",
         "|---|---|---|---|---|---|",
     ]
-    if fixed is not None:
-        lines.append(f"| fixed half | - | {fixed['val_loss']:.4f} | - | "
-                     f"{fixed['tokens'] / 1e6:.1f} | {fixed['train_s']:.0f} |")  # fmt: skip
-    for at in TAX_AT:
-        run = found.get(f"tax_half_{at}_{TAX_BUDGET}_s0")
-        if run is None:
+    for end, fixed in fixed_runs.items():
+        if fixed is None:
             continue
-        gap = "-" if fixed is None else f"{run['val_loss'] - fixed['val_loss']:+.4f}"
-        lines.append(f"| start -> half | {at:.0%} | {run['val_loss']:.4f} | {gap} | "
-                     f"{run['tokens'] / 1e6:.1f} | {run['train_s']:.0f} |")  # fmt: skip
+        tokens = f"{fixed['tokens'] / 1e6:.1f}" if "tokens" in fixed else "-"
+        seconds = f"{fixed['train_s']:.0f}" if "train_s" in fixed else "-"
+        lines.append(f"| fixed {end} | - | {fixed['val_loss']:.4f} | - | {tokens} | {seconds} |")
+        for at in sorted({*TAX_AT, 0.25}):
+            run = found.get(f"tax_{end}_{at}_{TAX_BUDGET}_s0")
+            if run is None:
+                continue
+            gap = f"{run['val_loss'] - fixed['val_loss']:+.4f}"
+            lines.append(f"| start -> {end} | {at:.0%} | {run['val_loss']:.4f} | {gap} | "
+                         f"{run['tokens'] / 1e6:.1f} | {run['train_s']:.0f} |")  # fmt: skip
     return lines
 
 
@@ -237,12 +248,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=1, help="processes at a time")
     parser.add_argument("--table-only", action="store_true", help="run nothing")
+    parser.add_argument(
+        "--target-tax", action="store_true", help="run the tax runs that end at the target"
+    )
     args = parser.parse_args()
     if not args.table_only:
-        todo = jobs()
+        todo = target_tax_jobs() if args.target_tax else jobs()
         print(f"{len(todo)} jobs ({sum(_result(p) is not None for p in todo)} done)", flush=True)
         run_all(todo, args.jobs)
-    found = {p.name: r for p in jobs() if (r := _result(p)) is not None}
+    found = {p.name: r for p in {**jobs(), **target_tax_jobs()} if (r := _result(p)) is not None}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "envelope_runs.json").write_text(json.dumps(found, indent=2) + "\n")
     hours = sum(r.get("train_s") or 0.0 for r in found.values()) / 3600
