@@ -377,10 +377,12 @@ def _save_final_checkpoint(trainer: Any) -> str | None:
     of the checkpoint interval."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from progrow.training.lightning_internals import last_saved_step
+
     checkpoint = trainer.checkpoint_callback
     if not isinstance(checkpoint, ModelCheckpoint) or checkpoint.dirpath is None:
         return None
-    if getattr(checkpoint, "_last_global_step_saved", -1) != trainer.global_step:
+    if last_saved_step(checkpoint) != trainer.global_step:
         last = checkpoint.last_model_path or str(Path(checkpoint.dirpath) / "last.ckpt")
         trainer.save_checkpoint(last, weights_only=False)  # full state, as ModelCheckpoint's
         return last

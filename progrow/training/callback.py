@@ -16,7 +16,6 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
 from lightning.pytorch.strategies import (
     DDPStrategy,
     ModelParallelStrategy,
@@ -43,6 +42,11 @@ from progrow.training.architecture import (
     save_architecture,
 )
 from progrow.training.compiled import fresh_compile, is_compiled
+from progrow.training.lightning_internals import (
+    build_optimizers,
+    ddp_start_method,
+    micro_batches_started_this_epoch,
+)
 from progrow.training.fsdp import GrowableModelParallelStrategy, grow_sharded
 from progrow.training.probe import LossFn, capture_probe, probe_loss
 from progrow.training.rewarmup import Rewarmup, rewarmup_scale, width_lr_scale
@@ -67,7 +71,7 @@ def _check_strategy(strategy: Strategy) -> None:
             "Grow between jobs instead: stop, grow the checkpoint offline with progrow-grow "
             "(progrow.offline.grow_checkpoint_file), and resume from the grown checkpoint."
         )
-    start_method = getattr(strategy, "_start_method", "popen")
+    start_method = ddp_start_method(strategy)
     if start_method != "popen":
         # ddp_spawn/ddp_fork/ddp_notebook train in child processes and hand only rank 0's
         # weights back to the parent: its module, optimizer and this callback's events
@@ -323,7 +327,7 @@ class GrowthCallback(L.Callback):
     ) -> None:
         if self._probe is None:
             self._probe = capture_probe(trainer, batch, self.probe_batch, self.loss_fn)
-        ready = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        ready = micro_batches_started_this_epoch(trainer)
         if (ready - 1) % trainer.accumulate_grad_batches != 0:
             return  # mid-accumulation: never grow between micro-batches of one step
         model = find_transformer(pl_module, self.model_attr)
@@ -416,7 +420,7 @@ class GrowthCallback(L.Callback):
     def _fresh_layout(trainer: L.Trainer, pl_module: L.LightningModule) -> list[list[list[str]]]:
         """Per optimizer and group, the parameter names ``configure_optimizers`` gives on
         the grown module: what a resumed run builds and loads the saved state onto."""
-        optimizers, _ = _init_optimizers_and_lr_schedulers(pl_module)
+        optimizers = build_optimizers(pl_module)
         if len(optimizers) != len(trainer.optimizers):
             raise ValueError(
                 f"configure_optimizers built {len(optimizers)} optimizer(s) on the grown "

@@ -16,6 +16,7 @@ from progrow.data.batches import ResumableLoader, TrainStream, ValBatches, check
 from progrow.data.corpus import DEFAULT_VAL_FRACTION, Corpus
 from progrow.data.files import load_stdlib, load_text
 from progrow.data.hf import LoadDatasetFn, Tokenizer, load_hf
+from progrow.training.lightning_internals import micro_batches_processed
 
 Source = Literal["stdlib", "text", "hf"]
 SOURCES: tuple[str, ...] = ("stdlib", "text", "hf")
@@ -41,8 +42,7 @@ def trainer_position(trainer: L.Trainer) -> int:
     batches, not optimizer steps), is restored from checkpoints, and is not touched by the
     prefetching that makes any count kept by the loader itself run ahead.
     """
-    total = trainer.fit_loop.epoch_loop.batch_progress.total
-    return int(total.processed)  # type: ignore[attr-defined]  # typed as the base tracker
+    return micro_batches_processed(trainer)
 
 
 class LMDataModule(L.LightningDataModule):

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
@@ -36,6 +35,7 @@ from progrow.perturb import check_new_noise, check_shrink_perturb, perturb_grown
 from progrow.record import ExpansionRecord
 from progrow.surgery import StateTransport, carry_optimizers, check_optimizer_state
 from progrow.training.architecture import find_transformer
+from progrow.training.lightning_internals import optimizers_to_device
 
 State = dict[str, Any]
 
@@ -241,5 +241,5 @@ class GrowableModelParallelStrategy(ModelParallelStrategy):
             trainer = module.trainer
             if trainer.state.fn == TrainerFn.FITTING:
                 self.setup_optimizers(trainer)
-                _optimizers_to_device(self.optimizers, self.root_device)
+                optimizers_to_device(self.optimizers, self.root_device)
         return super().load_checkpoint(checkpoint_path, weights_only=weights_only)

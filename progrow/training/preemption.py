@@ -44,6 +44,8 @@ import torch.distributed as dist
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from progrow.training.lightning_internals import log_step_metrics
+
 log = logging.getLogger(__name__)
 
 #: Signals that end in a requeue when the process is part of a SLURM job: only the time
@@ -247,9 +249,7 @@ def _flush_loggers(trainer: L.Trainer) -> None:
     SIGTERM) must not stop the stop: the checkpoint is already saved, the requeue and the
     other ranks' barrier still have to happen. Its failure is logged instead.
     """
-    connector = getattr(trainer, "_logger_connector", None)
-    log_step_metrics = getattr(connector, "update_train_step_metrics", None)
-    steps: list[tuple[str, Any]] = [("log this step's metrics", log_step_metrics)]
+    steps: list[tuple[str, Any]] = [("log this step's metrics", lambda: log_step_metrics(trainer))]
     steps += [(f"{type(lg).__name__}.save()", lg.save) for lg in trainer.loggers]
     for what, call in steps:
         if not callable(call):
