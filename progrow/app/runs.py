@@ -142,31 +142,19 @@ def _hparams_growth(run: Path) -> dict[str, Any]:
     return growth if isinstance(growth, dict) else {}
 
 
-def load_run(run: Path, name: str | None = None) -> RunSummary:
-    """Read one run folder.
+def _column_pairs(rows: list[dict[str, float]], x: str, y: str) -> list[tuple[float, float]]:
+    """``(row[x], row[y])`` for every row that has both."""
+    return [(r[x], r[y]) for r in rows if x in r and y in r]
 
-    The schedule's name and the final sizes come from ``summary.json``, else from the
-    logged hyperparameters, else (name only) from ``.hydra/config.yaml``: the config's
-    ``growth.name`` is the preset's even when ``growth.stages`` was overridden.
-    """
-    config = _load_yaml(run / ".hydra" / "config.yaml")
-    growth = config.get("growth") or {}
-    logged = _hparams_growth(run)
-    summary_file = run / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    sizes = summary.get("sizes") or logged.get("final_sizes")
-    rows = read_metrics(run)
-    curve = [
-        (r["compute/flops"], r["val/loss"])
-        for r in rows
-        if "val/loss" in r and "compute/flops" in r
-    ]
-    time_curve = [
-        (r["time/train_s"], r["val/loss"]) for r in rows if "val/loss" in r and "time/train_s" in r
-    ]
-    flops = [r["compute/flops"] for r in rows if "compute/flops" in r]
-    tokens = [r["compute/tokens"] for r in rows if "compute/tokens" in r]
-    events = events_from_dicts(summary.get("events")) or [
+
+def _column_max(rows: list[dict[str, float]], key: str) -> float | None:
+    values = [r[key] for r in rows if key in r]
+    return max(values) if values else None
+
+
+def _logged_events(rows: list[dict[str, float]]) -> list[GrowthEvent]:
+    """Growth events rebuilt from the CSV rows (runs without ``summary.json``)."""
+    return [
         GrowthEvent(
             stage=int(r["growth/stage"]),
             step=int(r.get("step", -1)),
@@ -177,20 +165,42 @@ def load_run(run: Path, name: str | None = None) -> RunSummary:
         for r in rows
         if "growth/stage" in r
     ]
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not ``None``."""
+    return next((v for v in values if v is not None), None)
+
+
+def load_run(run: Path, name: str | None = None) -> RunSummary:
+    """Read one run folder.
+
+    The schedule's name and the final sizes come from ``summary.json``, else from the
+    logged hyperparameters, else (name only) from ``.hydra/config.yaml``: the config's
+    ``growth.name`` is the preset's even when ``growth.stages`` was overridden.
+    """
+    config = _load_yaml(run / ".hydra" / "config.yaml")
+    logged = _hparams_growth(run)
+    summary_file = run / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    sizes = summary.get("sizes") or logged.get("final_sizes")
+    rows = read_metrics(run)
+    curve = _column_pairs(rows, "compute/flops", "val/loss")
     seed = config.get("seed")
     optim = config.get("optim") or {}
+    growth_name = summary.get("growth") or logged.get("name")
     return RunSummary(
         name=name or run.name,
         path=str(run),
-        growth=str(summary.get("growth") or logged.get("name") or growth.get("name", "?")),
+        growth=str(growth_name or (config.get("growth") or {}).get("name", "?")),
         seed=int(seed) if isinstance(seed, int) else None,
         final_val_loss=curve[-1][1] if curve else summary.get("val_loss"),
-        flops=max(flops) if flops else summary.get("flops"),
-        tokens=max(tokens) if tokens else summary.get("tokens"),
+        flops=_first(_column_max(rows, "compute/flops"), summary.get("flops")),
+        tokens=_first(_column_max(rows, "compute/tokens"), summary.get("tokens")),
         wall_s=summary.get("wall_s_total", summary.get("wall_s")),
         curve=curve,
-        events=events,
-        time_curve=time_curve,
+        events=events_from_dicts(summary.get("events")) or _logged_events(rows),
+        time_curve=_column_pairs(rows, "time/train_s", "val/loss"),
         sizes={str(k): int(v) for k, v in sizes.items()} if isinstance(sizes, dict) else None,
         lr_schedule=str(optim.get("schedule", "cosine")) if optim else None,
     )
