@@ -634,3 +634,52 @@ def test_compile_runs_the_default_schedule_compiled(
 def test_compile_options_are_checked_by_the_app(cache: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"compile=\{'bakend': 'inductor'\}"):
         RunSettings.from_config(compose_run(tmp_path, cache, "compile={bakend: inductor}"))
+
+
+def test_wandb_run_is_finished_before_a_requeue_and_continued_after(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGUSR1 in a SLURM job with logger=wandb: the W&B run is finished (its history
+    written to disk by wandb-core) before scontrol is asked to requeue, since SLURM's
+    SIGTERM at the requeue ends wandb-core; the next attempt continues the same W&B run."""
+    pytest.importorskip("wandb")
+    from test_preemption import fake_scontrol, fake_slurm_job
+    from wandb_records import record_types, trainer_steps
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    calls = fake_scontrol(tmp_path, monkeypatch, "RUNNING")
+    # At the requeue, keep a copy of the W&B run file as it is on disk at that moment.
+    snapshot = tmp_path / "at_requeue"
+    script = tmp_path / "bin" / "scontrol"
+    script.write_text(
+        script.read_text().replace(
+            "exit 0\n",
+            f'[ "$1" = requeue ] && mkdir -p {snapshot} && '
+            f"cp {tmp_path}/wandb/offline-run-*/run-*.wandb {snapshot}/\nexit 0\n",
+        )
+    )
+    fake_slurm_job(monkeypatch)
+    usr1 = ["+callbacks.usr1._target_=lit_utils.SendSignal", "+callbacks.usr1.step=7",
+            "+callbacks.usr1.signum=10"]  # fmt: skip
+    common = ["logger=wandb", "ckpt_path=auto", "trainer.log_every_n_steps=1"]
+    with pytest.raises(SystemExit):
+        train(compose_run(tmp_path, cache, *common, *usr1))
+    assert calls.read_text().splitlines() == ["show job -o 4242", "requeue 4242"]
+    assert (
+        torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
+    )
+    (first,) = list(tmp_path.rglob("offline-run-*"))
+    # Every trained step was on disk when the requeue was asked for (logged as steps
+    # 0-7, the last one included) and the run had ended (its exit record written).
+    assert set(trainer_steps(snapshot)) == set(range(8))
+    assert "exit" in record_types(snapshot)
+    assert set(trainer_steps(first)) == set(range(8))
+    result = train(compose_run(tmp_path, cache, *common))
+    assert result["global_step"] == MAX_STEPS
+    runs = sorted(tmp_path.rglob("offline-run-*"))
+    run_id = (tmp_path / "wandb-run-id").read_text().strip()
+    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)
+    (second,) = [r for r in runs if r != first]
+    assert set(trainer_steps(second)) == set(range(8, MAX_STEPS))  # one run, no gap

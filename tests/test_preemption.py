@@ -336,3 +336,26 @@ def test_a_dead_logger_does_not_stop_the_requeue(
     assert stopped.value.requeued and stopped.value.step == 4
     assert calls.read_text().splitlines() == ["show job -o 4242", "requeue 4242"]
     assert torch.load(stopped.value.ckpt_path, weights_only=False)["global_step"] == 4
+
+
+def test_before_requeue_runs_after_the_checkpoint_and_before_the_requeue(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook the app finishes its W&B run in: the checkpoint exists, scontrol has not
+    been asked to requeue yet."""
+    calls = fake_scontrol(tmp_path, monkeypatch, "RUNNING")
+    fake_slurm_job(monkeypatch)
+    seen: list[tuple[bool, list[str]]] = []
+    ckpt = tmp_path / "stop.ckpt"
+
+    def hook(trainer: L.Trainer) -> None:
+        asked = calls.read_text().splitlines() if calls.exists() else []
+        seen.append((ckpt.is_file(), asked))
+
+    callback = PreemptionCallback(ckpt, before_requeue=hook)
+    fit = trainer(8, [SendSignal(3, signal.SIGUSR1), callback], root=tmp_path)
+    with pytest.raises(FitInterrupted) as stopped:
+        fit.fit(lm_module(8), datamodule=datamodule(cache))
+    assert stopped.value.requeued
+    assert seen == [(True, [])]
+    assert calls.read_text().splitlines() == ["show job -o 4242", "requeue 4242"]

@@ -103,6 +103,12 @@ def _run(settings: RunSettings, preemption: PreemptionCallback) -> dict[str, Any
     started = time.perf_counter()
     job = _prepare(settings)
     trainer, loggers = _build_trainer(job, preemption)
+    from progrow.app import wandb_extras
+
+    # W&B's service dies with the job's processes at a requeue: finish its run first.
+    preemption.before_requeue = lambda t: wandb_extras.finish_before_requeue(
+        t.loggers, job.growth.events
+    )
     fit_s, val_loss, last_ckpt = _fit(job, trainer, loggers)
     summary = _summary(job, trainer, val_loss, last_ckpt, fit_s, time.perf_counter() - started)
     if trainer.is_global_zero:

@@ -74,10 +74,25 @@ def define_compute_axis(loggers: list[Logger]) -> None:
 
 def log_events_table(loggers: list[Logger], events: list[GrowthEvent]) -> None:
     """Log the growth events as a ``growth/events`` table."""
+    if not any(is_wandb(logger) for logger in loggers):
+        return
+    import wandb
+
+    if wandb.run is None:  # finished already (at a signal, before a requeue)
+        return
     rows = [[getattr(event, col) for col in EVENT_COLUMNS] for event in events]
     for logger in loggers:
         if is_wandb(logger) and hasattr(logger, "log_table"):
             logger.log_table("growth/events", columns=list(EVENT_COLUMNS), data=rows)
+
+
+def finish_before_requeue(loggers: list[Logger], events: list[GrowthEvent]) -> None:
+    """At a signal, after the checkpoint and before a SLURM requeue: log the events table
+    and finish the W&B run now, while ``wandb-core`` is alive (SLURM's SIGTERM at the
+    requeue ends it, and what it had not written yet would be lost). The next attempt
+    continues the same run (:func:`stable_run_id`)."""
+    log_events_table(loggers, events)
+    finish(loggers, failed=False, preempted=True)
 
 
 def finish(loggers: list[Logger], failed: bool, preempted: bool = False) -> None:

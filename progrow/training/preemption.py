@@ -33,7 +33,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -301,6 +301,11 @@ class PreemptionCallback(L.Callback):
             ``SLURM_JOB_ID`` is set.
         signals: the signals to handle (default SIGUSR1, SIGTERM, SIGINT). Only SIGUSR1
             requeues.
+        before_requeue: called with the trainer on every rank after the checkpoint and
+            before the requeue (and before the stop when there is none): the last moment
+            at which every process of the job is certainly alive. SLURM ends the job's
+            processes when it requeues it, logging services included; the app finishes
+            its W&B run here so that no history is lost.
 
     Example:
         >>> cb = PreemptionCallback(requeue=False)
@@ -314,8 +319,10 @@ class PreemptionCallback(L.Callback):
         *,
         requeue: bool | None = None,
         signals: Iterable[int] = DEFAULT_SIGNALS,
+        before_requeue: Callable[[L.Trainer], None] | None = None,
     ) -> None:
         self.ckpt_path = None if ckpt_path is None else Path(ckpt_path)
+        self.before_requeue = before_requeue
         self.requeue = requeue
         self.signals = tuple(signal.Signals(s) for s in signals)
         if not self.signals:
@@ -416,6 +423,11 @@ class PreemptionCallback(L.Callback):
         # SLURM ends the job's processes when it requeues it: nothing may follow that
         # matters. No rank exits before it is done (`srun --kill-on-bad-exit` would end
         # rank 0 when another rank exits first).
+        if self.before_requeue is not None:
+            try:
+                self.before_requeue(trainer)
+            except Exception as err:  # the checkpoint is saved: still requeue and stop
+                log.warning("before_requeue failed at the signal: %r", err)
         requeued = bool(requeue and trainer.is_global_zero and requeue_slurm_job(str(job_id)))
         trainer.strategy.barrier("progrow.requeue")
         raise FitInterrupted(signum, trainer.global_step, str(path), requeued)
