@@ -38,9 +38,10 @@ from progrow.expand.widths import QkFactorAt, check_qk_factor_at
 from progrow.layout import param_names
 from progrow.loss import lm_loss
 from progrow.model import Transformer
+from progrow.perturb import ShrinkPerturb, check_new_noise, check_shrink_perturb
 from progrow.placement import BY_KEY, saved_placement
 from progrow.schedule import stage_seed
-from progrow.surgery import NewMoments, grow_with_optimizers
+from progrow.surgery import NewMoments, OptimizerState, check_optimizer_state, grow_with_optimizers
 
 
 def check_sizes(config: TransformerConfig, sizes: Mapping[str, Any]) -> dict[str, int]:
@@ -160,6 +161,9 @@ def grow_checkpoint(
     probe_batch: Tensor | None = None,
     new_moments: NewMoments = "zero",
     model_attr: str = "model",
+    optimizer_state: OptimizerState = "carry",
+    shrink_perturb: ShrinkPerturb | Mapping[str, float] | None = None,
+    new_noise: float | None = None,
 ) -> dict[str, Any]:
     """A grown copy of a progrow training checkpoint; ``checkpoint`` is left unchanged.
 
@@ -184,6 +188,12 @@ def grow_checkpoint(
             loss before and after (else those fields are ``None``).
         new_moments: how new Adam entries are filled, as in ``GrowthCallback``.
         model_attr: where the module keeps the Transformer (its state_dict prefix).
+        optimizer_state: "carry", "reset_old" or "reset_all", as in ``GrowthCallback``.
+        shrink_perturb: ``{"shrink": λ, "noise": σ}`` on the old weights
+            (:mod:`progrow.perturb`); ``None``: as the checkpoint's own schedule has
+            stage ``stage``, else off (``{"shrink": 1}`` turns it off).
+        new_noise: std of the noise on the new zero entries; ``None``: as the
+            checkpoint's own stage, else 0.
 
     Returns:
         The grown checkpoint: the Transformer's weights and every optimizer's state grown,
@@ -208,6 +218,10 @@ def grow_checkpoint(
         check_qk_factor_at(qk_factor_at, "qk_factor_at")
     if init is not None:
         check_init(init)
+    check_optimizer_state(optimizer_state, new_moments)
+    check_shrink_perturb(shrink_perturb)
+    if new_noise is not None:
+        check_new_noise(new_noise)
     entry = dict(checkpoint[CHECKPOINT_KEY])
     prefix = f"{model_attr}." if model_attr else ""
     holder = _load_model(checkpoint["state_dict"], config, prefix)
@@ -228,6 +242,11 @@ def grow_checkpoint(
     if init is None:  # the run's own init for this stage, if it had one
         listed = growth_state.get("schedule") or []
         init = check_init(listed[index].get("init", "zero") if index < len(listed) else "zero")
+    own = _saved_stage(growth_state, index)  # the run's own perturbations, unless given
+    perturbation = check_shrink_perturb(
+        own.get("shrink_perturb") if shrink_perturb is None else shrink_perturb
+    )
+    noise = check_new_noise(own.get("new_noise", 0.0) if new_noise is None else new_noise)
 
     loss_before = None if probe_batch is None else _probe_loss(model, probe_batch)
     started = time.perf_counter()
@@ -243,6 +262,9 @@ def grow_checkpoint(
         init=init,
         generator=torch.Generator().manual_seed(stage_seed(seed, index)),
         new_moments=new_moments,
+        optimizer_state=optimizer_state,
+        shrink_perturb=perturbation,
+        new_noise=noise,
     )
     seconds = time.perf_counter() - started
     loss_after = None if probe_batch is None else _probe_loss(model, probe_batch)
@@ -263,6 +285,12 @@ def grow_checkpoint(
     )
     callbacks[CALLBACK_KEY] = {**growth_state, "events": [e.to_dict() for e in events]}
     return _assemble(checkpoint, holder, prefix, optimizers, {**entry, "callbacks": callbacks})
+
+
+def _saved_stage(growth_state: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """Stage ``index`` of the run's saved schedule (``{}`` if it has none)."""
+    listed = growth_state.get("schedule") or []
+    return dict(listed[index]) if 0 <= index < len(listed) else {}
 
 
 def _assemble(

@@ -10,6 +10,8 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from progrow.layout import layer_pattern
+
 #: The learning-rate schedules after warmup (see :func:`lr_multiplier`).
 Schedule = Literal["cosine", "wsd"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
@@ -39,6 +41,10 @@ class OptimConfig:
     """WSD only: the fraction of ``max_steps`` spent decaying, in (0, 1]."""
     foreach: bool | None = None
     fused: bool | None = None
+    fan_in_groups: bool = False
+    """One decay group per weight (the same weight of every layer) instead of one for
+    all: what ``GrowthCallback(lr_fan_in_exponent=...)`` needs to give each fan-in its
+    own learning-rate factor (see :func:`param_groups`)."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -51,6 +57,10 @@ class OptimConfig:
             raise ValueError(f"optim.max_steps must be > 0, got {self.max_steps!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if not isinstance(self.fan_in_groups, bool):
+            raise ValueError(
+                f"optim.fan_in_groups must be true or false, got {self.fan_in_groups!r}"
+            )
         self._check_schedule()
         object.__setattr__(self, "betas", tuple(self.betas))
 
@@ -85,17 +95,25 @@ def is_no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups, each in ``named_parameters()`` order: decay first, then no-decay."""
-    decay: list[nn.Parameter] = []
+def param_groups(module: nn.Module, weight_decay: float, by_fan_in: bool = False) -> list[dict]:
+    """Two groups, each in ``named_parameters()`` order: decay first, then no-decay.
+
+    ``by_fan_in``: the decay group is split into one group per weight, named as in every
+    layer (``blocks.#.attn.q.weight``; in order of first appearance), so each holds
+    weights of one fan-in and can take its own learning-rate factor. A growth never adds
+    such a name, so the groups stay the same across growth (new layers join theirs).
+    """
+    decay: dict[str, list[nn.Parameter]] = {} if by_fan_in else {"": []}
     no_decay: list[nn.Parameter] = []
     for name, param in module.named_parameters():
-        if param.requires_grad:
-            (no_decay if is_no_decay(name, param) else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        if not param.requires_grad:
+            continue
+        if is_no_decay(name, param):
+            no_decay.append(param)
+        else:
+            decay.setdefault(layer_pattern(name) if by_fan_in else "", []).append(param)
+    groups = [{"params": params, "weight_decay": weight_decay} for params in decay.values()]
+    return [*groups, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_adamw(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -105,7 +123,7 @@ def build_adamw(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     if cfg.fused is not None:
         kwargs["fused"] = cfg.fused
     return torch.optim.AdamW(
-        param_groups(module, cfg.weight_decay),
+        param_groups(module, cfg.weight_decay, by_fan_in=cfg.fan_in_groups),
         lr=cfg.lr,
         betas=cfg.betas,
         eps=cfg.eps,

@@ -28,6 +28,12 @@ from progrow.offline import grow_checkpoint_file
 MAX_STEPS = 12  # stages at steps 4 and 8 (lit_utils.TWO_STAGES)
 #: The second stage grows by exact copies (init="split"): split values drawn under FSDP2.
 STAGES = [TWO_STAGES[0], {**TWO_STAGES[1], "init": "split"}]
+#: The growth-tax levers under FSDP2: the first stage perturbs the grown model, the
+#: optimizer state of changed parameters restarts, each weight's LR follows its fan-in.
+LEVER_PERTURB = {"shrink_perturb": {"shrink": 0.8, "noise": 0.2}, "new_noise": 0.01}
+LEVER_STAGES = [{**STAGES[0], **LEVER_PERTURB}, STAGES[1]]
+LEVERS = dict(optimizer_state="reset_old", lr_fan_in_exponent=1.0, rewarmup_steps=2,
+              rewarmup_from=0.5)  # fmt: skip
 
 
 def full_params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -93,7 +99,9 @@ class AfterGrowth(L.Callback):
             }
 
 
-def fit(out: Path, name: str, *, distributed: bool, ckpt_path: Path | None = None) -> dict:
+def fit(
+    out: Path, name: str, *, distributed: bool, ckpt_path: Path | None = None, levers: bool = False
+) -> dict:
     strategy = GrowableModelParallelStrategy(
         data_parallel_size=2,
         tensor_parallel_size=1,
@@ -101,7 +109,7 @@ def fit(out: Path, name: str, *, distributed: bool, ckpt_path: Path | None = Non
         timeout=timedelta(seconds=60),  # a rank that never joins fails fast
     )
     before, after = BeforeGrowth(), AfterGrowth()
-    cb = growth(STAGES)
+    cb = growth(LEVER_STAGES, **LEVERS) if levers else growth(STAGES)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=out / name, every_n_train_steps=2, save_top_k=-1, filename="{step}"
     )
@@ -118,7 +126,8 @@ def fit(out: Path, name: str, *, distributed: bool, ckpt_path: Path | None = Non
         num_sanity_val_steps=0,
         deterministic=True,
     )
-    module = lm_module(MAX_STEPS, seed=0 if ckpt_path is None else 123)
+    optim = {"fan_in_groups": True} if levers else None
+    module = lm_module(MAX_STEPS, seed=0 if ckpt_path is None else 123, optim=optim)
     trainer.fit(
         module,
         datamodule=datamodule(out / "cache"),
@@ -138,7 +147,8 @@ def fit(out: Path, name: str, *, distributed: bool, ckpt_path: Path | None = Non
 def main(out: Path) -> None:
     """Runs: the uninterrupted one; resumes from its sharded checkpoints at steps 2, 6
     and 10; a run writing full checkpoints and a resume from its step 6; a resume from
-    its step-4 checkpoint grown offline (single process, no Lightning)."""
+    its step-4 checkpoint grown offline (single process, no Lightning); a run with the
+    growth-tax levers."""
     torch.set_num_threads(1)
     runs = {"full_run": fit(out, "sharded", distributed=True)}
     for step in (2, 6, 10):  # before, between and after the two stages
@@ -158,6 +168,7 @@ def main(out: Path) -> None:
     runs["offline_4"] = fit(
         out, "resume_offline", distributed=True, ckpt_path=out / "offline4.ckpt"
     )
+    runs["levers"] = fit(out, "levers", distributed=True, levers=True)
     torch.save(runs, out / f"rank{rank}.pt")
 
 

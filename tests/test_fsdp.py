@@ -91,6 +91,41 @@ def test_sharded_growth_equals_unsharded_growth(ranks: list[dict]) -> None:
         assert_same(state, got["state_dict"]["state"][index], f"optimizer state {index}")
 
 
+def test_sharded_growth_with_the_levers_equals_unsharded_growth(ranks: list[dict]) -> None:
+    """shrink_perturb, new_noise and optimizer_state="reset_old" under FSDP2: every rank
+    grows as the unsharded (offline) path does, and the run ends the same on both ranks."""
+    from fsdp_growth_script import LEVER_PERTURB
+
+    run = ranks[0]["levers"]
+    assert_same(run["final"], ranks[1]["levers"]["final"], "final")
+    before = run["before_growth"]
+    checkpoint = {
+        "state_dict": before["params"],
+        "optimizer_states": [before["optimizer"]["state_dict"]],
+        "global_step": 4,
+        "progrow": {
+            "model_config": lm_module(12).model.config.to_dict(),
+            "optimizer_params": [before["optimizer"]["names"]],
+        },
+    }
+    stage0 = {k: v for k, v in TWO_STAGES[0].items() if k != "step"}
+    expected = grow_checkpoint(
+        checkpoint, stage0, seed=0, optimizer_state="reset_old", **LEVER_PERTURB
+    )
+    assert_same(expected["state_dict"], run["after_growth"][4], "parameters")
+    assert not torch.equal(
+        run["after_growth"][4]["model.blocks.0.attn.q.weight"],
+        ranks[0]["full_run"]["after_growth"][4]["model.blocks.0.attn.q.weight"],
+    )  # shrunk and perturbed
+    got = run["optimizer_after_growth"]["state_dict"]["state"]
+    want = expected["optimizer_states"][0]["state"]
+    assert got.keys() == want.keys()
+    for index, state in want.items():
+        assert_same(state, got[index], f"optimizer state {index}")
+    assert any(float(state["step"]) == 0 for state in want.values())  # reset ones
+    assert [e["step"] for e in run["events"]] == [4, 8]
+
+
 @pytest.mark.parametrize("run", RUNS[1:])
 def test_resume_under_fsdp_is_bitwise_exact(ranks: list[dict], run: str) -> None:
     expected = ranks[0]["full_run"]["final"]

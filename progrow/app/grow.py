@@ -26,6 +26,7 @@ from progrow.expand.hidden import FACTOR_PLACEMENTS
 from progrow.expand.plan import INITS
 from progrow.expand.widths import QK_FACTOR_PLACEMENTS
 from progrow.offline import grow_family
+from progrow.surgery import OPTIMIZER_STATES
 
 
 def _positions(value: str) -> str | list[int]:
@@ -37,6 +38,17 @@ def _positions(value: str) -> str | list[int]:
         raise argparse.ArgumentTypeError(
             f"--layer_positions={value!r}: use append, interleave or indices like 0,2,4"
         ) from None
+
+
+def _shrink_perturb(value: str) -> dict[str, float]:
+    """``SHRINK,NOISE`` -> ``{"shrink": SHRINK, "noise": NOISE}`` (checked later)."""
+    try:
+        shrink, noise = (float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--shrink_perturb={value!r}: expected SHRINK,NOISE, e.g. 0.8,0.1"
+        ) from None
+    return {"shrink": shrink, "noise": noise}
 
 
 def _branch(value: str) -> tuple[str, dict[str, int]]:
@@ -111,6 +123,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
     p.add_argument("--stage", type=int, help="stage index for the seed (default: next)")
     p.add_argument("--new_moments", choices=("zero", "bias_corrected"), default="zero")
+    p.add_argument(
+        "--optimizer_state",
+        choices=OPTIMIZER_STATES,
+        default="carry",
+        help="Adam/SGD state at the growth: carry (moved onto the grown parameters), "
+        "reset_old (the changed and new parameters start afresh: zero moments, step 0) or "
+        "reset_all (every parameter afresh); default carry",
+    )
+    p.add_argument(
+        "--shrink_perturb",
+        type=_shrink_perturb,
+        default=None,
+        metavar="SHRINK,NOISE",
+        help="old weights become SHRINK * w + NOISE * (a fresh draw of w), e.g. 0.8,0.1; "
+        "default: as the checkpoint's schedule has that stage, else off",
+    )
+    p.add_argument(
+        "--new_noise",
+        type=float,
+        default=None,
+        metavar="STD",
+        help="N(0, STD^2) on the new entries the growth leaves zero; default: as the "
+        "checkpoint's schedule has that stage, else 0",
+    )
     p.add_argument("--model_attr", default="model")
     p.add_argument("--probe", help="probe batch: a .pt LongTensor or a run's .hydra/config.yaml")
     return p
@@ -147,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             probe_batch=probe,
             new_moments=args.new_moments,
             model_attr=args.model_attr,
+            optimizer_state=args.optimizer_state,
+            shrink_perturb=args.shrink_perturb,
+            new_noise=args.new_noise,
         )
     except (ValueError, OSError) as err:  # bad input files included: one line, exit 2
         print(f"progrow-grow: {err}", file=sys.stderr)

@@ -22,17 +22,22 @@ from lightning.pytorch.strategies import (
     SingleDeviceStrategy,
     Strategy,
 )
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.hooks import RemovableHandle
 
+from progrow.config import TransformerConfig
 from progrow.events import GrowthEvent, events_from_dicts
+from progrow.expand.plan import grown_config
 from progrow.model import Transformer
 from progrow.placement import stage_changes
 from progrow.schedule import GrowthSchedule, GrowthStage, stage_seed
 from progrow.surgery import (
     GroupForNew,
     NewMoments,
+    OptimizerState,
     ParamOrder,
     check_new_moments,
+    check_optimizer_state,
     grow_with_optimizers,
 )
 from progrow.training.architecture import (
@@ -42,14 +47,20 @@ from progrow.training.architecture import (
     save_architecture,
 )
 from progrow.training.compiled import fresh_compile, is_compiled
+from progrow.training.fsdp import GrowableModelParallelStrategy, grow_sharded
 from progrow.training.lightning_internals import (
     build_optimizers,
     ddp_start_method,
     micro_batches_started_this_epoch,
 )
-from progrow.training.fsdp import GrowableModelParallelStrategy, grow_sharded
 from progrow.training.probe import LossFn, capture_probe, probe_loss
-from progrow.training.rewarmup import Rewarmup, rewarmup_scale, width_lr_scale
+from progrow.training.rewarmup import (
+    Rewarmup,
+    fan_in_factors,
+    fan_in_finals,
+    rewarmup_scale,
+    width_lr_scale,
+)
 
 OnLossJump = Literal["raise", "warn", "ignore"]
 
@@ -138,6 +149,10 @@ class GrowthCallback(L.Callback):
         rewarmup_steps: after each growth, ramp the learning rate linearly from
             ``1/rewarmup_steps`` of its scheduled value back to it over this many steps
             (0: off).
+        rewarmup_from: where the re-warmup ramp starts, as a fraction of the scheduled
+            LR in [0, 1): step ``i`` after a growth uses ``rewarmup_from + (1 -
+            rewarmup_from) * (i + 1) / rewarmup_steps`` of it (0: the plain ramp above).
+            Needs ``rewarmup_steps > 0``.
         lr_width_exponent: while the model is narrower than the schedule's final
             ``d_model``, multiply the scheduled learning rate by
             ``(final d_model / current d_model) ** lr_width_exponent`` (0: off). Adam's
@@ -145,11 +160,28 @@ class GrowthCallback(L.Callback):
             sizes at the rate that suits them; at the final size the factor is 1 and the
             run follows the same schedule as a fixed-size baseline. Composes with
             ``rewarmup_steps`` (the two factors multiply).
+        lr_fan_in_exponent: per param group, multiply the scheduled LR of its weight
+            matrices by ``(final fan-in / fan-in) ** lr_fan_in_exponent`` (0: off; 1:
+            Adam's 1/fan-in rule per matrix), from the current shapes at every step, so
+            it changes with each growth and is 1 at the final size; embeddings, gains and
+            biases keep the scheduled LR. Each group must hold weights of one fan-in
+            (refused at fit start otherwise; ``LMModule`` with
+            ``OptimConfig(fan_in_groups=True)`` builds such groups). Refused together
+            with ``lr_width_exponent``, which scales every group by ``d_model``.
+        optimizer_state: Adam/SGD state at each growth: "carry" (default: moved onto the
+            grown parameters), "reset_old" (the parameters the growth changed, and the
+            new ones, start afresh: zero moments and step 0, so bias correction restarts)
+            or "reset_all" (every parameter afresh); see
+            :func:`progrow.surgery.update_optimizer`.
         resume_allow_changes: resume a checkpoint whose run grew per another schedule
             (a stage already grown that this schedule lists differently, or lacks): a
             warning instead of the ``ValueError``. A stage of this schedule at the index
             of an event of the checkpoint then draws that stage's values again and is
             logged with its index. A difference in stages still ahead always warns.
+
+    A stage with ``shrink_perturb`` or ``new_noise`` (:class:`GrowthStage`) changes the
+    function on purpose: its probe loss is measured and logged as for any growth, and its
+    jump is reported as expected (an info line), never raised or warned about.
 
     Example:
         >>> cb = GrowthCallback([{"step": 10, "d_mlp": 64}, {"step": 20, "n_layers": 3}])
@@ -173,6 +205,9 @@ class GrowthCallback(L.Callback):
         group_for_new: GroupForNew | None = None,
         param_order: ParamOrder | None = None,
         resume_allow_changes: bool = False,
+        rewarmup_from: float = 0.0,
+        lr_fan_in_exponent: float = 0.0,
+        optimizer_state: OptimizerState = "carry",
     ) -> None:
         self.schedule = (
             schedule if isinstance(schedule, GrowthSchedule) else GrowthSchedule(schedule)
@@ -196,6 +231,8 @@ class GrowthCallback(L.Callback):
             raise ValueError(
                 f"lr_width_exponent must be a number in [0, 4], got {lr_width_exponent!r}"
             )
+        _check_lr_levers(rewarmup_steps, rewarmup_from, lr_width_exponent, lr_fan_in_exponent)
+        check_optimizer_state(optimizer_state, new_moments)
         self.seed = seed
         self.model_attr = model_attr
         self.probe_batch = probe_batch
@@ -204,8 +241,13 @@ class GrowthCallback(L.Callback):
         self.on_loss_jump = on_loss_jump
         self.new_moments = new_moments
         self.rewarmup_steps = rewarmup_steps
+        self.rewarmup_from = float(rewarmup_from)
         self.lr_width_exponent = float(lr_width_exponent)
+        self.lr_fan_in_exponent = float(lr_fan_in_exponent)
+        self.optimizer_state = optimizer_state
         self._final_d_model: int | None = None  # set at setup, from the schedule
+        self._configs: list[TransformerConfig] = []  # the start and each stage's (setup)
+        self._fan_in_finals: list[list[int | None]] = []  # per optimizer and group
         self.group_for_new = group_for_new
         self.param_order = param_order
         if not isinstance(resume_allow_changes, bool):
@@ -236,6 +278,9 @@ class GrowthCallback(L.Callback):
         model = find_transformer(pl_module, self.model_attr)
         final = self.schedule.validate_for(model.config, trainer.max_steps)
         self._final_d_model = final.d_model
+        self._configs = [model.config]
+        for stage in self.schedule:
+            self._configs.append(grown_config(self._configs[-1], stage.sizes, stage.init))
         self._probe = None
         if self._scales_lr:
             _run_before_lr_monitors(trainer, self)
@@ -296,17 +341,21 @@ class GrowthCallback(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._end_restore()
-        self._attach_rewarmup(trainer)
+        self._attach_rewarmup(trainer, pl_module)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Again: resuming under a sharded strategy may set up new optimizers after fit start.
-        self._attach_rewarmup(trainer)
+        self._attach_rewarmup(trainer, pl_module)
 
     @property
     def _scales_lr(self) -> bool:
-        return bool(self.rewarmup_steps or self.lr_width_exponent)
+        return bool(self.rewarmup_steps or self.lr_width_exponent or self.lr_fan_in_exponent)
 
-    def _attach_rewarmup(self, trainer: L.Trainer) -> None:
+    def _attach_rewarmup(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.lr_fan_in_exponent:
+            # Before step 0: a group that no single factor fits is refused here.
+            model = find_transformer(pl_module, self.model_attr)
+            self._fan_in_finals = fan_in_finals(trainer.optimizers, pl_module, model, self._configs)
         if self._scales_lr:
             self._rewarmup.attach(trainer.optimizers)
 
@@ -369,7 +418,10 @@ class GrowthCallback(L.Callback):
             "qk_factor_at": stage.qk_factor_at,
             "init": stage.init,
             "generator": generator,
+            "shrink_perturb": stage.shrink_perturb,
+            "new_noise": stage.new_noise,
             "new_moments": self.new_moments,
+            "optimizer_state": self.optimizer_state,
             "group_for_new": self.group_for_new,
             "param_order": self.param_order,
             "layout": lambda module: self._fresh_layout(trainer, pl_module),
@@ -413,7 +465,7 @@ class GrowthCallback(L.Callback):
         )
         self.events.append(event)
         self._log(trainer, event)
-        self._check_delta(event)
+        self._check_delta(event, stage)
         return model
 
     @staticmethod
@@ -443,9 +495,16 @@ class GrowthCallback(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(logged, step=trainer.global_step)
 
-    def _check_delta(self, event: GrowthEvent) -> None:
+    def _check_delta(self, event: GrowthEvent, stage: GrowthStage) -> None:
         assert event.loss_delta is not None, "in-loop events measure both losses"
         if abs(event.loss_delta) <= self.loss_tolerance or self.on_loss_jump == "ignore":
+            return
+        if stage.perturbs:
+            rank_zero_info(
+                f"growth stage {event.stage} at step {event.step} changed the probe loss by "
+                f"{event.loss_delta:+.3e} as expected: its shrink_perturb/new_noise change "
+                "the function on purpose"
+            )
             return
         message = (
             f"growth stage {event.stage} at step {event.step} changed the probe loss by "
@@ -462,14 +521,19 @@ class GrowthCallback(L.Callback):
         """The factor on the scheduled LR: the width factor times the re-warmup ramp."""
         scale = width_lr_scale(d_model, self._final_d_model or d_model, self.lr_width_exponent)
         if self.events:
-            ramp = rewarmup_scale(global_step - self.events[-1].step, self.rewarmup_steps)
+            since = global_step - self.events[-1].step
+            ramp = rewarmup_scale(since, self.rewarmup_steps, self.rewarmup_from)
             scale *= 1.0 if ramp is None else ramp
         return scale
 
     def _scale_lr(self, trainer: L.Trainer, model: Transformer) -> None:
         scale = self._lr_scale(trainer.global_step, model.config.d_model)
-        if scale != 1.0:
-            self._rewarmup.start_step(trainer.optimizers, scale)
+        per_group = None
+        if self.lr_fan_in_exponent:
+            exponent = self.lr_fan_in_exponent
+            per_group = fan_in_factors(trainer.optimizers, self._fan_in_finals, exponent)
+        if scale != 1.0 or any(f != 1.0 for groups in per_group or [] for f in groups):
+            self._rewarmup.start_step(trainer.optimizers, scale, per_group)
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
@@ -480,6 +544,37 @@ class GrowthCallback(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
         self._rewarmup.end_batch()
+
+
+def _check_lr_levers(
+    rewarmup_steps: int, rewarmup_from: Any, lr_width_exponent: float, lr_fan_in_exponent: Any
+) -> None:
+    """Refuse a bad ``rewarmup_from`` or ``lr_fan_in_exponent``, each naming the option."""
+    if (
+        isinstance(rewarmup_from, bool)
+        or not isinstance(rewarmup_from, (int, float))
+        or not 0 <= rewarmup_from < 1
+    ):
+        raise ValueError(f"rewarmup_from must be a number in [0, 1), got {rewarmup_from!r}")
+    if rewarmup_from and not rewarmup_steps:
+        raise ValueError(
+            f"rewarmup_from={rewarmup_from!r} needs rewarmup_steps > 0 (it is where the "
+            "re-warmup ramp starts, and rewarmup_steps=0 has none)"
+        )
+    if (
+        isinstance(lr_fan_in_exponent, bool)
+        or not isinstance(lr_fan_in_exponent, (int, float))
+        or not 0 <= lr_fan_in_exponent <= 4
+    ):
+        raise ValueError(
+            f"lr_fan_in_exponent must be a number in [0, 4], got {lr_fan_in_exponent!r}"
+        )
+    if lr_fan_in_exponent and lr_width_exponent:
+        raise ValueError(
+            f"lr_fan_in_exponent={lr_fan_in_exponent!r} with lr_width_exponent="
+            f"{lr_width_exponent!r}: both scale the weight matrices' LR by width; set one "
+            "of them to 0"
+        )
 
 
 def _run_before_lr_monitors(trainer: L.Trainer, callback: L.Callback) -> None:
