@@ -93,6 +93,27 @@ def jobs() -> dict[Path, list[str]]:
     return dict(ordered)
 
 
+def depth_job(at: float, seed: int = 0) -> tuple[Path, list[str]]:
+    """Depth-only growth from one layer of the target's width, new layers copies of the
+    old (``init: stack``), all at once at ``at`` of the run, long budget (a recipe of the
+    zero/one-layer progressive-training literature)."""
+    target = SIZES["target"]
+    overrides = [
+        "model=scale_target",
+        "model.n_layers=1",
+        "growth.name=depth_stack",
+        f"growth.stages=[{{step: {at}, n_layers: {target['n_layers']}}}]",
+        "growth.init=stack",
+        *_common(seed, TAX_BUDGET),
+    ]
+    return ROOT / f"depth_stack_{at}_{TAX_BUDGET}_s{seed}", overrides
+
+
+def all_jobs() -> dict[Path, list[str]]:
+    """Every job this script knows, for ``--only``."""
+    return {**jobs(), **target_tax_jobs(), **dict(depth_job(at) for at in (0.6, 0.75))}
+
+
 def target_tax_jobs() -> dict[Path, list[str]]:
     """The tax with the target as the end size (its fixed run: the scale tables')."""
     return dict(tax_job(at, end="target") for at in (0.25, 0.45, 0.1))
@@ -251,12 +272,19 @@ def main() -> None:
     parser.add_argument(
         "--target-tax", action="store_true", help="run the tax runs that end at the target"
     )
+    parser.add_argument("--only", nargs="+", help="run these job folders (names), in order")
     args = parser.parse_args()
     if not args.table_only:
         todo = target_tax_jobs() if args.target_tax else jobs()
+        if args.only:
+            known = {p.name: (p, o) for p, o in all_jobs().items()}
+            unknown = [n for n in args.only if n not in known]
+            if unknown:
+                parser.error(f"--only {unknown}: not jobs of this script ({sorted(known)})")
+            todo = dict(known[n] for n in args.only)
         print(f"{len(todo)} jobs ({sum(_result(p) is not None for p in todo)} done)", flush=True)
         run_all(todo, args.jobs)
-    found = {p.name: r for p in {**jobs(), **target_tax_jobs()} if (r := _result(p)) is not None}
+    found = {p.name: r for p in all_jobs() if (r := _result(p)) is not None}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "envelope_runs.json").write_text(json.dumps(found, indent=2) + "\n")
     hours = sum(r.get("train_s") or 0.0 for r in found.values()) / 3600
