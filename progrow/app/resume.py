@@ -67,6 +67,9 @@ CONFIG_KEYS: tuple[str, ...] = (
     "growth.new_moments",
     "growth.rewarmup_steps",
     "growth.lr_width_exponent",
+    "growth.rewarmup_from",
+    "growth.lr_fan_in_exponent",
+    "growth.optimizer_state",
 )
 #: The run identity: every entry a checkpoint records and a resume must match.
 IDENTITY_KEYS: tuple[str, ...] = DERIVED_KEYS + CONFIG_KEYS

@@ -21,8 +21,9 @@ from progrow.app.checks import world_size
 from progrow.app.errors import ConfigError
 from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.expand.plan import check_init
+from progrow.perturb import check_new_noise, check_shrink_perturb
 from progrow.placement import PLACEMENTS, Placement
-from progrow.schedule import GrowthSchedule
+from progrow.schedule import PERTURB_KEYS, GrowthSchedule
 
 #: Keys of ``cfg.growth`` that are GrowthCallback options (the rest: ``name``, ``stages``).
 GROWTH_OPTIONS = (
@@ -31,6 +32,9 @@ GROWTH_OPTIONS = (
     "new_moments",
     "rewarmup_steps",
     "lr_width_exponent",
+    "rewarmup_from",
+    "lr_fan_in_exponent",
+    "optimizer_state",
 )
 #: TransformerConfig fields the app takes from the data rather than from ``cfg.model``.
 FROM_DATA = ("vocab_size", "max_seq_len")
@@ -178,6 +182,7 @@ class RunSettings:
         _check_keys("data", data, data_params)
 
         growth = _growth(_section(raw, "growth"), max_steps)
+        optim = _fan_in_groups(optim, growth)
         paths = _section(raw, "paths")
         for key in ("output_dir", "ckpt_dir"):
             if not paths.get(key):
@@ -264,21 +269,42 @@ def _growth(section: dict[str, Any], max_steps: int) -> GrowthSettings:
     name = schedule_label(str(section.pop("name", CUSTOM_SCHEDULE)), stages)
     placements = {p.key: _run_placement(p, section.pop(p.key, None)) for p in PLACEMENTS}
     init = section.pop("init", "zero")
+    perturb = {key: section.pop(key, None) for key in PERTURB_KEYS}
     _check_keys("growth", section, set(GROWTH_OPTIONS))
     if not isinstance(stages, list):
         raise ConfigError(f"growth.stages={stages!r}: must be a list of stages")
     try:
         check_init(init, "growth.init")
+        check_shrink_perturb(perturb["shrink_perturb"], "growth.shrink_perturb")
+        noise = perturb["new_noise"]
+        check_new_noise(0.0 if noise is None else noise, "growth.new_noise")
     except ValueError as err:
         raise ConfigError(str(err)) from None
     stages = [_place_factors(stage, placements) for stage in stages]
     if init != "zero":  # every stage without its own init (lists of the default match)
         stages = [{"init": init, **s} if isinstance(s, dict) else s for s in stages]
+    # The same for the perturbations: every stage without its own, when one is set.
+    run_wide = {key: value for key, value in perturb.items() if value}
+    stages = [{**run_wide, **s} if isinstance(s, dict) else s for s in stages]
     try:
         schedule = GrowthSchedule(stages, max_steps=max_steps)
     except ValueError as err:
         raise ConfigError(f"growth.stages (growth={name}): {err}") from None
     return GrowthSettings(name=name, schedule=schedule, options=section)
+
+
+def _fan_in_groups(optim: dict[str, Any], growth: GrowthSettings) -> dict[str, Any]:
+    """``optim`` with one param group per weight (``fan_in_groups``) when
+    ``growth.lr_fan_in_exponent`` scales each group's LR by its fan-in, which needs them."""
+    if not growth.options.get("lr_fan_in_exponent"):
+        return optim
+    if optim.get("fan_in_groups") is False:
+        raise ConfigError(
+            "optim.fan_in_groups=false with growth.lr_fan_in_exponent="
+            f"{growth.options['lr_fan_in_exponent']!r}: the per-fan-in LR needs one param "
+            "group per weight; drop optim.fan_in_groups or set growth.lr_fan_in_exponent=0"
+        )
+    return {**optim, "fan_in_groups": True}
 
 
 def _run_placement(placement: Placement, value: Any) -> str:
