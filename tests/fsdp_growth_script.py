@@ -30,7 +30,7 @@ MAX_STEPS = 12  # stages at steps 4 and 8 (lit_utils.TWO_STAGES)
 STAGES = [TWO_STAGES[0], {**TWO_STAGES[1], "init": "split"}]
 #: The growth-tax levers under FSDP2: the first stage perturbs the grown model, the
 #: optimizer state of changed parameters restarts, each weight's LR follows its fan-in.
-LEVER_PERTURB = {"shrink_perturb": {"shrink": 0.8, "noise": 0.2}, "new_noise": 0.01}
+LEVER_PERTURB: dict[str, Any] = {"shrink_perturb": {"shrink": 0.8, "noise": 0.2}, "new_noise": 0.01}
 LEVER_STAGES = [{**STAGES[0], **LEVER_PERTURB}, STAGES[1]]
 LEVERS = dict(optimizer_state="reset_old", lr_fan_in_exponent=1.0, rewarmup_steps=2,
               rewarmup_from=0.5)  # fmt: skip

@@ -20,13 +20,14 @@ import torch.nn.functional as F
 from lit_utils import assert_bitwise_equal, datamodule, growth, lm_module, params, trainer
 
 from progrow import GrowthCallback, GrowthSchedule, Transformer, TransformerConfig
+from progrow.expand.plan import Init
 from progrow.layout import param_names
 from progrow.model import fresh_init
 from progrow.offline import grow_checkpoint_file
 from progrow.optim import lr_multiplier
 from progrow.perturb import carried
 from progrow.record import ExpansionRecord
-from progrow.surgery import grow_with_optimizers, optimizer_state_by_name
+from progrow.surgery import OptimizerState, grow_with_optimizers, optimizer_state_by_name
 
 CFG = TransformerConfig(
     vocab_size=11, max_seq_len=6, d_model=7, d_mlp=5, n_heads=3, d_qk=3, d_v=2, n_layers=2,
@@ -56,7 +57,7 @@ def loss(model: Transformer) -> torch.Tensor:
 
 
 def grown(
-    init: str = "zero", **options: Any
+    init: Init = "zero", **options: Any
 ) -> tuple[Transformer, ExpansionRecord, torch.Generator]:
     """The seed-0 model grown to ``SIZES`` with ``options``; also the stage generator,
     in the state the growth left it."""
@@ -120,7 +121,7 @@ def test_new_noise_moves_the_loss_by_order_sigma_and_lets_both_sides_learn() -> 
     for std, moves in ((0.0, False), (1e-3, True)):
         model, _, _ = grown(new_noise=std)
         loss(model).backward()
-        grad = model.blocks[0].mlp.fc.weight.grad
+        grad = dict(model.named_parameters())["blocks.0.mlp.fc.weight"].grad
         assert grad is not None
         assert bool(grad[CFG.d_mlp :].abs().sum() > 0) is moves
 
@@ -129,7 +130,7 @@ def test_new_noise_moves_the_loss_by_order_sigma_and_lets_both_sides_learn() -> 
 
 
 @pytest.mark.parametrize("init", ["zero", "split"])
-def test_shrink_perturb_is_exactly_shrink_theta_plus_noise_eps(init: str) -> None:
+def test_shrink_perturb_is_exactly_shrink_theta_plus_noise_eps(init: Init) -> None:
     plain, record, generator = grown(init)  # the generator as the growth left it
     shrunk, _, _ = grown(init, shrink_perturb={"shrink": 0.6, "noise": 0.3})
     shrunk_params = dict(shrunk.named_parameters())
@@ -152,9 +153,10 @@ def test_shrink_perturb_rescale_only_draws_nothing() -> None:
     state = generator.get_state()
     shrunk, _, after = grown(shrink_perturb={"shrink": 0.5})
     assert torch.equal(after.get_state(), state)
-    weight = shrunk.blocks[0].attn.q.weight.detach()
+    weight = dict(shrunk.named_parameters())["blocks.0.attn.q.weight"].detach()
     old = ~new_entries("blocks.0.attn.q.weight", weight, record)
-    assert torch.equal(weight[old], 0.5 * plain.blocks[0].attn.q.weight.detach()[old])
+    before = dict(plain.named_parameters())["blocks.0.attn.q.weight"].detach()
+    assert torch.equal(weight[old], 0.5 * before[old])
 
 
 # -- optimizer_state ----------------------------------------------------------------
@@ -184,7 +186,7 @@ def step(model: Transformer, opt: torch.optim.Optimizer) -> None:
 
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 @pytest.mark.parametrize("mode", ["reset_old", "reset_all"])
-def test_reset_starts_state_afresh_as_a_new_optimizer(mode: str, opt_name: str) -> None:
+def test_reset_starts_state_afresh_as_a_new_optimizer(mode: OptimizerState, opt_name: str) -> None:
     torch.manual_seed(0)
     model = Transformer(CFG)
     opt = configure(model, opt_name)
@@ -367,7 +369,7 @@ def test_fan_in_lr_refuses_a_group_of_mixed_fan_ins_before_step_zero(cache: Path
         trainer(9, [cb, FailIfTrained()]).fit(module, datamodule=datamodule(cache))
 
 
-LEVER_STAGES = [
+LEVER_STAGES: list[dict[str, Any]] = [
     {"step": 4, "d_mlp": 20, "d_model": 12, "n_heads": 3, "new_noise": 0.01,
      "shrink_perturb": {"shrink": 0.8, "noise": 0.2}},
     {"step": 8, "n_layers": 3, "d_qk": 5, "d_v": 4, "layer_positions": "interleave",
@@ -440,7 +442,7 @@ def test_levers_offline_growth_equals_in_fit_growth(
     resets the optimizer state as asked; resuming it ends where the in-fit run did."""
     ckpt_dir, expected, _ = lever_run
     out = tmp_path / "grown.ckpt"
-    sizes = {k: v for k, v in LEVER_STAGES[0].items() if k in ("d_mlp", "d_model", "n_heads")}
+    sizes = {k: LEVER_STAGES[0][k] for k in ("d_mlp", "d_model", "n_heads")}
     grow_checkpoint_file(ckpt_dir / "step=4.ckpt", out, sizes, optimizer_state="reset_old")
     module = lever_module(seed=123)
     cb = growth(LEVER_STAGES, **LEVERS)

@@ -279,8 +279,8 @@ class GrowthCallback(L.Callback):
         final = self.schedule.validate_for(model.config, trainer.max_steps)
         self._final_d_model = final.d_model
         self._configs = [model.config]
-        for stage in self.schedule:
-            self._configs.append(grown_config(self._configs[-1], stage.sizes, stage.init))
+        for each in self.schedule:  # (``stage`` is the trainer's stage here)
+            self._configs.append(grown_config(self._configs[-1], each.sizes, each.init))
         self._probe = None
         if self._scales_lr:
             _run_before_lr_monitors(trainer, self)
