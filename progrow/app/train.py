@@ -297,9 +297,17 @@ def _fit(job: _Job, trainer: Any, loggers: list[Any]) -> tuple[float, float | No
             print(interrupted_message(stop, settings), flush=True)
         raise
     finally:
-        if trainer.is_global_zero:
-            wandb_extras.log_events_table(loggers, job.growth.events)
-        wandb_extras.finish(loggers, failed, preempted=sys.exc_info()[0] is FitInterrupted)
+        stopping = sys.exc_info()[0] is FitInterrupted
+        try:
+            if trainer.is_global_zero:
+                wandb_extras.log_events_table(loggers, job.growth.events)
+            wandb_extras.finish(loggers, failed, preempted=stopping)
+        except Exception as err:
+            if not stopping:
+                raise
+            # wandb-core got the job's SIGTERM too and is gone: the checkpoint is saved,
+            # the stop goes on (its exit status is the signal's, not a crash's).
+            log.warning("W&B could not finish its run after the signal: %r", err)
     return fit_s, val_loss, last_ckpt
 
 
