@@ -71,7 +71,7 @@ def test_lazy_names_and_entry_points_resolve() -> None:
     pyproject = (REPO / "pyproject.toml").read_text()
     scripts = pyproject.split("[project.scripts]")[1].split("\n[")[0]
     targets = [*re.findall(r'^\S+ = "(\S+)"', scripts, re.MULTILINE), "progrow.train:main"]
-    assert len(targets) == 4, scripts
+    assert len(targets) == 5, scripts
     code = (
         "import importlib, lightning\n"
         "from progrow import GrowthCallback, LMDataModule, LMModule\n"

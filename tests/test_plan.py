@@ -1,0 +1,372 @@
+"""``progrow-plan``: the loss fit on synthetic data, the plan's arithmetic, bad input, and
+the command end to end on the built-in data with tiny sizes (pilots, cache, outputs)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from lit_utils import app_overrides
+
+from progrow import GrowthSchedule, TransformerConfig
+from progrow.app import pilots
+from progrow.app.plan import main
+from progrow.app.planning import (
+    Curve,
+    envelope,
+    envelope_schedule,
+    follow,
+    insist_schedule,
+    step_fractions,
+)
+from progrow.app.scaling import LossFit, curve_loss, fit_loss, loo_curves, loo_fit
+from progrow.app.settings import CONF_DIR, RunSettings, model_config
+from progrow.flops import steps_for_budget, train_flops_per_token
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+# -- the fit --------------------------------------------------------------------------------
+
+#: Known parameters at the scale of the CPU runs (N ~ 1e4..1e6, D ~ 1e5..1e8).
+TRUTH = LossFit(E=1.1, A=60.0, B=450.0, alpha=0.38, beta=0.31)
+
+
+def _grid(truth: LossFit, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n, d = np.meshgrid(np.geomspace(1e4, 1e6, 4), np.geomspace(1e5, 1e8, 5))
+    n, d = n.ravel(), d.ravel()
+    loss = truth.loss(n, d) * np.exp(noise * np.random.default_rng(0).standard_normal(n.size))
+    return n, d, loss
+
+
+def test_fit_recovers_known_parameters() -> None:
+    n, d, loss = _grid(TRUTH)
+    fit = fit_loss(n, d, loss)
+    for key in ("E", "A", "B", "alpha", "beta"):
+        assert getattr(fit, key) == pytest.approx(getattr(TRUTH, key), rel=1e-4), key
+    assert fit.points == 20 and fit.objective < 1e-12
+
+
+def test_fit_with_noise_stays_close_and_predicts_held_out_points() -> None:
+    """0.3% multiplicative noise: the exponents within 0.03, predictions within 1%."""
+    n, d, loss = _grid(TRUTH, noise=0.003)
+    fit = fit_loss(n, d, loss)
+    assert abs(fit.alpha - TRUTH.alpha) < 0.03 and abs(fit.beta - TRUTH.beta) < 0.03
+    assert abs(fit.E / TRUTH.E - 1) < 0.1
+    far = np.array([2e6]), np.array([3e8])  # beyond the data, as a plan's budget is
+    assert fit.loss(*far) == pytest.approx(TRUTH.loss(*far), rel=0.01)
+    held = loo_fit(n, d, loss, fit)
+    assert len(held.predicted) == 20 and held.rmse < 0.02, held.to_dict()
+
+
+def test_loo_is_exact_on_exact_data_and_needs_six_points() -> None:
+    n, d, loss = _grid(TRUTH)
+    assert loo_fit(n[:8], d[:8], loss[:8]).max_abs < 1e-3
+    assert loo_fit(n[:5], d[:5], loss[:5]).predicted == []
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "loss", "match"),
+    [
+        ([1e4] * 4, [1e5] * 4, [2.0] * 4, "needs at least 5"),
+        ([1e4, -1, 1e4, 1e4, 1e4], [1e5] * 5, [2.0] * 5, "must be positive"),
+        ([1e4] * 5, [1e5] * 5, [2.0] * 4, "differ in length"),
+    ],
+)
+def test_fit_refuses_bad_points(
+    n: list[float], d: list[float], loss: list[float], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        fit_loss(n, d, loss)
+
+
+def test_optimal_params_is_the_minimum_along_6nd() -> None:
+    flops = 1e14
+    n_star = TRUTH.optimal_params(flops)
+    around = [TRUTH.loss(n, flops / (6 * n)) for n in (n_star / 1.2, n_star, n_star * 1.2)]
+    assert around[1] < around[0] and around[1] < around[2]
+
+
+def test_per_size_curves_interpolate_in_log_flops() -> None:
+    line = [(f, 5.0 - 0.5 * math.log(f)) for f in (1e6, 4e6, 1.6e7)]
+    assert curve_loss(line, 2e6) == pytest.approx(5.0 - 0.5 * math.log(2e6))
+    assert curve_loss(line, 1e8) == pytest.approx(5.0 - 0.5 * math.log(1e8))  # extrapolated
+    held = loo_curves({"a": line, "b": line[:2]})
+    assert held["a"].max_abs == pytest.approx(0.0, abs=1e-9) and len(held["a"].predicted) == 3
+    assert held["b"].predicted == []  # one point left: no line through it
+
+
+# -- the plan's arithmetic ----------------------------------------------------------------
+
+SEQ, TOKENS = 128, 16 * 128
+#: A fit under which this family's envelope runs through all three sizes by 1000 target
+#: steps (growths at about 23% and 67% of the steps) and stays at the start at 20.
+PLAN_FIT = LossFit(E=0.9, A=120.0, B=80.0, alpha=0.36, beta=0.3)
+FAMILY = [
+    TransformerConfig(
+        vocab_size=256,
+        max_seq_len=SEQ,
+        d_model=h,
+        d_mlp=4 * h,
+        n_heads=e,
+        d_qk=h // e,
+        d_v=h // e,
+        n_layers=n,
+    )
+    for h, e, n in ((64, 2, 2), (96, 3, 3), (128, 4, 4))
+]
+CURVES = [
+    Curve(f"s{i}", c.num_params(), train_flops_per_token(c, SEQ)) for i, c in enumerate(FAMILY)
+]
+STEP = [c.flops_per_token * TOKENS for c in CURVES]
+TARGET_STEP = STEP[-1]
+
+
+def test_the_envelope_schedule_grows_at_crossings_and_ends_on_the_envelope() -> None:
+    budget = 1000 * TARGET_STEP
+    plan = envelope_schedule(PLAN_FIT, CURVES, budget, STEP, latest=0.8)
+    assert plan.start == 0 and [j for _, j in plan.stages] == [1, 2]
+    for (flops, j), before in zip(plan.stages, plan.path(), strict=False):
+        assert CURVES[j].loss(PLAN_FIT, flops) == pytest.approx(
+            CURVES[before].loss(PLAN_FIT, flops)
+        )
+        assert CURVES[j].loss(PLAN_FIT, flops * 1.1) < CURVES[before].loss(PLAN_FIT, flops * 1.1)
+    best = min(c.loss(PLAN_FIT, budget) for c in CURVES)
+    assert plan.loss == pytest.approx(best, rel=1e-9)
+    assert envelope(PLAN_FIT, CURVES, [budget])[0][1] == pytest.approx(best)
+
+
+def test_step_fractions_spend_the_budget_as_the_app_sizes_it() -> None:
+    """The growth config's fractions, run with budget.steps of the end size, give the app
+    (progrow.flops.steps_for_budget) the planned number of steps: the planned FLOPs."""
+    budget = 1000 * TARGET_STEP
+    plan = envelope_schedule(PLAN_FIT, CURVES, budget, STEP, latest=0.8)
+    fractions, steps = step_fractions(plan, STEP, budget)
+    stages = [
+        {"step": f, **FAMILY[j].sizes()} for f, (_, j) in zip(fractions, plan.stages, strict=True)
+    ]
+    got = steps_for_budget(FAMILY[plan.start], stages, budget, TOKENS, SEQ)
+    assert got == pytest.approx(steps, abs=1)
+    assert all(f <= 0.8 for f in fractions) and fractions == sorted(fractions)
+
+
+def test_a_short_budget_stays_small_and_insisting_costs_but_beats_the_fixed_target() -> None:
+    budget = 20 * TARGET_STEP
+    natural = envelope_schedule(PLAN_FIT, CURVES, budget, STEP, latest=0.8)
+    assert natural.end == 0 and not natural.stages
+    insist = insist_schedule(PLAN_FIT, CURVES, budget, STEP, 0.8, natural, target=2)
+    assert insist.end == 2 and len(insist.stages) == 1
+    assert insist.loss > natural.loss  # the cost of insisting on an oversized target
+    assert insist.loss < CURVES[2].loss(PLAN_FIT, budget)  # but growing beats training it
+    assert max(step_fractions(insist, STEP, budget)[0]) <= 0.8
+    assert follow(PLAN_FIT, CURVES, insist, budget)[0] == pytest.approx(insist.loss)
+
+
+# -- the command ------------------------------------------------------------------------------
+
+START = "{d_model: 8, d_mlp: 16, n_heads: 2, d_qk: 4, d_v: 4, n_layers: 1}"
+TARGET = "{d_model: 24, d_mlp: 48, n_heads: 2, d_qk: 8, d_v: 8, n_layers: 2}"
+
+
+def _overrides(cache: Path) -> list[str]:
+    """The data and optimizer settings of a few-second app run (seq 16, batch 4)."""
+    return [o for o in app_overrides(cache) if o.startswith(("data.", "optim."))]
+
+
+def _argv(
+    root: Path, *extra: str, budget: tuple[str, str] = ("--budget-steps", "600")
+) -> list[str]:
+    return [
+        "--sizes", START, TARGET, "--intermediates", "1", *budget,
+        "--pilot-fraction", "0.15", "--pilot-ratio", "2", "--min-pilot-steps", "4",
+        "--in-process", "--insist-target", "--name", "tiny_plan",
+        "--cache", str(root / "pilots"), "--out", str(root / "out"),
+        "--conf-dir", str(root / "conf"), *extra, *_overrides(root / "data"),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The command run twice: pilots the first time, from the cache the second."""
+    root = tmp_path_factory.mktemp("plan")
+    out: dict[str, Any] = {"root": root}
+    for run in ("first", "second"):
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            out[f"{run}_rc"] = main(_argv(root))
+        out[run] = buffer.getvalue()
+        out[f"{run}_plan"] = json.loads((root / "out" / "plan.json").read_text())
+        out[f"{run}_folders"] = sorted(p.name for p in (root / "pilots").iterdir())
+    return out
+
+
+def test_plan_prints_the_recommendation_and_writes_a_runnable_schedule(
+    planned: dict[str, Any],
+) -> None:
+    assert planned["first_rc"] == 0, planned["first"]
+    lines = planned["first"].splitlines()
+    rec = [ln for ln in lines if ln.startswith("recommendation: ")]
+    assert len(rec) == 1, lines
+    # --insist-target: the schedule ends at the target, which growing reaches cheaper
+    assert rec[0].startswith("recommendation: grow with this schedule: size1 -> size2 at ")
+    assert "pilots used 15.0% of the budget" in rec[0]
+    for part in ("(a) compute-optimal fixed size:", "(b) target size2", "(c) envelope:",
+                 "(d) schedule on the envelope:", "leave-one-out error: fit rmse"):  # fmt: skip
+        assert any(ln.startswith(part) for ln in lines), part
+    root = planned["root"]
+    path = root / "conf" / "growth" / "tiny_plan.yaml"
+    written = yaml.safe_load(path.read_text())
+    assert written["name"] == "tiny_plan" and written["stages"]
+    plan = planned["first_plan"]
+    start = TransformerConfig(vocab_size=256, max_seq_len=16, **yaml.safe_load(START))
+    schedule = GrowthSchedule(written["stages"], max_steps=plan["insist"]["max_steps"])
+    end = schedule.validate_for(start, plan["insist"]["max_steps"])
+    assert end.sizes() == {**start.sizes(), **yaml.safe_load(TARGET), "n_kv_heads": 2}
+    # as printed: Hydra finds growth=tiny_plan in --conf-dir, the app accepts it
+    command = next(ln for ln in lines if ln.startswith("run: ")).removeprefix("run: ")
+    args = shlex.split(command)
+    assert args[:5] == [
+        "python",
+        "-m",
+        "progrow.train",
+        "--config-dir",
+        str((root / "conf").resolve()),
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*args[5:], f"hydra.searchpath=[file://{args[4]}]"])
+    cfg.paths.output_dir = str(root / "unused")
+    settings = RunSettings.from_config(cfg)
+    assert settings.growth.name == "tiny_plan" and settings.budget_steps == 600
+    settings.growth.schedule.validate_for(model_config(settings, 256, 16))
+
+
+def test_plan_json_has_the_fit_the_plan_and_the_pilots(planned: dict[str, Any]) -> None:
+    plan = planned["first_plan"]
+    for key in ("budget", "family", "pilots", "fit", "curves_loo", "model", "compute_optimal",
+                "target", "envelope", "schedule", "insist", "recommendation", "plot"):  # fmt: skip
+        assert key in plan, key
+    assert [s["label"] for s in plan["family"]] == ["size1", "interp1", "size2"]
+    assert plan["budget"]["target_steps"] == pytest.approx(600)
+    pilots_ = plan["pilots"]
+    assert pilots_["count"] == 9 and pilots_["ran"] == 9 and pilots_["source"] == "pilots"
+    assert pilots_["fraction"] == pytest.approx(0.15, rel=0.05)
+    fit = plan["fit"]
+    assert all(math.isfinite(fit[k]) and fit[k] > 0 for k in ("E", "A", "B"))
+    assert fit["loo"]["predicted"] == 9 and math.isfinite(fit["loo"]["rmse"])
+    assert plan["model"]["used"] == "parametric"
+    assert plan["recommendation"]["kind"] == "grow"
+    assert plan["insist"]["end"] == "size2" and plan["target"]["label"] == "size2"
+    assert plan["insist"]["loss"] < plan["target"]["loss"]
+    png = Path(plan["plot"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.parent == Path(plan["json"]).parent
+
+
+def test_a_second_invocation_runs_no_pilot(planned: dict[str, Any]) -> None:
+    assert planned["second_rc"] == 0
+    assert "(9 cached, 0 to run)" in planned["second"]
+    assert planned["second_plan"]["pilots"]["ran"] == 0
+    assert planned["second_folders"] == planned["first_folders"]  # no new run folder
+    assert not any(".failed-" in name for name in planned["second_folders"])
+    assert planned["second_plan"]["insist"] == planned["first_plan"]["insist"]
+
+
+def test_runs_given_instead_of_pilots(
+    planned: dict[str, Any], capsys: pytest.CaptureFixture
+) -> None:
+    root = planned["root"]
+    out = root / "from_runs"
+    rc = main(_argv(root, "--runs", str(root / "pilots"), "--out", str(out), "--name", "from_runs"))
+    assert rc == 0, capsys.readouterr().err
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["pilots"]["source"] == "--runs" and plan["pilots"]["count"] == 9
+    assert {r["label"] for r in plan["pilots"]["runs"]} == {"size1", "interp1", "size2"}
+    assert plan["fit"]["E"] == pytest.approx(planned["first_plan"]["fit"]["E"], rel=1e-6)
+
+
+def test_a_subprocess_pilot_equals_the_in_process_one(
+    planned: dict[str, Any], tmp_path: Path
+) -> None:
+    """The default launcher (one ``python -m progrow.train`` per pilot) ends where the
+    in-process one did: same job, same final loss and FLOPs."""
+    from progrow.app.family import build_family, recipe
+
+    root = planned["root"]
+    rec = recipe(_overrides(root / "data"), None)
+    family = build_family([START, TARGET], None, 1, rec)
+    ladder = pilots.LadderSettings(fraction=0.15, ratio=2, min_steps=4)
+    budget = planned["first_plan"]["budget"]["flops"]
+    jobs = pilots.plan_pilots(family, budget, rec, root / "pilots", ladder)
+    job = next(j for j in jobs if j.size.label == "size2")  # the target's shortest pilot
+    cached = pilots.read_run(job.folder, "size2")
+    assert cached is not None, "the planner ran this very job"
+    moved = dataclasses.replace(job, folder=tmp_path / job.folder.name)
+    pilots._subprocess(moved, tmp_path / "pilot.log")
+    again = pilots.read_run(moved.folder, "size2")
+    assert again is not None, (tmp_path / "pilot.log").read_text()[-2000:]
+    assert again.val_loss == pytest.approx(cached.val_loss, abs=1e-6)
+    assert again.flops == cached.flops == pytest.approx(job.flops)
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("progrow-plan: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_a_budget_below_the_pilots_compute_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    err = _error(capsys, _argv(tmp_path, budget=("--budget-steps", "10")))
+    assert "--budget-steps=10" in err and "too small for the pilots" in err
+    err = _error(capsys, _argv(tmp_path, budget=("--budget", "1e5")))
+    assert "--budget=100000: too small for the pilots" in err
+    assert not (tmp_path / "pilots").exists(), "refused before any pilot ran"
+
+
+def test_a_budget_below_the_given_runs_is_refused_naming_it(
+    planned: dict[str, Any], capsys: pytest.CaptureFixture
+) -> None:
+    root = planned["root"]
+    argv = _argv(root, "--runs", str(root / "pilots"), budget=("--budget", "1e6"))
+    err = _error(capsys, argv)
+    assert "--budget=1e+06" in err and "not above the compute of the runs given" in err
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (["--pilot-fraction", "2"], "--pilot-fraction=2: must be a number in (0, 1]"),
+        (["--jobs", "0"], "--jobs=0: must be an integer in [1, inf]"),
+        (["--jobs", "2"], "--jobs=2: --in-process runs one pilot at a time"),
+        (["--budget", "1e12"], "give the budget as --budget FLOPS or --budget-steps N"),
+        (["--name", "../x"], "--name=../x: use letters"),
+        (["--sizes", "no_such_model", TARGET], "--sizes no_such_model: no model config"),
+        (["--sizes", "{d_model: 0}", TARGET], "sizes must be positive integers"),
+        (["--sizes", START, "{d_model: 24, d_mlp: 8}"], "growth never shrinks a dimension"),
+        (["--growth", "no_such_schedule"], "--growth no_such_schedule: no schedule"),
+        (["model.d_model=16"], "'model.d_model=16': progrow-plan sets model itself"),
+        (["budget.steps=5"], "'budget.steps=5': progrow-plan sets budget itself"),
+        (["optim.lr=-1"], "optim: optim.lr must be > 0, got -1"),
+        (["optim.lrr=1"], "optim.lrr: no such key in the config; did you mean optim.lr?"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture, change: list[str], expected: str
+) -> None:
+    err = _error(capsys, [*_argv(tmp_path), *change])
+    assert expected in err
+    assert not (tmp_path / "pilots").exists()
