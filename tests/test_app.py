@@ -510,6 +510,9 @@ def test_wandb_offline_run_writes_files(
     assert list(runs[0].glob("*.wandb"))
     assert (tmp_path / "wandb-run-id").is_file()
     assert (Path(result["log_dirs"][0]) / "metrics.csv").is_file()  # CSV alongside W&B
+    # Each folder is labelled with its logger (the console's "logs" row reads these).
+    assert [entry["logger"] for entry in result["loggers"]] == ["csv", "wandb"]
+    assert [entry["dir"] for entry in result["loggers"]] == result["log_dirs"]
 
 
 @pytest.mark.parametrize("growth", ["none", "all_six"])

@@ -72,7 +72,8 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
         "wall time", f"{summary['wall_s']:.1f} s this launch ({summary['fit_s']:.1f} s training)"
     )
     head.add_row("run folder", summary["output_dir"])
-    head.add_row("logs", "\n".join(summary["log_dirs"]) or "(no logger)")
+    labelled = [f"{entry['logger']}: {entry['dir']}" for entry in summary.get("loggers") or []]
+    head.add_row("logs", "\n".join(labelled or summary["log_dirs"]) or "(no logger)")
     head.add_row("checkpoints", summary["ckpt_dir"])
     if summary.get("compile"):
         stats = summary["compile"]

@@ -341,6 +341,12 @@ def _summary(
         "ckpt_dir": str(settings.ckpt_dir),
         "last_ckpt": last_ckpt,
         "log_dirs": [str(d) for d in (_log_dir(lg) for lg in trainer.loggers) if d],
+        # The same folders, each with the logger that writes there (the console's labels).
+        "loggers": [
+            {"logger": _logger_name(lg), "dir": d}
+            for lg in trainer.loggers
+            if (d := _log_dir(lg)) is not None
+        ],
         "resumed_from": job.resume,
         "fingerprint": job.datamodule.fingerprint,
         "report_dir": str(_sweep_dir() or settings.output_dir),
@@ -401,6 +407,11 @@ def _save_final_checkpoint(trainer: Any) -> str | None:
         trainer.save_checkpoint(last, weights_only=False)  # full state, as ModelCheckpoint's
         return last
     return checkpoint.last_model_path or None
+
+
+def _logger_name(logger: Any) -> str:
+    """``csv``, ``wandb``, ``tensorboard``, ... from Lightning's logger class name."""
+    return type(logger).__name__.removesuffix("Logger").lower() or type(logger).__name__
 
 
 def _log_dir(logger: Any) -> str | None:
