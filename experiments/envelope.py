@@ -109,9 +109,27 @@ def depth_job(at: float, seed: int = 0) -> tuple[Path, list[str]]:
     return ROOT / f"depth_stack_{at}_{TAX_BUDGET}_s{seed}", overrides
 
 
+#: The growth-tax levers, one at a time, on the tax run start -> half at 25%.
+LEVERS: dict[str, list[str]] = {
+    "reset_all": ["growth.optimizer_state=reset_all"],
+    "reset_old": ["growth.optimizer_state=reset_old"],
+    "rewarmup100": ["growth.rewarmup_steps=100"],
+    "shrink_perturb": ["growth.shrink_perturb={shrink: 0.8, noise: 0.01}"],
+    "new_noise": ["growth.new_noise=0.01"],
+    "fan_in_lr": ["growth.lr_fan_in_exponent=1.0", "growth.lr_width_exponent=0"],
+    "split": ["growth.init=split"],
+}
+
+
+def lever_job(lever: str, at: float = 0.25) -> tuple[Path, list[str]]:
+    path, overrides = tax_job(at)
+    return path.with_name(f"lever_{lever}_{path.name}"), [*overrides, *LEVERS[lever]]
+
+
 def all_jobs() -> dict[Path, list[str]]:
     """Every job this script knows, for ``--only``."""
-    return {**jobs(), **target_tax_jobs(), **dict(depth_job(at) for at in (0.6, 0.75))}
+    levers = dict(lever_job(lever) for lever in LEVERS)
+    return {**jobs(), **target_tax_jobs(), **dict(depth_job(at) for at in (0.6, 0.75)), **levers}
 
 
 def target_tax_jobs() -> dict[Path, list[str]]:
