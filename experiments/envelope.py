@@ -275,6 +275,15 @@ def tax_table(found: dict[str, dict[str, Any]]) -> list[str]:
             gap = f"{run['val_loss'] - fixed['val_loss']:+.4f}"
             lines.append(f"| start -> {end} | {at:.0%} | {run['val_loss']:.4f} | {gap} | "
                          f"{run['tokens'] / 1e6:.1f} | {run['train_s']:.0f} |")  # fmt: skip
+    half = fixed_runs["half"]
+    for lever in LEVERS:
+        run = found.get(lever_job(lever)[0].name)
+        if run is None or half is None:
+            continue
+        gap = f"{run['val_loss'] - half['val_loss']:+.4f}"
+        lines.append(f"| start -> half, lever `{lever}` ({' '.join(LEVERS[lever])}) | 25% | "
+                     f"{run['val_loss']:.4f} | {gap} | {run['tokens'] / 1e6:.1f} | "
+                     f"{run['train_s']:.0f} |")  # fmt: skip
     return lines
 
 
