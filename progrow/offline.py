@@ -89,6 +89,28 @@ def _load_model(state: Mapping[str, Tensor], config: TransformerConfig, prefix: 
     return holder
 
 
+def _optimizer_class(groups: list[Mapping[str, Any]]) -> type[torch.optim.Optimizer]:
+    """The torch optimizer a saved state belongs to, from its param-group keys."""
+    if all("betas" in g for g in groups):
+        decoupled = groups[0].get("decoupled_weight_decay", True)
+        return torch.optim.AdamW if decoupled else torch.optim.Adam
+    if all("momentum" in g and "dampening" in g for g in groups):
+        return torch.optim.SGD
+    raise ValueError(f"unsupported optimizer state (group keys {sorted(groups[0])})")
+
+
+def _check_state_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Every loaded state tensor (but ``step``) has its parameter's shape."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if key != "step" and isinstance(value, Tensor) and value.shape != p.shape:
+                    raise ValueError(
+                        f"optimizer state {key!r} has shape {tuple(value.shape)} but its "
+                        f"parameter {tuple(p.shape)}: optimizer_params do not fit the state"
+                    )
+
+
 def _optimizer(
     saved: Mapping[str, Any], names: list[list[str]], params: Mapping[str, Tensor]
 ) -> torch.optim.Optimizer:
@@ -102,25 +124,10 @@ def _optimizer(
             f"optimizer holds parameter(s) {missing[:3]} outside the Transformer: offline "
             "growth only carries the Transformer's parameters"
         )
-    cls: type[torch.optim.Optimizer]
-    if all("betas" in g for g in groups):
-        cls = (
-            torch.optim.AdamW if groups[0].get("decoupled_weight_decay", True) else torch.optim.Adam
-        )
-    elif all("momentum" in g and "dampening" in g for g in groups):
-        cls = torch.optim.SGD
-    else:
-        raise ValueError(f"unsupported optimizer state (group keys {sorted(groups[0])})")
+    cls = _optimizer_class(groups)
     optimizer = cls([{"params": [params[n] for n in group]} for group in names], lr=0.0)
     optimizer.load_state_dict(dict(saved))
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for key, value in optimizer.state.get(p, {}).items():
-                if key != "step" and isinstance(value, Tensor) and value.shape != p.shape:
-                    raise ValueError(
-                        f"optimizer state {key!r} has shape {tuple(value.shape)} but its "
-                        f"parameter {tuple(p.shape)}: optimizer_params do not fit the state"
-                    )
+    _check_state_shapes(optimizer)
     return optimizer
 
 
@@ -212,16 +219,15 @@ def grow_checkpoint(
         raise ValueError(f"stage must be an integer >= 0 (or None: the next stage), got {stage!r}")
     config = checkpoint_config(checkpoint)
     todo = check_sizes(config, sizes)
-    if hidden_factor_at is not None:
-        check_factor_at(hidden_factor_at, "hidden_factor_at")
-    if qk_factor_at is not None:
-        check_qk_factor_at(qk_factor_at, "qk_factor_at")
-    if init is not None:
-        check_init(init)
+    given: dict[str, Any] = {
+        "hidden_factor_at": hidden_factor_at,
+        "qk_factor_at": qk_factor_at,
+        "init": init,
+        "shrink_perturb": shrink_perturb,
+        "new_noise": new_noise,
+    }
+    _check_given(given)
     check_optimizer_state(optimizer_state, new_moments)
-    check_shrink_perturb(shrink_perturb)
-    if new_noise is not None:
-        check_new_noise(new_noise)
     entry = dict(checkpoint[CHECKPOINT_KEY])
     prefix = f"{model_attr}." if model_attr else ""
     holder = _load_model(checkpoint["state_dict"], config, prefix)
@@ -232,21 +238,7 @@ def grow_checkpoint(
     growth_state = dict(callbacks.get(CALLBACK_KEY, {"events": [], "schedule": []}))
     events = events_from_dicts(growth_state.get("events"))
     index = len(events) if stage is None else stage
-    given = {"hidden_factor_at": hidden_factor_at, "qk_factor_at": qk_factor_at}
-    placed = {  # unset: the run's own placement for this stage, if it had one
-        key: value
-        or saved_placement(growth_state.get("schedule") or [], index, key)
-        or BY_KEY[key].default
-        for key, value in given.items()
-    }
-    if init is None:  # the run's own init for this stage, if it had one
-        listed = growth_state.get("schedule") or []
-        init = check_init(listed[index].get("init", "zero") if index < len(listed) else "zero")
-    own = _saved_stage(growth_state, index)  # the run's own perturbations, unless given
-    perturbation = check_shrink_perturb(
-        own.get("shrink_perturb") if shrink_perturb is None else shrink_perturb
-    )
-    noise = check_new_noise(own.get("new_noise", 0.0) if new_noise is None else new_noise)
+    options = _stage_options(given, growth_state, index)
 
     loss_before = None if probe_batch is None else _probe_loss(model, probe_batch)
     started = time.perf_counter()
@@ -257,14 +249,10 @@ def grow_checkpoint(
         optimizers,
         todo,
         layer_positions=layer_positions,
-        hidden_factor_at=placed["hidden_factor_at"],  # type: ignore[arg-type]  # checked
-        qk_factor_at=placed["qk_factor_at"],  # type: ignore[arg-type]  # checked
-        init=init,
         generator=torch.Generator().manual_seed(stage_seed(seed, index)),
         new_moments=new_moments,
         optimizer_state=optimizer_state,
-        shrink_perturb=perturbation,
-        new_noise=noise,
+        **options,
     )
     seconds = time.perf_counter() - started
     loss_after = None if probe_batch is None else _probe_loss(model, probe_batch)
@@ -285,6 +273,44 @@ def grow_checkpoint(
     )
     callbacks[CALLBACK_KEY] = {**growth_state, "events": [e.to_dict() for e in events]}
     return _assemble(checkpoint, holder, prefix, optimizers, {**entry, "callbacks": callbacks})
+
+
+def _check_given(given: Mapping[str, Any]) -> None:
+    """The stage options given explicitly (``None``: taken from the run), checked."""
+    checks = {
+        "hidden_factor_at": lambda v: check_factor_at(v, "hidden_factor_at"),
+        "qk_factor_at": lambda v: check_qk_factor_at(v, "qk_factor_at"),
+        "init": check_init,
+        "new_noise": check_new_noise,
+    }
+    for key, check in checks.items():
+        if given[key] is not None:
+            check(given[key])
+    check_shrink_perturb(given["shrink_perturb"])
+
+
+def _stage_options(
+    given: Mapping[str, Any], growth_state: Mapping[str, Any], index: int
+) -> dict[str, Any]:
+    """The stage's placements, init and perturbations: as given, else as the run's own
+    saved stage ``index`` had them, else the defaults."""
+    listed = growth_state.get("schedule") or []
+    own = _saved_stage(growth_state, index)
+    placed = {
+        key: given[key] or saved_placement(listed, index, key) or BY_KEY[key].default
+        for key in ("hidden_factor_at", "qk_factor_at")
+    }
+    init = given["init"] or check_init(own.get("init", "zero"))
+    perturb = (
+        own.get("shrink_perturb") if given["shrink_perturb"] is None else given["shrink_perturb"]
+    )
+    noise = own.get("new_noise", 0.0) if given["new_noise"] is None else given["new_noise"]
+    return {
+        **placed,
+        "init": init,
+        "shrink_perturb": check_shrink_perturb(perturb),
+        "new_noise": check_new_noise(noise),
+    }
 
 
 def _saved_stage(growth_state: Mapping[str, Any], index: int) -> dict[str, Any]:
