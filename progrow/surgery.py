@@ -414,42 +414,68 @@ def _stage_state(
     those in ``reset`` start afresh (:func:`_reset`) instead, and an empty state is left
     out. With a ``transport``, each state is read just before and written just after
     its rule."""
+
+    def write(name: str, state: State) -> State:
+        return transport.write(params[name], state) if state and transport else state
+
     staged: dict[str, State] = {}
     for name, old_p in old_by_new.items():
         state = optimizer.state.get(old_p)
-        if state and transport is not None:
-            state = transport.read(old_p, state)
-        change = record.changes.get(name)
-        grown = change if change is not None and not change.is_identity else None
-        if state and grown is not None and tuple(params[name].shape) != grown.new_shape:
-            raise ValueError(
-                f"{name}: module shape {tuple(params[name].shape)} is not "
-                f"the record's {grown.new_shape}"
-            )
-        if state and name in reset:
-            staged[name] = _reset(params[name], state)
-        elif state and grown is not None:
-            staged[name] = _carry(state, grown, fill_typical)
-        elif state:
-            staged[name] = state  # same values and shape: keep the very same state
-        if staged.get(name) and transport is not None:
-            staged[name] = transport.write(params[name], staged[name])
+        if state:
+            if transport is not None:
+                state = transport.read(old_p, state)
+            staged[name] = write(name, _existing(name, state, record, params, fill_typical, reset))
     for names in names_per_group:
         group_states = [staged[n] for n in names if staged.get(n)]
+        if not group_states:
+            continue  # a group that has not stepped: lazy init as usual
         for name in names:
-            if name in old_by_new or not group_states:
-                continue  # existing, or a group that has not stepped: lazy init as usual
-            if name in reset:
-                staged[name] = _reset(params[name], group_states[0])
-            else:
-                key = layer_pattern(name)
-                siblings = [
-                    s for n, s in staged.items() if n in old_by_new and layer_pattern(n) == key
-                ]
-                staged[name] = _fresh(params[name], group_states[0], siblings, fill_typical)
-            if staged[name] and transport is not None:
-                staged[name] = transport.write(params[name], staged[name])
+            if name not in old_by_new:
+                state = _new(name, group_states[0], staged, old_by_new, params, fill_typical, reset)
+                staged[name] = write(name, state)
     return {name: state for name, state in staged.items() if state}
+
+
+def _existing(
+    name: str,
+    state: State,
+    record: ExpansionRecord,
+    params: dict[str, nn.Parameter],
+    fill_typical: bool,
+    reset: frozenset[str],
+) -> State:
+    """The state of an existing parameter after growth: reset, carried into the grown
+    parametrization, or (unchanged parameter) the very same state."""
+    change = record.changes.get(name)
+    grown = change if change is not None and not change.is_identity else None
+    if grown is not None and tuple(params[name].shape) != grown.new_shape:
+        raise ValueError(
+            f"{name}: module shape {tuple(params[name].shape)} is not "
+            f"the record's {grown.new_shape}"
+        )
+    if name in reset:
+        return _reset(params[name], state)
+    if grown is not None:
+        return _carry(state, grown, fill_typical)
+    return state  # same values and shape: keep the very same state
+
+
+def _new(
+    name: str,
+    template: State,
+    staged: dict[str, State],
+    old_by_new: dict[str, Tensor],
+    params: dict[str, nn.Parameter],
+    fill_typical: bool,
+    reset: frozenset[str],
+) -> State:
+    """The state of a new parameter in a group that has stepped (``template``: the
+    group's first state): reset, or the group's step with its siblings' moments."""
+    if name in reset:
+        return _reset(params[name], template)
+    key = layer_pattern(name)
+    siblings = [s for n, s in staged.items() if n in old_by_new and layer_pattern(n) == key]
+    return _fresh(params[name], template, siblings, fill_typical)
 
 
 def _commit(
