@@ -123,7 +123,7 @@ def recipe(overrides: Sequence[str], base_model: str | None) -> Recipe:
         )
     accumulate = int(settings.trainer.get("accumulate_grad_batches", 1) or 1)
     try:  # what the app checks only when it builds the module: before any pilot here
-        OptimConfig(**settings.optim, max_steps=1)
+        OptimConfig(**settings.optim, max_steps=10**9)  # lengths are checked per run
     except (TypeError, ValueError) as err:
         raise ConfigError(f"optim: {err}") from None
     try:

@@ -121,6 +121,23 @@ def _hash(items: Sequence[str]) -> str:
     return hashlib.sha1("\0".join(items).encode()).hexdigest()[:8]
 
 
+def fixed_job(size: Size, steps: int, recipe: Recipe, cache: Path, warmup: int) -> Pilot:
+    """A fixed-size run of ``size`` for ``steps`` steps (validating 4 times), warming up
+    over ``warmup`` steps, with its cache folder: a pilot, or a whole run to check one."""
+    overrides = (
+        EXPERIMENT,
+        *size.model_args,
+        "growth=none",
+        *recipe.overrides,
+        f"budget.steps={steps}",
+        f"budget.model={size.inline()}",
+        f"optim.warmup_steps={warmup}",
+        f"trainer.val_check_interval={max(1, steps // 4)}",
+    )
+    folder = cache / f"{size.slug()}_{steps}st_{_hash(overrides)}"
+    return Pilot(size, steps, folder, overrides, steps * size.step_flops(recipe.tokens_per_step))
+
+
 def plan_pilots(
     family: Sequence[Size],
     budget: float,
@@ -137,18 +154,7 @@ def plan_pilots(
         for flops in rungs:
             steps = max(1, round(flops / per_step))
             warmup = min(recipe.warmup_steps, math.ceil(ladder.warmup_share * steps))
-            overrides = (
-                EXPERIMENT,
-                *size.model_args,
-                "growth=none",
-                *recipe.overrides,
-                f"budget.steps={steps}",
-                f"budget.model={size.inline()}",
-                f"optim.warmup_steps={warmup}",
-                f"trainer.val_check_interval={max(1, steps // 4)}",
-            )
-            folder = cache / f"{size.slug()}_{steps}st_{_hash(overrides)}"
-            pilots.append(Pilot(size, steps, folder, overrides, steps * per_step))
+            pilots.append(fixed_job(size, steps, recipe, cache, warmup))
     return pilots
 
 

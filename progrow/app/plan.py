@@ -46,7 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
+
 from progrow.app.family import PlanError
+from progrow.app.scaling import HUBER_DELTA
 
 #: A plan's pilots should spend at most about this share of its budget.
 PILOT_SHARE_GOAL = 0.15
@@ -383,7 +386,7 @@ def _write_growth(path: Path, text: str, force: bool, name: str) -> None:
 
 
 def _schedule_dict(
-    schedule: Any, family: Sequence[Any], curves: Sequence[Any], budget: float, tokens_per_step: int
+    schedule: Any, family: Sequence[Any], budget: float, tokens_per_step: int
 ) -> dict[str, Any]:
     from progrow.app.planning import step_fractions
 
@@ -437,154 +440,203 @@ def _stages_text(plan: dict[str, Any], key: str) -> str:
 
 def make_plan(opts: PlanOptions, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Everything ``progrow-plan`` computes, as a JSON-ready dict; writes the files."""
-    import numpy as np
-
     from progrow.app import family as fam
     from progrow.app import planning
-    from progrow.app.plan_plot import plot
 
     overrides = fam.check_overrides(opts.overrides)
     named = [s for s in opts.sizes if isinstance(fam.parse_size(s), str)]
     recipe = fam.recipe(overrides, named[0] if named else None)
     family = fam.build_family(opts.sizes, opts.growth, opts.intermediates, recipe)
-    target = family[-1]
     tps = recipe.tokens_per_step
-    budget = opts.budget if opts.budget is not None else opts.budget_steps * target.step_flops(tps)
-    name = opts.name or _default_name(opts, target.label)
+    target_step = family[-1].step_flops(tps)
+    budget = opts.budget if opts.budget is not None else opts.budget_steps * target_step
+    name = opts.name or _default_name(opts, family[-1].label)
     progress(
-        f"family: {', '.join(fam.describe(s) for s in family)}; budget "
-        f"{budget:.3g} FLOPs = {budget / target.step_flops(tps):.0f} steps of "
-        f"{target.label} at {tps} tokens/step"
+        f"family: {', '.join(fam.describe(s) for s in family)}; budget {budget:.3g} FLOPs = "
+        f"{budget / target_step:.0f} steps of {family[-1].label} at {tps} tokens/step"
     )
     results, notes = _results(opts, family, budget, recipe, progress)
-    spent = sum(r.flops for r in results)
     models = _fit(results)
-    fit = models["fit"]
     curves = [planning.Curve(s.label, s.params, s.flops_per_token) for s in family]
+    plan = {
+        "name": name,
+        "argv": list(opts.argv),
+        "budget": {"flops": budget, "target_steps": budget / target_step,
+                   "flag": _budget_flag(opts)},
+        **_inputs(recipe, family, results, notes, models, budget, opts),
+    }  # fmt: skip
+    schedules = _predictions(plan, models["fit"], curves, family, budget, tps, opts)
+    chosen = schedules["insist" if opts.insist_target else "schedule"]
+    plan["recommendation"] = _recommend(plan, opts, family, chosen, recipe, name, budget)
+    _write_outputs(plan, opts, models["fit"], curves, results, chosen, budget)
+    return plan
+
+
+def _inputs(
+    recipe: Any,
+    family: Sequence[Any],
+    results: Sequence[Any],
+    notes: Sequence[str],
+    models: dict[str, Any],
+    budget: float,
+    opts: PlanOptions,
+) -> dict[str, Any]:
+    """The plan's data: recipe, family, pilots (or runs) and both models."""
+    tps = recipe.tokens_per_step
+    fit = models["fit"]
+    spent = sum(r.flops for r in results)
+    return {
+        "recipe": {"tokens_per_step": tps, "seq_len": recipe.seq_len,
+                   "vocab_size": recipe.vocab_size, "overrides": list(recipe.overrides)},
+        "family": [{"label": s.label, "dims": s.dims, "params": s.params, "origin": s.origin,
+                    "flops_per_token": s.flops_per_token, "step_flops": s.step_flops(tps),
+                    "model_args": list(s.model_args)} for s in family],
+        "pilots": {"source": "--runs" if opts.runs else "pilots", "count": len(results),
+                   "ran": sum(r.ran for r in results), "flops": spent,
+                   "fraction": spent / budget, "notes": list(notes),
+                   "runs": [{k: v for k, v in r.to_dict().items() if k != "curve"}
+                            for r in results]},
+        "fit": {**fit.to_dict(), "formula": fit.formula(), "huber_delta": HUBER_DELTA,
+                "data": "final validation loss of each run (N: its parameters, D: its tokens)",
+                "loo": models["loo"].to_dict()},
+        "curves_loo": {**models["curves_loo"].to_dict(), "per_size": {
+            k: v.to_dict() for k, v in models["curves_loo_per_size"].items()}},
+        "model": _model_choice(models, budget, results),
+    }  # fmt: skip
+
+
+def _predictions(
+    plan: dict[str, Any],
+    fit: Any,
+    curves: Sequence[Any],
+    family: Sequence[Any],
+    budget: float,
+    tps: int,
+    opts: PlanOptions,
+) -> dict[str, Any]:
+    """Fill (a) to (d) into ``plan``; returns the envelope schedule and the insisting one."""
+    from progrow.app import planning
+    from progrow.app.family import nearest
+
     fixed = {c.label: c.loss(fit, budget) for c in curves}
     best = min(fixed, key=lambda k: fixed[k])
     n_star = fit.optimal_params(budget)
-    lowest = min(r.flops for r in results)
-    grid = [float(f) for f in np.geomspace(lowest / 3, budget * 4, 240)]
-    env = planning.envelope(fit, curves, grid)
-    env_at_budget = min(fixed.values())
-    iso = curves[-1].flops_for(fit, env_at_budget) / budget
+    iso = curves[-1].flops_for(fit, fixed[best]) / budget
     step_flops = [s.step_flops(tps) for s in family]
     natural = planning.envelope_schedule(fit, curves, budget, step_flops, opts.latest)
     insist = planning.insist_schedule(
         fit, curves, budget, step_flops, opts.latest, natural, len(family) - 1
     )
-    chosen = insist if opts.insist_target else natural
-    plan: dict[str, Any] = {
-        "name": name,
-        "argv": list(opts.argv),
-        "budget": {
-            "flops": budget,
-            "target_steps": budget / target.step_flops(tps),
-            "flag": _budget_flag(opts),
-        },
-        "recipe": {
-            "tokens_per_step": tps,
-            "seq_len": recipe.seq_len,
-            "vocab_size": recipe.vocab_size,
-            "overrides": list(recipe.overrides),
-        },
-        "family": [
-            {
-                "label": s.label,
-                "dims": s.dims,
-                "params": s.params,
-                "origin": s.origin,
-                "flops_per_token": s.flops_per_token,
-                "step_flops": s.step_flops(tps),
-                "model_args": list(s.model_args),
-            }
-            for s in family
-        ],
-        "pilots": {
-            "source": "--runs" if opts.runs else "pilots",
-            "count": len(results),
-            "ran": sum(r.ran for r in results),
-            "flops": spent,
-            "fraction": spent / budget,
-            "notes": notes,
-            "runs": [{k: v for k, v in r.to_dict().items() if k != "curve"} for r in results],
-        },
-        "fit": {
-            **fit.to_dict(),
-            "formula": fit.formula(),
-            "huber_delta": 1e-3,
-            "data": "final validation loss of each run (N: its parameters, D: its tokens)",
-            "loo": models["loo"].to_dict(),
-        },
-        "curves_loo": {
-            **models["curves_loo"].to_dict(),
-            "per_size": {k: v.to_dict() for k, v in models["curves_loo_per_size"].items()},
-        },
-        "model": _model_choice(models, budget, max(r.flops for r in results)),
-        "fixed_at_budget": fixed,
-        "compute_optimal": {
-            "label": best,
-            "loss": fixed[best],
-            "n_star": n_star,
-            "nearest": None if math.isnan(n_star) else fam.nearest(family, n_star).label,
-        },
-        "target": {"label": target.label, "loss": fixed[target.label]},
-        "envelope": {
-            "loss_at_budget": env_at_budget,
-            "target_iso_multiple": iso,
-            "saving_vs_target": 1 - 1 / iso if math.isfinite(iso) else None,
-            "segments": [
-                {"size": family[s["size"]].label, "from": s["from"], "to": s["to"]}
-                for s in planning.segments(env)
-            ],
-        },
-        "schedule": _schedule_dict(natural, family, curves, budget, tps),
-        "insist": {
-            **_schedule_dict(insist, family, curves, budget, tps),
-            "cost": insist.loss - natural.loss,
-        },
-        "chosen": "insist" if opts.insist_target else "schedule",
-    }
-    plan["recommendation"] = _recommend(plan, opts, family, chosen, recipe, name, budget)
-    out = opts.out or Path("outputs") / "plan" / name
+    target = family[-1].label
+    plan.update(
+        fixed_at_budget=fixed,
+        compute_optimal={"label": best, "loss": fixed[best], "n_star": n_star,
+                         "nearest": None if math.isnan(n_star) else nearest(family, n_star).label},
+        target={"label": target, "loss": fixed[target]},
+        envelope={"loss_at_budget": fixed[best], "target_iso_multiple": iso,
+                  "saving_vs_target": 1 - 1 / iso if math.isfinite(iso) else None,
+                  "segments": [{"size": family[s["size"]].label, "from": s["from"], "to": s["to"]}
+                               for s in planning.segments(_envelope(fit, curves, plan, budget))]},
+        schedule=_schedule_dict(natural, family, budget, tps),
+        insist={**_schedule_dict(insist, family, budget, tps), "cost": insist.loss - natural.loss},
+        chosen="insist" if opts.insist_target else "schedule",
+    )  # fmt: skip
+    return {"schedule": natural, "insist": insist}
+
+
+def _envelope(
+    fit: Any, curves: Sequence[Any], plan: dict[str, Any], budget: float
+) -> list[tuple[float, float, int]]:
+    """The envelope from a third of the smallest run's FLOPs to 4x the budget."""
+    import numpy as np
+
+    from progrow.app.planning import envelope
+
+    lowest = min(r["flops"] for r in plan["pilots"]["runs"])
+    return envelope(fit, curves, [float(f) for f in np.geomspace(lowest / 3, budget * 4, 240)])
+
+
+def _write_outputs(
+    plan: dict[str, Any],
+    opts: PlanOptions,
+    fit: Any,
+    curves: Sequence[Any],
+    results: Sequence[Any],
+    chosen: Any,
+    budget: float,
+) -> None:
+    """``plan.png`` and ``plan.json`` in ``--out`` (default ``outputs/plan/<name>``)."""
+    from progrow.app.plan_plot import plot
+    from progrow.app.planning import follow
+
+    out = opts.out or Path("outputs") / "plan" / plan["name"]
     out.mkdir(parents=True, exist_ok=True)
-    trace = planning.follow(fit, curves, chosen, budget, points=40, lo=grid[0])[1]
-    title = f"progrow-plan {name}: {fit.formula()}"
-    plan["plot"] = str(
-        plot(
-            out / "plan.png",
-            fit,
-            curves,
-            results,
-            env,
-            trace,
-            budget,
-            [f for f, _ in chosen.stages],
-            title,
-        )
-    )
-    plan["json"] = str(out / "plan.json")
+    env = _envelope(fit, curves, plan, budget)
+    trace = follow(fit, curves, chosen, budget, points=40, lo=env[0][0])[1]
+    growths = [f for f, _ in chosen.stages]
+    title = f"progrow-plan {plan['name']}: {fit.formula()}"
+    png = plot(out / "plan.png", fit, curves, results, env, trace, budget, growths, title)
+    plan["plot"], plan["json"] = str(png), str(out / "plan.json")
     (out / "plan.json").write_text(json.dumps(plan, indent=2, default=str) + "\n")
-    return plan
 
 
-def _model_choice(models: dict[str, Any], budget: float, largest: float) -> dict[str, Any]:
-    loo, curves = models["loo"], models["curves_loo"]
+def _model_choice(models: dict[str, Any], budget: float, results: Sequence[Any]) -> dict[str, Any]:
+    """Which model the plan uses and why, with warnings where the data undermine it."""
+    loo, curves, fit = models["loo"], models["curves_loo"], models["fit"]
+    largest = max(r.flops for r in results)
     why = (
         f"the budget is {budget / largest:.0f}x the largest pilot, beyond every size's "
         "measured range: only the parametric form, fitted to all sizes at once, "
         "extrapolates there (a per-size curve continues straight in log-FLOPs and never "
         "flattens); the per-size curves' error is reported as a check"
     )
-    warning = None
+    warnings = []
     if math.isfinite(loo.rmse) and math.isfinite(curves.rmse) and loo.rmse > 2 * curves.rmse:
-        warning = (
+        warnings.append(
             f"the fit predicts held-out pilots worse than the per-size curves (rmse "
             f"{loo.rmse:.3g} vs {curves.rmse:.3g}): treat its extrapolation with care; more "
             "pilots (--pilot-budgets, --pilot-fraction) narrow it"
         )
+    lowest = min(r.val_loss for r in results)
+    if fit.E / lowest >= 0.98:
+        warnings.append(
+            f"the fit puts the irreducible loss E={fit.E:.4g} at the pilots' lowest loss "
+            f"({lowest:.4g}): the pilots do not show how far the loss falls, so every "
+            "prediction at the budget is a pessimistic guess; longer pilots "
+            "(--pilot-fraction, fewer sizes or --pilot-budgets) or --runs of longer runs"
+        )
+    warning = "; ".join(warnings) or None
     return {"used": "parametric", "why": why, "warning": warning}
+
+
+def _write_schedule(
+    opts: PlanOptions, family: Sequence[Any], chosen: Any, recipe: Any, name: str, budget: float
+) -> tuple[str, str]:
+    """Write the chosen schedule as ``<conf>/growth/<name>.yaml``, checked as the app
+    will check it; returns its path and the command that runs it."""
+    from progrow.app.family import conf_growth_dir
+    from progrow.app.planning import step_fractions
+    from progrow.schedule import GrowthSchedule
+
+    tps = recipe.tokens_per_step
+    fractions, steps = step_fractions(chosen, [s.step_flops(tps) for s in family], budget)
+    start = family[chosen.start]
+    header = [
+        f"progrow-plan {shlex.join(opts.argv)}",
+        f"start: {start.label} ({' '.join(start.model_args)}); budget {budget:.4g} FLOPs; "
+        f"predicted final loss {chosen.loss:.4f}",
+    ]
+    text = _yaml_text(name, family, chosen, fractions, header)
+    try:  # rounded fractions that collide, or a size the start cannot grow to, would
+        # only fail when the run starts
+        stages = yaml.safe_load(text)["stages"]
+        GrowthSchedule(stages, max_steps=steps).validate_for(start.config, steps)
+    except ValueError as err:
+        raise RuntimeError(f"the planned schedule does not validate ({err}): {text}") from None
+    path = (opts.conf_dir / "growth" if opts.conf_dir else conf_growth_dir()) / f"{name}.yaml"
+    _write_growth(path, text, opts.force, name)
+    end_steps = max(1, round(budget / family[chosen.end].step_flops(tps)))
+    return str(path), _run_command(recipe, start.model_args, name, end_steps, opts.conf_dir)
 
 
 def _recommend(
@@ -599,10 +651,6 @@ def _recommend(
     """Grow with the chosen schedule if it has stages and its predicted loss is no worse
     than the best fixed size's (only the target's, with ``--insist-target``); else train
     that fixed size. Writes the growth config whenever the chosen schedule has stages."""
-    from progrow.app.family import conf_growth_dir
-    from progrow.app.planning import step_fractions
-
-    tps = recipe.tokens_per_step
     fixed = plan["fixed_at_budget"]
     options = [family[-1].label] if opts.insist_target else list(fixed)
     fixed_best = min(options, key=lambda k: fixed[k])
@@ -612,49 +660,33 @@ def _recommend(
         pilots += f" (more than the {100 * PILOT_SHARE_GOAL:.0f}% a plan should spend)"
     out: dict[str, Any] = {"growth_yaml": None}
     if chosen.stages:
-        step_flops = [s.step_flops(tps) for s in family]
-        fractions, _ = step_fractions(chosen, step_flops, budget)
-        end = family[chosen.end]
-        path = (opts.conf_dir / "growth" if opts.conf_dir else conf_growth_dir()) / f"{name}.yaml"
-        start = family[chosen.start]
-        header = [
-            f"progrow-plan {shlex.join(opts.argv)}",
-            f"start: {start.label} ({' '.join(start.model_args)}); budget {budget:.4g} FLOPs; "
-            f"predicted final loss {chosen.loss:.4f}",
-        ]
-        _write_growth(path, _yaml_text(name, family, chosen, fractions, header), opts.force, name)
-        out["growth_yaml"] = str(path)
-        steps = max(1, round(budget / end.step_flops(tps)))
-        out["command"] = _run_command(
-            recipe, family[chosen.start].model_args, name, steps, opts.conf_dir
+        out["growth_yaml"], out["command"] = _write_schedule(
+            opts, family, chosen, recipe, name, budget
         )
-    key = "insist" if opts.insist_target else "schedule"
-    target = family[-1].label
-    best = plan["compute_optimal"]["label"]
+    target, best = family[-1].label, plan["compute_optimal"]["label"]
     versus = f"{target} fixed {fixed[target]:.4f}" + (
         " (the best fixed size)"
         if best == target
         else f", best fixed size {best} {fixed[best]:.4f}"
     )
     if chosen.stages and chosen.loss <= fixed[fixed_best] + 1e-9:
-        out["kind"] = "grow"
+        key = "insist" if opts.insist_target else "schedule"
+        out.update(kind="grow", loss=chosen.loss)
         out["line"] = (
             f"recommendation: grow with this schedule: {_stages_text(plan, key)} "
             f"({out['growth_yaml']}): predicted final loss {chosen.loss:.4f} vs {versus}; "
             f"{pilots}"
         )
-    else:
-        size = next(s for s in family if s.label == fixed_best)
-        steps = max(1, round(budget / size.step_flops(tps)))
-        out["kind"] = "fixed"
-        out["size"] = fixed_best
-        out["fixed_command"] = _run_command(recipe, size.model_args, "none", steps, None)
-        grown = f"; growing per the schedule: {chosen.loss:.4f}" if chosen.stages else ""
-        out["line"] = (
-            f"recommendation: train size {fixed_best} without growing: predicted final loss "
-            f"{fixed[fixed_best]:.4f} vs {versus}{grown}; {pilots}"
-        )
-    out["loss"] = chosen.loss if out["kind"] == "grow" else fixed[fixed_best]
+        return out
+    size = next(s for s in family if s.label == fixed_best)
+    steps = max(1, round(budget / size.step_flops(recipe.tokens_per_step)))
+    out.update(kind="fixed", size=fixed_best, loss=fixed[fixed_best])
+    out["fixed_command"] = _run_command(recipe, size.model_args, "none", steps, None)
+    grown = f"; growing per the schedule: {chosen.loss:.4f}" if chosen.stages else ""
+    out["line"] = (
+        f"recommendation: train size {fixed_best} without growing: predicted final loss "
+        f"{fixed[fixed_best]:.4f} vs {versus}{grown}; {pilots}"
+    )
     return out
 
 
@@ -678,7 +710,7 @@ def report(plan: dict[str, Any]) -> list[str]:
         "the target never ends that low"
         if saving is None
         else f"a fixed {tg['label']} needs {env['target_iso_multiple']:.2f}x the budget to end "
-        f"there: following the envelope saves {100 * saving:.0f}% against it"
+        f"there: following the envelope saves {max(0.0, 100 * saving):.0f}% against it"
     )
     sch, ins = plan["schedule"], plan["insist"]
     insist = (
