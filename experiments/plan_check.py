@@ -3,9 +3,9 @@
     python experiments/plan_check.py             # plan, then each size and the schedule
     python experiments/plan_check.py --jobs 2    # two runs at a time
 
-1. ``progrow-plan`` on a small family (``model=tiny`` to ``model=small``, sequences of 32
-   bytes, batch 8, WSD) and a budget of 4000 steps of ``small``, pilots spending 15% of
-   it (``PLAN`` below);
+1. ``progrow-plan`` on a small family (``model=tiny``, one interpolated size,
+   ``model=small``; the standard library's bytes, sequences of 32, batch 8, WSD) and a
+   budget of 4000 steps of ``small``, pilots spending 15% of it (``PLAN`` below);
 2. every size of the family trained fixed-size on the whole budget, and the run the plan
    recommends (its growth schedule, or its fixed size);
 3. predicted against measured final validation loss, written to
@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import RESULTS, RUNS, run_all  # the sibling runner's job cache
 
 ROOT = RUNS / "plan_check"
+#: The whole standard library (as experiments/README.md's runs): with data.max_bytes=200000
+#: the runs on the budget repeat the data ~40 times and the validation loss stops falling.
 OVERRIDES = [
     "data.seq_len=32",
     "data.batch_size=8",
-    "data.max_bytes=200000",
     "optim.warmup_steps=10",
     "optim.schedule=wsd",
 ]
@@ -72,12 +73,12 @@ def _whole_runs(plan: dict[str, Any]) -> dict[str, tuple[Path, list[str]]]:
 def table(plan: dict[str, Any], measured: dict[str, float]) -> str:
     fixed = plan["fixed_at_budget"]
     rec = plan["recommendation"]
+    pilots, fit = plan["pilots"], plan["fit"]
     lines = [
-        f"progrow-plan on model=tiny -> model=small (+1 interpolated size), seq 32, batch 8, "
-        f"WSD, budget {plan['budget']['flops']:.3g} FLOPs (4000 steps of small); pilots: "
-        f"{plan['pilots']['count']} runs, {100 * plan['pilots']['fraction']:.1f}% of the "
-        f"budget; fit {plan['fit']['formula']}, leave-one-out rmse "
-        f"{plan['fit']['loo']['rmse']:.3f}.",
+        "progrow-plan on model=tiny -> model=small (+1 interpolated size), stdlib bytes, "
+        f"seq 32, batch 8, WSD, budget {plan['budget']['flops']:.3g} FLOPs (4000 steps of "
+        f"small); pilots: {pilots['count']} runs, {100 * pilots['fraction']:.1f}% of the "
+        f"budget; fit {fit['formula']}, leave-one-out rmse {fit['loo']['rmse']:.3f}.",
         "",
         "| run on the whole budget | predicted final loss | measured | error |",
         "|---|---|---|---|",

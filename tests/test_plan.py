@@ -43,8 +43,8 @@ TRUTH = LossFit(E=1.1, A=60.0, B=450.0, alpha=0.38, beta=0.31)
 
 
 def _grid(truth: LossFit, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n, d = np.meshgrid(np.geomspace(1e4, 1e6, 4), np.geomspace(1e5, 1e8, 5))
-    n, d = n.ravel(), d.ravel()
+    grid_n, grid_d = np.meshgrid(np.geomspace(1e4, 1e6, 4), np.geomspace(1e5, 1e8, 5))
+    n, d = grid_n.ravel(), grid_d.ravel()
     loss = truth.loss(n, d) * np.exp(noise * np.random.default_rng(0).standard_normal(n.size))
     return n, d, loss
 

@@ -212,10 +212,10 @@ def _number(
         return None
     try:
         value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+        ok = math.isfinite(value) and (value > low if open_low else value >= low)
+        ok = ok and value <= high
     except ValueError:
-        value = None
-    ok = value is not None and math.isfinite(value) and value <= high
-    ok = ok and (value > low if open_low else value >= low)
+        ok = False
     if not ok:
         span = f"{'(' if open_low else '['}{low:g}, {high:g}]"
         raise PlanError(
@@ -449,7 +449,7 @@ def make_plan(opts: PlanOptions, progress: Callable[[str], None] = print) -> dic
     family = fam.build_family(opts.sizes, opts.growth, opts.intermediates, recipe)
     tps = recipe.tokens_per_step
     target_step = family[-1].step_flops(tps)
-    budget = opts.budget if opts.budget is not None else opts.budget_steps * target_step
+    budget = opts.budget if opts.budget is not None else (opts.budget_steps or 0) * target_step
     name = opts.name or _default_name(opts, family[-1].label)
     progress(
         f"family: {', '.join(fam.describe(s) for s in family)}; budget {budget:.3g} FLOPs = "
@@ -656,7 +656,7 @@ def _recommend(
     fixed_best = min(options, key=lambda k: fixed[k])
     fraction = plan["pilots"]["fraction"]
     pilots = f"pilots used {100 * fraction:.1f}% of the budget"
-    if fraction > PILOT_SHARE_GOAL:
+    if fraction > PILOT_SHARE_GOAL + 1e-3:  # the ladder hits its share up to rounding
         pilots += f" (more than the {100 * PILOT_SHARE_GOAL:.0f}% a plan should spend)"
     out: dict[str, Any] = {"growth_yaml": None}
     if chosen.stages:

@@ -31,6 +31,9 @@ from typing import Any
 
 import numpy as np
 
+#: Points as lists or NumPy arrays.
+Values = Sequence[float] | np.ndarray
+
 #: Huber threshold on the residuals of log-loss (Hoffmann et al.; Besiroglu et al.).
 HUBER_DELTA = 1e-3
 #: Initialisations of (e, a, b, alpha, beta): the grid of Hoffmann et al. as Besiroglu et
@@ -179,7 +182,7 @@ def _one_blas_thread() -> Iterator[None]:
             put(threads)
 
 
-def _check_points(n: Sequence[float], d: Sequence[float], loss: Sequence[float]) -> None:
+def _check_points(n: Values, d: Values, loss: Values) -> None:
     if not (len(n) == len(d) == len(loss)):
         raise ValueError(f"n, d and loss differ in length ({len(n)}, {len(d)}, {len(loss)})")
     bad = [
@@ -192,9 +195,9 @@ def _check_points(n: Sequence[float], d: Sequence[float], loss: Sequence[float])
 
 
 def fit_loss(
-    n: Sequence[float],
-    d: Sequence[float],
-    loss: Sequence[float],
+    n: Values,
+    d: Values,
+    loss: Values,
     *,
     delta: float = HUBER_DELTA,
     starts: int = 24,
@@ -295,9 +298,7 @@ class HeldOut:
         }
 
 
-def loo_fit(
-    n: Sequence[float], d: Sequence[float], loss: Sequence[float], full: LossFit | None = None
-) -> HeldOut:
+def loo_fit(n: Values, d: Values, loss: Values, full: LossFit | None = None) -> HeldOut:
     """Leave-one-out over the points: refit without each (from the grid's 4 best starts
     and the full fit's optimum) and predict it. ``None`` where fewer than 5 points would
     remain."""
