@@ -210,11 +210,31 @@ def _least(ratios: list[str]) -> str:
     return f">{min(v for v, _ in known):.2f}x"
 
 
+def _growth_label(name: str) -> str:
+    """A row label for one of this script's growing runs, from its folder name."""
+    stem = name.removesuffix(f"_{TAX_BUDGET}_s0")
+    if stem.startswith("lever_"):
+        lever, _, rest = stem.removeprefix("lever_").partition("_tax_")
+        return f"grow start -> {rest.split('_')[0]} at 25%, lever `{lever}`"
+    if stem.startswith("tax_"):
+        end, at = stem.removeprefix("tax_").split("_")
+        return f"grow start -> {end} at {float(at):.0%} (one stage)"
+    if stem.startswith("depth_stack_"):
+        return f"depth only, 1 -> 4 layers (stack) at {float(stem.split('_')[-1]):.0%}"
+    return stem
+
+
 def envelope_table(found: dict[str, dict[str, Any]]) -> list[str]:
     """Per budget: every fixed size's final loss, the best, and the growing runs against
     the target and against the best fixed size's curve (iso-loss)."""
     fixed = _fixed_points(found)
     _, grown = _scale_rows()
+    for name, run in found.items():  # this script's growing runs, all on the long budget
+        if not name.startswith("fixed_"):
+            grown[(_growth_label(name), TAX_BUDGET)] = {
+                "loss": run["val_loss"],
+                "flops": run["flops"],
+            }
     sizes = list(SIZES)
     lines = [
         "| budget (target steps) | " + " | ".join(f"fixed {s}" for s in sizes)
