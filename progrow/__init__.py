@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 from progrow import _versions  # noqa: F401  (first: refuses a torch older than the floor)
 from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.expand import (
+    GrowthStep,
     add_heads,
     add_layers,
     expand_hidden,
@@ -47,6 +48,7 @@ __all__ = [
     "GrowthCallback",
     "GrowthSchedule",
     "GrowthStage",
+    "GrowthStep",
     "LMDataModule",
     "LMModule",
     "OptimConfig",

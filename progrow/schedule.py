@@ -5,13 +5,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig, check_positive_int
-from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt
-from progrow.expand.plan import Init, check_init
-from progrow.expand.widths import DEFAULT_QK_FACTOR_AT, QkFactorAt
-from progrow.perturb import ShrinkPerturb, check_new_noise, check_shrink_perturb
+from progrow.expand.step import GrowthStep
+from progrow.perturb import ShrinkPerturb
 from progrow.placement import BY_KEY, PLACEMENT_KEYS, PLACEMENTS
 
 #: Stage keys that change the grown model on purpose (:mod:`progrow.perturb`).
@@ -33,54 +31,47 @@ def stage_seed(seed: int, stage_index: int) -> int:
 
 @dataclass(frozen=True)
 class GrowthStage:
-    """Grow to ``sizes`` at optimizer step ``step`` (before that step's update)."""
+    """Grow per ``spec`` (sizes and options) at optimizer step ``step`` (before that
+    step's update)."""
 
     step: int
     """Global optimizer step at which the growth happens."""
-    sizes: Mapping[str, int]
-    """Target sizes by dimension name (a subset of ``GROWABLE_DIMS``)."""
-    layer_positions: Literal["append", "interleave"] | tuple[int, ...] = "append"
-    """Where new layers go: "append", "interleave" or explicit indices."""
-    hidden_factor_at: FactorAt = DEFAULT_FACTOR_AT
-    """Where a hidden-size growth puts its ``sqrt(h / h')`` factor: "readers" (the
-    default) or "gains" (the paper's); see :func:`progrow.expand_hidden`."""
-    qk_factor_at: QkFactorAt = DEFAULT_QK_FACTOR_AT
-    """Where a key/query growth puts its ``sqrt(d_qk' / k)`` factor: "keys" (the default),
-    "queries" or "shared"; see :func:`progrow.expand_qk`."""
+    spec: GrowthStep
+    """What the growth does: target sizes and every per-step option."""
 
-    init: Init = "zero"
-    """How the stage fills new entries: "zero" (zero blocks), "split" (exact copies with
-    split outgoing weights) or "stack" (layers only, not preserving); see
-    :func:`progrow.grow`."""
-
-    shrink_perturb: ShrinkPerturb | None = None
-    """Shrink-and-perturb of the old weights after the expansion, ``θ ← λθ + σε``
-    (``None``: off); see :mod:`progrow.perturb`."""
-    new_noise: float = 0.0
-    """Std of the noise put on the new entries the expansion leaves zero (0: off); see
-    :mod:`progrow.perturb`."""
+    @property
+    def sizes(self) -> Mapping[str, int]:
+        """Target sizes by dimension name (a subset of ``GROWABLE_DIMS``)."""
+        return self.spec.sizes
 
     @property
     def perturbs(self) -> bool:
         """Whether this stage changes the function on purpose (its probe loss jumps)."""
-        return self.shrink_perturb is not None or self.new_noise > 0
+        return self.spec.perturbs
+
+    def __getattr__(self, name: str) -> Any:
+        """The step's options read through the stage too (``stage.init``, ...)."""
+        if name in GrowthStep.options():
+            return getattr(self.spec, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"step": self.step, **self.sizes}
-        if "n_layers" in self.sizes:
-            lp = self.layer_positions
-            out["layer_positions"] = lp if isinstance(lp, str) else list(lp)
+        spec = self.spec
+        out: dict[str, Any] = {"step": self.step, **spec.sizes}
+        if "n_layers" in spec.sizes:
+            lp = spec.layer_positions
+            out["layer_positions"] = lp if isinstance(lp, str) else list(lp or ())
         for p in PLACEMENTS:
-            if p.dim in self.sizes:
+            if p.dim in spec.sizes:
                 # Always written: a saved list without it means the old default
                 # (progrow.placement.saved_stages).
-                out[p.key] = getattr(self, p.key)
-        if self.init != "zero":  # the default is left out: older lists match
-            out["init"] = self.init
-        if self.shrink_perturb is not None:  # (the same for the perturbations)
-            out["shrink_perturb"] = self.shrink_perturb.as_dict()
-        if self.new_noise:
-            out["new_noise"] = self.new_noise
+                out[p.key] = getattr(spec, p.key)
+        if spec.init != "zero":  # the default is left out: older lists match
+            out["init"] = spec.init
+        for key in PERTURB_KEYS:  # (the same for the perturbations)
+            value = getattr(spec, key)
+            if value:
+                out[key] = value.as_dict() if isinstance(value, ShrinkPerturb) else value
         return out
 
 
@@ -170,12 +161,12 @@ class GrowthSchedule:
                     f"(max_steps={max_steps})"
                 )
             try:
-                grown = grown_config(config, stage.sizes, stage.init)
+                grown = grown_config(config, stage.sizes, stage.spec.init)
             except ValueError as err:
                 raise ValueError(f"growth stage {i}: {err}") from None
             if grown.n_layers > config.n_layers:
                 try:
-                    new_layer_positions(config.n_layers, grown.n_layers, stage.layer_positions)
+                    new_layer_positions(config.n_layers, grown.n_layers, stage.spec.layer_positions)
                 except ValueError as err:
                     raise ValueError(f"growth stage {i}: layer_positions: {err}") from None
             config = grown
@@ -184,10 +175,9 @@ class GrowthSchedule:
     def to_list(self) -> list[dict[str, Any]]:
         """Plain form (for logs and checkpoints); ``GrowthSchedule(s.to_list())`` rebuilds it.
 
-        A stage that grows ``d_model`` always carries its ``hidden_factor_at``, one that
-        grows ``d_qk`` its ``qk_factor_at``, so the list means the same whatever the
-        defaults; read lists saved by older versions with
-        :func:`progrow.placement.saved_stages`.
+        A stage always carries the placements (:data:`progrow.placement.PLACEMENTS`) of
+        the dimensions it grows, so the list means the same whatever the defaults; read
+        lists saved by older versions with :func:`progrow.placement.saved_stages`.
         """
         return [stage.as_dict() for stage in self.stages]
 
@@ -226,31 +216,22 @@ def _build_stage(
             f"growth stage {i}: layer_positions={positions!r}; use 'append', 'interleave' or "
             "a list of indices"
         )
-    placed = {key: _placement(i, key, raw.pop(key, None), raw) for key in PLACEMENT_KEYS}
+    placed: dict[str, Any] = {
+        key: _placement(i, key, raw.pop(key, None), raw) for key in PLACEMENT_KEYS
+    }
+    options = {key: raw.pop(key) for key in ("init", *PERTURB_KEYS) if key in raw}
     try:
-        init = check_init(raw.pop("init", "zero"), "init")
-        shrink_perturb = check_shrink_perturb(raw.pop("shrink_perturb", None))
-        new_noise = check_new_noise(raw.pop("new_noise", 0.0))
+        spec = GrowthStep(raw, layer_positions=cast(Any, positions), **placed, **options)
     except ValueError as err:
         raise ValueError(f"growth stage {i}: {err}") from None
-    sizes = {k: v for k, v in raw.items() if v is not None}
-    if not sizes:
+    if not spec.sizes:
         raise ValueError(f"growth stage {i}: no target size given (one of {list(GROWABLE_DIMS)})")
-    for dim, size in sizes.items():
+    for dim, size in spec.sizes.items():
         try:
             check_positive_int(dim, size)
         except ValueError as err:
             raise ValueError(f"growth stage {i}: {err}") from None
-    return GrowthStage(
-        step=step,
-        sizes=sizes,
-        layer_positions=cast(Any, positions),
-        hidden_factor_at=cast(FactorAt, placed["hidden_factor_at"]),
-        qk_factor_at=cast(QkFactorAt, placed["qk_factor_at"]),
-        init=init,
-        shrink_perturb=shrink_perturb,
-        new_noise=new_noise,
-    )
+    return GrowthStage(step=step, spec=spec)
 
 
 def _placement(i: int, key: str, value: Any, sizes: Mapping[str, Any]) -> str:

@@ -5,10 +5,11 @@ Each expansion grows a :class:`progrow.Transformer` in place, keeps its function
 and returns an :class:`progrow.ExpansionRecord` saying what happened to every parameter.
 """
 
-from progrow.expand.grow import GROW_ORDER, grow
+from progrow.expand.grow import GROW_ORDER, grow, grow_step
 from progrow.expand.hidden import FACTOR_PLACEMENTS, FactorAt, expand_hidden
 from progrow.expand.layers import add_layers, new_layer_positions
 from progrow.expand.plan import INITS, Init, expanded_config, grown_config
+from progrow.expand.step import GrowthStep
 from progrow.expand.widths import (
     QK_FACTOR_PLACEMENTS,
     QkFactorAt,
@@ -25,6 +26,7 @@ __all__ = [
     "INITS",
     "QK_FACTOR_PLACEMENTS",
     "FactorAt",
+    "GrowthStep",
     "Init",
     "QkFactorAt",
     "add_heads",
@@ -36,6 +38,7 @@ __all__ = [
     "expand_value",
     "expanded_config",
     "grow",
+    "grow_step",
     "grown_config",
     "new_layer_positions",
 ]

@@ -8,20 +8,21 @@ from typing import Any
 import torch
 
 from progrow.config import GROWABLE_DIMS
-from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt, check_factor_at, expand_hidden
+from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt, expand_hidden
 from progrow.expand.layers import Positions, add_layers, new_layer_positions
-from progrow.expand.plan import Init, check_init, grown_config, pins_kv_heads
+from progrow.expand.plan import Init, grown_config, pins_kv_heads
+from progrow.expand.step import GrowthStep
 from progrow.expand.widths import (
     DEFAULT_QK_FACTOR_AT,
     QkFactorAt,
     add_heads,
-    check_qk_factor_at,
     expand_kv_heads,
     expand_mlp,
     expand_qk,
     expand_value,
 )
 from progrow.model import Transformer
+from progrow.perturb import perturb_grown_
 from progrow.record import ExpansionRecord
 
 Expansion = Callable[..., ExpansionRecord]
@@ -68,6 +69,9 @@ def grow(
 ) -> ExpansionRecord:
     """Apply any subset of the seven expansions, in the order of :data:`GROW_ORDER`.
 
+    The keyword form of :func:`grow_step`: the sizes and options make one
+    :class:`~progrow.expand.step.GrowthStep`, which is applied.
+
     Every argument is checked before the model is touched, so a bad one leaves the model
     unchanged. A size equal to the current one is a no-op. An unknown dimension (a typo
     such as ``d_ff``) raises ``ValueError`` naming it and the growable ones. Returns one
@@ -103,7 +107,7 @@ def grow(
         )
     if not isinstance(model, Transformer):
         raise TypeError(f"expected a progrow.Transformer, got {type(model).__name__}")
-    targets = dict(
+    sizes = dict(
         d_mlp=d_mlp,
         n_kv_heads=n_kv_heads,
         n_heads=n_heads,
@@ -112,13 +116,34 @@ def grow(
         d_model=d_model,
         n_layers=n_layers,
     )
-    todo = {dim: value for dim, value in targets.items() if value is not None}
-    factor_at: FactorAt = check_factor_at(hidden_factor_at, "hidden_factor_at")
-    qk_at: QkFactorAt = check_qk_factor_at(qk_factor_at, "qk_factor_at")
-    init = check_init(init)
+    step = GrowthStep(
+        sizes,  # type: ignore[arg-type]  # the None sizes are dropped
+        layer_positions=layer_positions,
+        hidden_factor_at=hidden_factor_at,
+        init=init,
+        qk_factor_at=qk_factor_at,
+    )
+    return grow_step(model, step, generator=generator)
+
+
+def grow_step(
+    model: Transformer, step: GrowthStep, *, generator: torch.Generator | None = None
+) -> ExpansionRecord:
+    """Apply the growth ``step`` to ``model``: its expansions (:func:`grow`), then its
+    perturbations (:func:`progrow.perturb.perturb_grown_`), drawing from ``generator``.
+
+    The sizes are checked against ``model`` before it is touched (the options were checked
+    when ``step`` was built). Returns the record (old model to grown model).
+    """
+    if not isinstance(model, Transformer):
+        raise TypeError(f"expected a progrow.Transformer, got {type(model).__name__}")
+    if not isinstance(step, GrowthStep):
+        raise TypeError(f"expected a GrowthStep, got {type(step).__name__}")
+    todo = dict(step.sizes)
+    init = step.init
     grown_config(model.config, todo, init)  # validates every target, in order
     if "n_layers" in todo and todo["n_layers"] != model.config.n_layers:
-        new_layer_positions(model.config.n_layers, todo["n_layers"], layer_positions)
+        new_layer_positions(model.config.n_layers, todo["n_layers"], step.layer_positions)
     pin = pins_kv_heads(model.config, todo)
     record = ExpansionRecord(model.config, model.config)
     for dim, expansion in GROW_ORDER:
@@ -128,11 +153,17 @@ def grow(
             continue
         kwargs: dict[str, Any] = {"init": init}
         if dim == "n_layers":
-            kwargs["positions"] = layer_positions
+            kwargs["positions"] = step.layer_positions
         elif dim == "d_model":
-            kwargs["factor_at"] = factor_at
+            kwargs["factor_at"] = step.hidden_factor_at
         elif dim == "d_qk":
-            kwargs["factor_at"] = qk_at
-        step = expansion(model, todo[dim], generator=generator, **kwargs)
-        record = record.then(step)
+            kwargs["factor_at"] = step.qk_factor_at
+        record = record.then(expansion(model, todo[dim], generator=generator, **kwargs))
+    perturb_grown_(
+        model,
+        record,
+        shrink_perturb=step.shrink_perturb,
+        new_noise=step.new_noise,
+        generator=generator,
+    )
     return record
