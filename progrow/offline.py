@@ -31,17 +31,18 @@ from progrow.checkpoint_files import (
 )
 from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.events import GrowthEvent, events_from_dicts
-from progrow.expand.hidden import FactorAt, check_factor_at
+from progrow.expand.hidden import FactorAt
 from progrow.expand.layers import Positions
-from progrow.expand.plan import Init, check_init
-from progrow.expand.widths import QkFactorAt, check_qk_factor_at
+from progrow.expand.plan import Init
+from progrow.expand.step import GrowthStep
+from progrow.expand.widths import QkFactorAt
 from progrow.layout import param_names
 from progrow.loss import lm_loss
 from progrow.model import Transformer
-from progrow.perturb import ShrinkPerturb, check_new_noise, check_shrink_perturb
-from progrow.placement import BY_KEY, saved_placement
-from progrow.schedule import stage_seed
-from progrow.surgery import NewMoments, OptimizerState, check_optimizer_state, grow_with_optimizers
+from progrow.perturb import ShrinkPerturb
+from progrow.placement import BY_KEY, PLACEMENT_KEYS, saved_placement
+from progrow.schedule import PERTURB_KEYS, stage_seed
+from progrow.surgery import NewMoments, OptimizerState, SurgeryOptions, grow_with_optimizers
 
 
 def check_sizes(config: TransformerConfig, sizes: Mapping[str, Any]) -> dict[str, int]:
@@ -219,15 +220,20 @@ def grow_checkpoint(
         raise ValueError(f"stage must be an integer >= 0 (or None: the next stage), got {stage!r}")
     config = checkpoint_config(checkpoint)
     todo = check_sizes(config, sizes)
+    # The options given (``None``: as the run's own stage), checked before anything else.
     given: dict[str, Any] = {
-        "hidden_factor_at": hidden_factor_at,
-        "qk_factor_at": qk_factor_at,
-        "init": init,
-        "shrink_perturb": shrink_perturb,
-        "new_noise": new_noise,
+        key: value
+        for key, value in {
+            "hidden_factor_at": hidden_factor_at,
+            "qk_factor_at": qk_factor_at,
+            "init": init,
+            "shrink_perturb": shrink_perturb,
+            "new_noise": new_noise,
+        }.items()
+        if value is not None
     }
-    _check_given(given)
-    check_optimizer_state(optimizer_state, new_moments)
+    GrowthStep(todo, layer_positions=layer_positions, **given)
+    surgery = SurgeryOptions(new_moments=new_moments, optimizer_state=optimizer_state)
     entry = dict(checkpoint[CHECKPOINT_KEY])
     prefix = f"{model_attr}." if model_attr else ""
     holder = _load_model(checkpoint["state_dict"], config, prefix)
@@ -238,22 +244,13 @@ def grow_checkpoint(
     growth_state = dict(callbacks.get(CALLBACK_KEY, {"events": [], "schedule": []}))
     events = events_from_dicts(growth_state.get("events"))
     index = len(events) if stage is None else stage
-    options = _stage_options(given, growth_state, index)
+    spec = _stage_step(todo, {"layer_positions": layer_positions, **given}, growth_state, index)
 
     loss_before = None if probe_batch is None else _probe_loss(model, probe_batch)
     started = time.perf_counter()
     params_before = model.num_params()
-    grow_with_optimizers(
-        holder,
-        model,
-        optimizers,
-        todo,
-        layer_positions=layer_positions,
-        generator=torch.Generator().manual_seed(stage_seed(seed, index)),
-        new_moments=new_moments,
-        optimizer_state=optimizer_state,
-        **options,
-    )
+    generator = torch.Generator().manual_seed(stage_seed(seed, index))
+    grow_with_optimizers(holder, model, optimizers, spec, surgery, generator=generator)
     seconds = time.perf_counter() - started
     loss_after = None if probe_batch is None else _probe_loss(model, probe_batch)
 
@@ -275,42 +272,21 @@ def grow_checkpoint(
     return _assemble(checkpoint, holder, prefix, optimizers, {**entry, "callbacks": callbacks})
 
 
-def _check_given(given: Mapping[str, Any]) -> None:
-    """The stage options given explicitly (``None``: taken from the run), checked."""
-    checks = {
-        "hidden_factor_at": lambda v: check_factor_at(v, "hidden_factor_at"),
-        "qk_factor_at": lambda v: check_qk_factor_at(v, "qk_factor_at"),
-        "init": check_init,
-        "new_noise": check_new_noise,
-    }
-    for key, check in checks.items():
-        if given[key] is not None:
-            check(given[key])
-    check_shrink_perturb(given["shrink_perturb"])
-
-
-def _stage_options(
-    given: Mapping[str, Any], growth_state: Mapping[str, Any], index: int
-) -> dict[str, Any]:
-    """The stage's placements, init and perturbations: as given, else as the run's own
-    saved stage ``index`` had them, else the defaults."""
+def _stage_step(
+    sizes: Mapping[str, int],
+    given: Mapping[str, Any],
+    growth_state: Mapping[str, Any],
+    index: int,
+) -> GrowthStep:
+    """The growth step to ``sizes``: the options as given, else as the run's own saved
+    stage ``index`` had them (placements, init, perturbations), else the defaults."""
     listed = growth_state.get("schedule") or []
     own = _saved_stage(growth_state, index)
-    placed = {
-        key: given[key] or saved_placement(listed, index, key) or BY_KEY[key].default
-        for key in ("hidden_factor_at", "qk_factor_at")
+    saved: dict[str, Any] = {
+        key: saved_placement(listed, index, key) or BY_KEY[key].default for key in PLACEMENT_KEYS
     }
-    init = given["init"] or check_init(own.get("init", "zero"))
-    perturb = (
-        own.get("shrink_perturb") if given["shrink_perturb"] is None else given["shrink_perturb"]
-    )
-    noise = own.get("new_noise", 0.0) if given["new_noise"] is None else given["new_noise"]
-    return {
-        **placed,
-        "init": init,
-        "shrink_perturb": check_shrink_perturb(perturb),
-        "new_noise": check_new_noise(noise),
-    }
+    saved.update({key: own[key] for key in ("init", *PERTURB_KEYS) if key in own})
+    return GrowthStep(sizes, **{**saved, **given})
 
 
 def _saved_stage(growth_state: Mapping[str, Any], index: int) -> dict[str, Any]:

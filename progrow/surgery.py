@@ -37,11 +37,8 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from progrow.expand import grow
-from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt
-from progrow.expand.layers import Positions
-from progrow.expand.plan import Init
-from progrow.expand.widths import DEFAULT_QK_FACTOR_AT, QkFactorAt
+from progrow.expand.grow import grow_step
+from progrow.expand.step import GrowthStep
 from progrow.layout import (
     GroupForNew,
     ParamOrder,
@@ -54,12 +51,6 @@ from progrow.layout import (
     prefix_of,
 )
 from progrow.model import Transformer
-from progrow.perturb import (
-    ShrinkPerturb,
-    check_new_noise,
-    check_shrink_perturb,
-    perturb_grown_,
-)
 from progrow.record import ExpansionRecord, ParamChange
 
 NewMoments = Literal["zero", "bias_corrected"]
@@ -127,40 +118,70 @@ def check_optimizer_state(
     return optimizer_state  # type: ignore[return-value]  # checked against its values
 
 
+@dataclass(frozen=True)
+class SurgeryOptions:
+    """How a growth carries the optimizers: one value for every growth path; checked in
+    ``__post_init__`` (``ValueError`` naming the field and the value).
+
+    ``new_moments``, ``optimizer_state``, ``group_for_new`` and ``param_order`` are
+    :func:`update_optimizer`'s, the same for every optimizer. Without the last two,
+    ``layout(module)``, called once the module has grown, gives per optimizer the groups
+    it must end with (:func:`layout_options`), e.g. the names of the optimizers
+    ``configure_optimizers`` builds over the grown module.
+
+    Example:
+        >>> SurgeryOptions(optimizer_state="reset_old").optimizer_state
+        'reset_old'
+    """
+
+    new_moments: NewMoments = "zero"
+    """How new Adam second moments are filled: "zero" or "bias_corrected"."""
+    optimizer_state: OptimizerState = "carry"
+    """Whose state is carried: "carry", "reset_old" or "reset_all"."""
+    group_for_new: GroupForNew | None = None
+    """Group index (or ``None``) for each wholly new parameter; default: its siblings'."""
+    param_order: ParamOrder | None = None
+    """The names of each group's params, in order; default: module order."""
+    layout: Callable[[nn.Module], Sequence[Sequence[Sequence[str]]]] | None = None
+    """Per optimizer, the groups it must end with, from the grown module."""
+
+    def __post_init__(self) -> None:
+        check_optimizer_state(self.optimizer_state, check_new_moments(self.new_moments))
+
+    def per_optimizer(self, module: nn.Module, count: int) -> list[dict[str, Any]]:
+        """``group_for_new``/``param_order`` for each of ``count`` optimizers of the grown
+        ``module``: as given, else from ``layout(module)``."""
+        if self.layout is None or self.group_for_new is not None or self.param_order is not None:
+            return [
+                {"group_for_new": self.group_for_new, "param_order": self.param_order}
+                for _ in range(count)
+            ]
+        groups = self.layout(module)
+        if len(groups) != count:
+            raise ValueError(f"layout gave {len(groups)} optimizer(s) for {count} live one(s)")
+        return [layout_options(g) for g in groups]
+
+
 def grow_with_optimizers(
     module: nn.Module,
     model: Transformer,
     optimizers: Sequence[torch.optim.Optimizer],
-    sizes: Mapping[str, int],
+    step: GrowthStep | Mapping[str, int],
+    surgery: SurgeryOptions | None = None,
     *,
-    layer_positions: Positions = "append",
-    hidden_factor_at: FactorAt = DEFAULT_FACTOR_AT,
-    init: Init = "zero",
-    qk_factor_at: QkFactorAt = DEFAULT_QK_FACTOR_AT,
     generator: torch.Generator | None = None,
-    new_moments: NewMoments = "zero",
-    group_for_new: GroupForNew | None = None,
-    param_order: ParamOrder | None = None,
-    layout: Callable[[nn.Module], Sequence[Sequence[Sequence[str]]]] | None = None,
-    optimizer_state: OptimizerState = "carry",
-    shrink_perturb: ShrinkPerturb | None = None,
-    new_noise: float = 0.0,
 ) -> ExpansionRecord:
-    """Grow ``model`` (held by ``module``) to ``sizes`` and carry every optimizer across.
+    """Grow ``model`` (held by ``module``) per ``step`` and carry every optimizer across.
 
-    The one sequence every growth path runs (in the training loop, on gathered shards, on
-    a checkpoint): names taken before growth, :func:`progrow.grow`, then
-    :func:`update_optimizer` per optimizer with the record's names made relative to
-    ``module``. Returns the record (names relative to ``model``).
+    The one sequence every growth path runs (in the training loop, on a checkpoint; FSDP2's
+    ``grow_sharded`` the same on gathered shards): names taken before growth,
+    :func:`progrow.expand.grow.grow_step` (the expansions, then the step's perturbations,
+    drawing from ``generator``), then :func:`carry_optimizers` with the record's names made
+    relative to ``module``. Returns the record (names relative to ``model``).
 
-    ``layer_positions``, ``hidden_factor_at``, ``qk_factor_at`` and ``init`` go to
-    :func:`progrow.grow`; ``new_noise`` and ``shrink_perturb`` then change the grown
-    model on purpose (:func:`progrow.perturb.perturb_grown_`, drawing from ``generator``
-    after the expansions). ``new_moments``, ``optimizer_state``, ``group_for_new`` and
-    ``param_order`` go to every :func:`update_optimizer` call.
-    Without them, ``layout(module)``, called once the module has grown, gives per
-    optimizer the groups it must end with (:func:`layout_options`), e.g. the names of the
-    optimizers ``configure_optimizers`` builds over the grown module.
+    ``step``: a :class:`~progrow.GrowthStep`, or just the target sizes (every option at
+    its default). ``surgery``: how the optimizers are carried (default:
+    ``SurgeryOptions()``).
 
     Example:
         >>> from progrow import TransformerConfig
@@ -170,34 +191,12 @@ def grow_with_optimizers(
         >>> record.expansions, model.config.d_mlp
         (('d_mlp',), 12)
     """
-    check_optimizer_state(optimizer_state, check_new_moments(new_moments))
-    shrink_perturb = check_shrink_perturb(shrink_perturb)
-    new_noise = check_new_noise(new_noise)
+    spec = step if isinstance(step, GrowthStep) else GrowthStep(step)
+    surgery = SurgeryOptions() if surgery is None else surgery
     old_names = param_names(module)
     prefix = prefix_of(module, model)
-    record = grow(
-        model,
-        **sizes,
-        layer_positions=layer_positions,
-        hidden_factor_at=hidden_factor_at,
-        init=init,
-        qk_factor_at=qk_factor_at,
-        generator=generator,
-    )
-    perturb_grown_(
-        model, record, shrink_perturb=shrink_perturb, new_noise=new_noise, generator=generator
-    )
-    carry_optimizers(
-        module,
-        record.prefixed(prefix),
-        old_names,
-        optimizers,
-        new_moments=new_moments,
-        optimizer_state=optimizer_state,
-        group_for_new=group_for_new,
-        param_order=param_order,
-        layout=layout,
-    )
+    record = grow_step(model, spec, generator=generator)
+    carry_optimizers(module, record.prefixed(prefix), old_names, optimizers, surgery)
     return record
 
 
@@ -206,40 +205,27 @@ def carry_optimizers(
     record: ExpansionRecord,
     old_names: dict[int, str],
     optimizers: Sequence[torch.optim.Optimizer],
+    surgery: SurgeryOptions | None = None,
     *,
-    new_moments: NewMoments = "zero",
-    group_for_new: GroupForNew | None = None,
-    param_order: ParamOrder | None = None,
-    layout: Callable[[nn.Module], Sequence[Sequence[Sequence[str]]]] | None = None,
     transport: StateTransport | None = None,
-    optimizer_state: OptimizerState = "carry",
 ) -> None:
-    """:func:`update_optimizer` for each optimizer of a grown ``module``.
+    """:func:`update_optimizer` for each optimizer of a grown ``module``, per ``surgery``
+    (:class:`SurgeryOptions`, default: its defaults).
 
     ``record`` names are relative to ``module``; ``old_names`` is ``param_names(module)``
-    from before the growth. ``group_for_new``/``param_order`` apply to every optimizer;
-    without them, ``layout(module)`` gives per optimizer the groups it must end with
-    (:func:`layout_options`). ``transport``: see :class:`StateTransport`.
+    from before the growth. ``transport``: see :class:`StateTransport`.
     """
-    options: list[dict[str, Any]] = [
-        {"group_for_new": group_for_new, "param_order": param_order} for _ in optimizers
-    ]
-    if layout is not None and group_for_new is None and param_order is None:
-        groups = layout(module)
-        if len(groups) != len(optimizers):
-            raise ValueError(
-                f"layout gave {len(groups)} optimizer(s) for {len(optimizers)} live one(s)"
-            )
-        options = [layout_options(g) for g in groups]
+    surgery = SurgeryOptions() if surgery is None else surgery
+    options = surgery.per_optimizer(module, len(optimizers))
     for optimizer, opts in zip(optimizers, options, strict=True):
         update_optimizer(
             optimizer,
             record,
             old_names,
             module,
-            new_moments=new_moments,
+            new_moments=surgery.new_moments,
             transport=transport,
-            optimizer_state=optimizer_state,
+            optimizer_state=surgery.optimizer_state,
             **opts,
         )
 
@@ -552,6 +538,7 @@ __all__ = [
     "OptimizerState",
     "ParamOrder",
     "StateTransport",
+    "SurgeryOptions",
     "carry_optimizers",
     "check_new_moments",
     "check_optimizer_state",

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from lit_utils import assert_bitwise_equal, datamodule, growth, lm_module, params, trainer
 
-from progrow import GrowthCallback, GrowthSchedule, Transformer, TransformerConfig
+from progrow import GrowthCallback, GrowthSchedule, GrowthStep, Transformer, TransformerConfig
 from progrow.expand.plan import Init
 from progrow.layout import param_names
 from progrow.model import fresh_init
@@ -27,7 +27,12 @@ from progrow.offline import grow_checkpoint_file
 from progrow.optim import lr_multiplier
 from progrow.perturb import carried
 from progrow.record import ExpansionRecord
-from progrow.surgery import OptimizerState, grow_with_optimizers, optimizer_state_by_name
+from progrow.surgery import (
+    OptimizerState,
+    SurgeryOptions,
+    grow_with_optimizers,
+    optimizer_state_by_name,
+)
 
 CFG = TransformerConfig(
     vocab_size=11, max_seq_len=6, d_model=7, d_mlp=5, n_heads=3, d_qk=3, d_v=2, n_layers=2,
@@ -64,10 +69,8 @@ def grown(
     torch.manual_seed(0)
     model = Transformer(CFG)
     generator = torch.Generator().manual_seed(7)
-    record = grow_with_optimizers(
-        model, model, [], SIZES, layer_positions="interleave", init=init,
-        generator=generator, **options,
-    )  # fmt: skip
+    step = GrowthStep(SIZES, layer_positions="interleave", init=init, **options)
+    record = grow_with_optimizers(model, model, [], step, generator=generator)
     return model, record, generator
 
 
@@ -195,8 +198,8 @@ def test_reset_starts_state_afresh_as_a_new_optimizer(mode: OptimizerState, opt_
     before = optimizer_state_by_name(opt, model)
     sizes = {"d_mlp": 9, "n_layers": 3}  # the MLPs change; attention and norms do not
     record = grow_with_optimizers(
-        model, model, [opt], sizes, generator=torch.Generator().manual_seed(7),
-        optimizer_state=mode,
+        model, model, [opt], GrowthStep(sizes), SurgeryOptions(optimizer_state=mode),
+        generator=torch.Generator().manual_seed(7),
     )  # fmt: skip
     changed = {n for n, c in record.changes.items() if not c.is_identity} | set(record.new)
     assert "blocks.0.mlp.fc.weight" in changed and "blocks.2.mlp.fc.weight" in changed
@@ -229,7 +232,7 @@ def test_reset_keeps_the_groups_and_their_hyperparameters() -> None:
     opt = configure(model, "adamw")
     step(model, opt)
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-    grow_with_optimizers(model, model, [opt], {"d_mlp": 9}, optimizer_state="reset_all")
+    grow_with_optimizers(model, model, [opt], {"d_mlp": 9}, SurgeryOptions("zero", "reset_all"))
     assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == hyper
     fresh = configure(model, "adamw")  # the groups a new optimizer has, in its order
     assert [[id(p) for p in g["params"]] for g in opt.param_groups] == [
@@ -288,10 +291,16 @@ def test_bad_option_leaves_the_model_and_optimizer_unchanged() -> None:
     opt = configure(model, "adamw")
     step(model, opt)
     before = params(model)
-    for options in ({"optimizer_state": "fresh"}, {"new_noise": -1.0},
-                    {"shrink_perturb": {"shrink": 2.0}}):  # fmt: skip
+    fresh: Any = "fresh"
+    shrink: Any = {"shrink": 2.0}
+    bad: list[Callable[[], tuple[GrowthStep, SurgeryOptions]]] = [
+        lambda: (GrowthStep({"d_mlp": 9}), SurgeryOptions(optimizer_state=fresh)),
+        lambda: (GrowthStep({"d_mlp": 9}, new_noise=-1.0), SurgeryOptions()),
+        lambda: (GrowthStep({"d_mlp": 9}, shrink_perturb=shrink), SurgeryOptions()),
+    ]
+    for options in bad:  # refused when built, before the model or optimizer is touched
         with pytest.raises(ValueError):
-            grow_with_optimizers(model, model, [opt], {"d_mlp": 9}, **options)
+            grow_with_optimizers(model, model, [opt], *options())
         assert model.config == CFG
         assert_bitwise_equal(params(model), before)
 

@@ -17,6 +17,7 @@ from torch.testing import assert_close
 
 from progrow import (
     GrowthSchedule,
+    GrowthStep,
     Transformer,
     TransformerConfig,
     add_layers,
@@ -137,7 +138,8 @@ def test_split_surgery_moves_moments_per_entry() -> None:
         lm_loss(model, tokens).backward()
         opt.step()
     before = copy.deepcopy(optimizer_state_by_name(opt, model))
-    record = grow_with_optimizers(model, model, [opt], {"d_mlp": 9}, init="split", generator=gen())
+    spec = GrowthStep({"d_mlp": 9}, init="split")
+    record = grow_with_optimizers(model, model, [opt], spec, generator=gen())
     after = optimizer_state_by_name(opt, model)
     twins = record.changes["blocks.0.mlp.proj.weight"].twins
     assert twins is not None
@@ -177,7 +179,8 @@ def test_twins_grow_apart_on_real_data(tmp_path: Path) -> None:
     for i in range(5):
         step(i)
     sizes = dict(d_mlp=40, n_heads=3, d_v=11, d_qk=12, d_model=27, n_layers=3)
-    record = grow_with_optimizers(model, model, [opt], sizes, init="split", generator=gen())
+    spec = GrowthStep(sizes, init="split")
+    record = grow_with_optimizers(model, model, [opt], spec, generator=gen())
     grown = snapshot(model)
     for i in range(5, 10):
         step(i)

@@ -36,6 +36,7 @@ from progrow.surgery import (
     NewMoments,
     OptimizerState,
     ParamOrder,
+    SurgeryOptions,
     check_new_moments,
     check_optimizer_state,
     grow_with_optimizers,
@@ -179,7 +180,7 @@ class GrowthCallback(L.Callback):
             of an event of the checkpoint then draws that stage's values again and is
             logged with its index. A difference in stages still ahead always warns.
 
-    A stage with ``shrink_perturb`` or ``new_noise`` (:class:`GrowthStage`) changes the
+    A stage that perturbs (:attr:`progrow.GrowthStep.perturbs`) changes the
     function on purpose: its probe loss is measured and logged as for any growth, and its
     jump is reported as expected (an info line), never raised or warned about.
 
@@ -280,7 +281,7 @@ class GrowthCallback(L.Callback):
         self._final_d_model = final.d_model
         self._configs = [model.config]
         for each in self.schedule:  # (``stage`` is the trainer's stage here)
-            self._configs.append(grown_config(self._configs[-1], each.sizes, each.init))
+            self._configs.append(grown_config(self._configs[-1], each.sizes, each.spec.init))
         self._probe = None
         if self._scales_lr:
             _run_before_lr_monitors(trainer, self)
@@ -412,32 +413,28 @@ class GrowthCallback(L.Callback):
         started = time.perf_counter()  # growth proper: expansion, surgery, DDP re-wrap
         params_before = model.num_params()
         generator = torch.Generator().manual_seed(stage_seed(self.seed, index))
-        surgery: dict[str, Any] = {
-            "layer_positions": stage.layer_positions,
-            "hidden_factor_at": stage.hidden_factor_at,
-            "qk_factor_at": stage.qk_factor_at,
-            "init": stage.init,
-            "generator": generator,
-            "shrink_perturb": stage.shrink_perturb,
-            "new_noise": stage.new_noise,
-            "new_moments": self.new_moments,
-            "optimizer_state": self.optimizer_state,
-            "group_for_new": self.group_for_new,
-            "param_order": self.param_order,
-            "layout": lambda module: self._fresh_layout(trainer, pl_module),
-        }
+        surgery = SurgeryOptions(
+            new_moments=self.new_moments,
+            optimizer_state=self.optimizer_state,
+            group_for_new=self.group_for_new,
+            param_order=self.param_order,
+            layout=lambda module: self._fresh_layout(trainer, pl_module),
+        )
         if isinstance(trainer.strategy, GrowableModelParallelStrategy):
             # configure_model: the module's own sharding policy, applied to the grown model
             grow_sharded(
                 pl_module,
                 trainer.optimizers,
-                stage.sizes,
+                stage.spec,
                 pl_module.configure_model,
+                surgery,
+                generator=generator,
                 model_attr=self.model_attr,
-                **surgery,
             )
         else:
-            grow_with_optimizers(pl_module, model, trainer.optimizers, stage.sizes, **surgery)
+            grow_with_optimizers(
+                pl_module, model, trainer.optimizers, stage.spec, surgery, generator=generator
+            )
         model = find_transformer(pl_module, self.model_attr)  # one handle, either way
         if is_compiled(model):
             fresh_compile()  # the grown model compiles once, with static shapes

@@ -15,7 +15,7 @@ block is its own FSDP unit, then the whole Transformer (embeddings, final norm, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,12 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from progrow.checkpoint_files import CHECKPOINT_KEY, checkpoint_config
 from progrow.config import TransformerConfig
-from progrow.expand import grow
+from progrow.expand.grow import grow_step
+from progrow.expand.step import GrowthStep
 from progrow.layout import param_names, prefix_of
 from progrow.model import Transformer
-from progrow.perturb import check_new_noise, check_shrink_perturb, perturb_grown_
 from progrow.record import ExpansionRecord
-from progrow.surgery import StateTransport, carry_optimizers, check_optimizer_state
+from progrow.surgery import StateTransport, SurgeryOptions, carry_optimizers
 from progrow.training.architecture import find_transformer
 from progrow.training.lightning_internals import optimizers_to_device
 
@@ -130,39 +130,34 @@ def _gather_model(model: Transformer) -> Transformer:
 def grow_sharded(
     module: nn.Module,
     optimizers: Sequence[torch.optim.Optimizer],
-    sizes: Mapping[str, int],
+    step: GrowthStep,
     reshard: Callable[[], None],
+    surgery: SurgeryOptions | None = None,
     *,
+    generator: torch.Generator | None = None,
     model_attr: str = "model",
-    **options: Any,
 ) -> ExpansionRecord:
     """Grow the FSDP2-sharded Transformer at ``module.<model_attr>`` and its optimizers.
 
-    Gather the model (full tensors on every rank), grow it with :func:`progrow.grow`,
-    put it in place and call ``reshard()`` (which must shard ``module.<model_attr>``
-    again, e.g. the module's ``configure_model``); then carry every optimizer onto the new
-    shards with :func:`~progrow.surgery.carry_optimizers`, the same rules as unsharded
+    Gather the model (full tensors on every rank), grow it per ``step`` with
+    :func:`~progrow.expand.grow.grow_step` (drawing from ``generator``), put it in place
+    and call ``reshard()`` (which must shard ``module.<model_attr>`` again, e.g. the
+    module's ``configure_model``); then carry every optimizer onto the new shards with
+    :func:`~progrow.surgery.carry_optimizers` per ``surgery``, the same rules as unsharded
     training, one parameter's state gathered at a time (:data:`SHARDED_STATE`). Every rank
-    must call this together. ``options`` are :func:`~progrow.surgery.grow_with_optimizers`'s
-    (``layer_positions``, ``generator``, ``layout``, ``shrink_perturb``, ...;
-    ``new_moments`` must be "zero").
+    must call this together. ``surgery.new_moments`` must be "zero".
 
     Returns:
         The expansion record (names relative to the Transformer).
     """
     from torch.distributed.fsdp import FSDPModule
 
-    if options.get("new_moments", "zero") != "zero":
+    surgery = SurgeryOptions() if surgery is None else surgery
+    if surgery.new_moments != "zero":  # before any change
         raise ValueError(
-            f"new_moments={options['new_moments']!r} is not supported under FSDP2 (its "
+            f"new_moments={surgery.new_moments!r} is not supported under FSDP2 (its "
             "sibling statistics would need the whole state gathered); use 'zero'"
         )
-    check_optimizer_state(options.get("optimizer_state", "carry"))  # before any change
-    options = {
-        **options,
-        "shrink_perturb": check_shrink_perturb(options.get("shrink_perturb")),
-        "new_noise": check_new_noise(options.get("new_noise", 0.0)),
-    }
     sharded_model = find_transformer(module, model_attr)
     for sub in sharded_model.modules():
         if isinstance(sub, FSDPModule):
@@ -174,20 +169,13 @@ def grow_sharded(
     plain = _gather_model(sharded_model)
     _set_transformer(module, model_attr, plain)
     del sharded_model  # its shards live on only in the optimizers, until they are carried
-    grow_keys = ("layer_positions", "hidden_factor_at", "qk_factor_at", "init", "generator")
-    perturb_keys = ("shrink_perturb", "new_noise")
-    grow_options: dict[str, Any] = {k: v for k, v in options.items() if k in grow_keys}
-    targets: dict[str, Any] = dict(sizes)
-    record = grow(plain, **targets, **grow_options)
-    perturb = {k: v for k, v in options.items() if k in perturb_keys}
     # The full model, the same values on every rank (drawn on the CPU from one seed).
-    perturb_grown_(plain, record, generator=grow_options.get("generator"), **perturb)
+    record = grow_step(plain, step, generator=generator)
     reshard()
     if not isinstance(next(find_transformer(module, model_attr).parameters()), DTensor):
         raise RuntimeError("reshard() left the grown Transformer unsharded")
-    carry = {k: v for k, v in options.items() if k not in grow_keys + perturb_keys}
     carry_optimizers(
-        module, record.prefixed(prefix), old_names, optimizers, transport=SHARDED_STATE, **carry
+        module, record.prefixed(prefix), old_names, optimizers, surgery, transport=SHARDED_STATE
     )
     return record
 
