@@ -13,19 +13,19 @@ anything is written); the input is only read. Resume with
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from progrow.config import GROWABLE_DIMS
-from progrow.expand.hidden import FACTOR_PLACEMENTS
-from progrow.expand.plan import INITS
-from progrow.expand.widths import QK_FACTOR_PLACEMENTS
-from progrow.offline import grow_family
+from progrow.expand.step import GrowthStep
+from progrow.offline import grow_checkpoint, grow_family
 from progrow.surgery import OPTIMIZER_STATES
 
 
@@ -87,6 +87,42 @@ def _probe(path: str) -> torch.Tensor:
     return batch
 
 
+#: How a :class:`GrowthStep` option reads from the command line (others: as a string).
+_FLAG_TYPES: dict[str, Callable[[str], Any]] = {
+    "layer_positions": _positions,
+    "shrink_perturb": _shrink_perturb,
+    "new_noise": float,
+}
+
+
+def _step_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--OPTION`` flag per :class:`GrowthStep` option, from its field; unset (``None``),
+    :func:`grow_checkpoint`'s default: for most, as the checkpoint's own schedule has that
+    stage."""
+    defaults = inspect.signature(grow_checkpoint).parameters
+    for f in fields(GrowthStep):
+        if f.name == "sizes":
+            continue
+        own = f.metadata.get("default_text", f.default)
+        default = f"as the checkpoint's schedule has that stage, else {own}"
+        if defaults[f.name].default is not None:
+            default = str(defaults[f.name].default)
+        p.add_argument(
+            f"--{f.name}",
+            type=_FLAG_TYPES.get(f.name, str),
+            choices=f.metadata.get("choices"),
+            default=None,
+            metavar=f.metadata.get("metavar"),
+            help=f"{f.metadata['help']}; default: {default}",
+        )
+
+
+def _step_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`GrowthStep` options given as flags."""
+    given = {name: getattr(args, name) for name in GrowthStep.options()}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="progrow-grow",
@@ -95,29 +131,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="the checkpoint to grow (only read)")
     for dim in GROWABLE_DIMS:
         p.add_argument(f"--{dim}", type=int, metavar="N", help=f"target {dim}")
-    p.add_argument("--layer_positions", type=_positions, default="append")
-    p.add_argument(
-        "--hidden_factor_at",
-        choices=FACTOR_PLACEMENTS,
-        default=None,
-        help="where a --d_model growth puts its sqrt(h/h') factor (default: as the "
-        "checkpoint's schedule places that stage, else readers)",
-    )
-    p.add_argument(
-        "--qk_factor_at",
-        choices=QK_FACTOR_PLACEMENTS,
-        default=None,
-        help="where a --d_qk growth puts its sqrt(d_qk'/k) factor (default: as the "
-        "checkpoint's schedule places that stage, else keys)",
-    )
-    p.add_argument(
-        "--init",
-        choices=INITS,
-        default=None,
-        help="how new entries are filled: zero (zero blocks), split (exact copies, no zero "
-        "block) or stack (--n_layers only: copied blocks, NOT preserving); default: as the "
-        "checkpoint's schedule fills that stage, else zero",
-    )
+    _step_flags(p)
     p.add_argument("--branch", type=_branch, action="append", default=[], metavar="NAME:SIZES")
     p.add_argument("-o", "--out", required=True, help="output file (a folder with --branch)")
     p.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
@@ -130,22 +144,6 @@ def parser() -> argparse.ArgumentParser:
         help="Adam/SGD state at the growth: carry (moved onto the grown parameters), "
         "reset_old (the changed and new parameters start afresh: zero moments, step 0) or "
         "reset_all (every parameter afresh); default carry",
-    )
-    p.add_argument(
-        "--shrink_perturb",
-        type=_shrink_perturb,
-        default=None,
-        metavar="SHRINK,NOISE",
-        help="old weights become SHRINK * w + NOISE * (a fresh draw of w), e.g. 0.8,0.1; "
-        "default: as the checkpoint's schedule has that stage, else off",
-    )
-    p.add_argument(
-        "--new_noise",
-        type=float,
-        default=None,
-        metavar="STD",
-        help="N(0, STD^2) on the new entries the growth leaves zero; default: as the "
-        "checkpoint's schedule has that stage, else 0",
     )
     p.add_argument("--model_attr", default="model")
     p.add_argument("--probe", help="probe batch: a .pt LongTensor or a run's .hydra/config.yaml")
@@ -174,18 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         events = grow_family(
             args.checkpoint,
             branches,
-            layer_positions=args.layer_positions,
-            hidden_factor_at=args.hidden_factor_at,
-            qk_factor_at=args.qk_factor_at,
-            init=args.init,
             seed=args.seed,
             stage=args.stage,
             probe_batch=probe,
             new_moments=args.new_moments,
             model_attr=args.model_attr,
             optimizer_state=args.optimizer_state,
-            shrink_perturb=args.shrink_perturb,
-            new_noise=args.new_noise,
+            **_step_options(args),
         )
     except (ValueError, OSError) as err:  # bad input files included: one line, exit 2
         print(f"progrow-grow: {err}", file=sys.stderr)

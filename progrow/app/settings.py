@@ -20,8 +20,7 @@ from omegaconf.errors import MissingMandatoryValue
 from progrow.app.checks import world_size
 from progrow.app.errors import ConfigError
 from progrow.config import GROWABLE_DIMS, TransformerConfig
-from progrow.expand.plan import check_init
-from progrow.perturb import check_new_noise, check_shrink_perturb
+from progrow.expand.step import GrowthStep
 from progrow.placement import PLACEMENTS, Placement
 from progrow.schedule import PERTURB_KEYS, GrowthSchedule
 
@@ -273,13 +272,10 @@ def _growth(section: dict[str, Any], max_steps: int) -> GrowthSettings:
     _check_keys("growth", section, set(GROWTH_OPTIONS))
     if not isinstance(stages, list):
         raise ConfigError(f"growth.stages={stages!r}: must be a list of stages")
-    try:
-        check_init(init, "growth.init")
-        check_shrink_perturb(perturb["shrink_perturb"], "growth.shrink_perturb")
-        noise = perturb["new_noise"]
-        check_new_noise(0.0 if noise is None else noise, "growth.new_noise")
+    try:  # the run-wide options, checked as one growth step's
+        GrowthStep(init=init, **{key: value for key, value in perturb.items() if value is not None})
     except ValueError as err:
-        raise ConfigError(str(err)) from None
+        raise ConfigError(f"growth.{err}") from None
     stages = [_place_factors(stage, placements) for stage in stages]
     if init != "zero":  # every stage without its own init (lists of the default match)
         stages = [{"init": init, **s} if isinstance(s, dict) else s for s in stages]
@@ -318,9 +314,9 @@ def _run_placement(placement: Placement, value: Any) -> str:
 
 
 def _place_factors(stage: Any, placements: dict[str, str]) -> Any:
-    """``stage`` with the run's placements (``growth.hidden_factor_at``,
-    ``growth.qk_factor_at``) on the dimensions it grows, where it sets none of its own (a
-    stage's own key wins)."""
+    """``stage`` with the run's placements (``growth.<key>`` of each
+    :data:`~progrow.placement.PLACEMENTS`) on the dimensions it grows, where it sets none
+    of its own (a stage's own key wins)."""
     if not isinstance(stage, dict):
         return stage
     run = {p.key: placements[p.key] for p in PLACEMENTS if stage.get(p.dim) is not None}
