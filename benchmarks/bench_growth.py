@@ -28,7 +28,7 @@ import torch
 
 import progrow.surgery as surgery_module
 from progrow import GrowthCallback, LMModule, Transformer, TransformerConfig
-from progrow.expand import grow
+from progrow.expand import grow, grow_step
 from progrow.loss import lm_loss
 from progrow.optim import OptimConfig, build_adamw
 from progrow.surgery import param_names, update_optimizer
@@ -88,13 +88,13 @@ def timed_growth(cb: GrowthCallback) -> tuple[list[tuple[float, float]], dict[st
 
     cb._grow = wrapped  # type: ignore[method-assign]
     cb._probe_loss = timed("probe", cb._probe_loss)  # type: ignore[method-assign]
-    surgery_module.grow = timed("grow", grow)
+    surgery_module.grow_step = timed("grow", grow_step)
     surgery_module.update_optimizer = timed("update_optimizer", update_optimizer)
     return spans, pieces
 
 
 def untime_pieces() -> None:
-    surgery_module.grow = grow
+    surgery_module.grow_step = grow_step
     surgery_module.update_optimizer = update_optimizer
 
 

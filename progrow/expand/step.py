@@ -111,7 +111,7 @@ class GrowthStep:
                 f"sizes: unknown dimension(s) {unknown}; the growable dimensions are "
                 f"{list(GROWABLE_DIMS)}"
             )
-        positions = self.layer_positions
+        positions: Any = self.layer_positions
         if not isinstance(positions, str) and isinstance(positions, Sequence):
             positions = tuple(positions)
         checked = {
