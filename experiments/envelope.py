@@ -256,14 +256,14 @@ def envelope_table(found: dict[str, dict[str, Any]]) -> list[str]:
     ]
     for (label, steps), point in sorted(grown.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         losses = {s: fixed[(s, steps)]["loss"] for s in sizes if (s, steps) in fixed}
-        best = min(losses.values()) if losses else None
+        lowest = min(losses.values()) if losses else None
         budget_flops = point["flops"]
         per_size = []
         for size in sizes:
             pts = sorted((v["flops"], v["loss"]) for (s, _), v in fixed.items() if s == size)
             per_size.append(_iso(pts, point["loss"], budget_flops))
         envelope = _least(per_size)
-        vs_best = "-" if best is None else f"{point['loss'] - best:+.4f}"
+        vs_best = "-" if lowest is None else f"{point['loss'] - lowest:+.4f}"
         lines.append(
             f"| {label} | {steps} | {point['loss']:.4f} | {vs_best} | {per_size[-1]} | "
             f"{' / '.join(per_size)} | {envelope} |"
@@ -274,7 +274,9 @@ def envelope_table(found: dict[str, dict[str, Any]]) -> list[str]:
 def tax_table(found: dict[str, dict[str, Any]]) -> list[str]:
     """Grown to the half-way size at several points vs the half-way size trained fixed on
     the same budget."""
-    fixed_runs = {"half": found.get(f"fixed_half_{TAX_BUDGET}_s0")}
+    fixed_runs: dict[str, dict[str, Any] | None] = {
+        "half": found.get(f"fixed_half_{TAX_BUDGET}_s0")
+    }
     target_fixed, _ = _scale_rows()
     if ("target", TAX_BUDGET) in target_fixed:
         fixed_runs["target"] = {"val_loss": target_fixed[("target", TAX_BUDGET)]["loss"]}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ def _load_model(state: Mapping[str, Tensor], config: TransformerConfig, prefix: 
     return holder
 
 
-def _optimizer_class(groups: list[Mapping[str, Any]]) -> type[torch.optim.Optimizer]:
+def _optimizer_class(groups: list[Mapping[str, Any]]) -> Callable[..., torch.optim.Optimizer]:
     """The torch optimizer a saved state belongs to, from its param-group keys."""
     if all("betas" in g for g in groups):
         decoupled = groups[0].get("decoupled_weight_decay", True)

@@ -23,6 +23,7 @@ from progrow import Transformer, TransformerConfig
 #: The checkout under test (the folder holding ``progrow/``).
 REPO = Path(__file__).resolve().parents[1]
 
+
 # ``--doctest-modules`` imports every module under tests/; the Hugging Face helpers need
 # ``transformers`` (the ``hf`` extra, which ``make test`` installs). Without it the tests
 # that use them skip with a reason (``pytest.importorskip``) instead of failing collection.

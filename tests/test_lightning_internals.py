@@ -78,7 +78,7 @@ class LogAtStep(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
     def train_dataloader(self) -> Any:
-        return torch.utils.data.DataLoader(torch.zeros(4, 2), batch_size=1)
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 2)))
 
 
 class Recording(L.pytorch.loggers.CSVLogger):
@@ -86,7 +86,7 @@ class Recording(L.pytorch.loggers.CSVLogger):
         super().__init__(root)
         self.record = record
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         self.record.append((step, dict(metrics)))
         super().log_metrics(metrics, step)
 

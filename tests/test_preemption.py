@@ -306,7 +306,7 @@ class DeadServiceLogger(L.pytorch.loggers.CSVLogger):
 
     last_step = -1
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         self.last_step = max(self.last_step, step or 0)
         super().log_metrics(metrics, step)
 

@@ -139,7 +139,8 @@ def wandb_steps(run_dir: Path) -> list[list[int]]:
     """Per W&B offline run of the job (one per attempt, in order), the trainer steps it
     holds; all runs must carry the same run id (one W&B run continued)."""
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert len({r.name.rsplit("-", 1)[1] for r in runs}) == 1, [r.name for r in runs]
+    ids = {f.name for r in runs for f in r.glob("run-*.wandb")}
+    assert len(ids) == 1, [r.name for r in runs]
     return [sorted(set(trainer_steps(r))) for r in runs]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 BLOCK = 32 * 1024
 HEADER = 7
@@ -45,7 +46,7 @@ def records(path: Path) -> list[bytes]:
     return out
 
 
-def history(run_dir: Path) -> list[dict[str, object]]:
+def history(run_dir: Path) -> list[dict[str, Any]]:
     """Every history row of the offline run in ``run_dir``, as ``{key: value}``."""
     import json
 
@@ -54,7 +55,7 @@ def history(run_dir: Path) -> list[dict[str, object]]:
     (path,) = run_dir.glob("run-*.wandb")
     rows = []
     for payload in records(path):
-        record = wandb_internal_pb2.Record()
+        record = wandb_internal_pb2.Record()  # type: ignore[attr-defined]  # generated
         record.ParseFromString(payload)
         if record.WhichOneof("record_type") == "history":
             rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
@@ -74,7 +75,7 @@ def record_types(run_dir: Path) -> list[str]:
     (path,) = run_dir.glob("run-*.wandb")
     kinds = []
     for payload in records(path):
-        record = wandb_internal_pb2.Record()
+        record = wandb_internal_pb2.Record()  # type: ignore[attr-defined]  # generated
         record.ParseFromString(payload)
         kinds.append(str(record.WhichOneof("record_type")))
     return kinds
