@@ -45,8 +45,20 @@ PLAN = [
 ]  # fmt: skip
 
 
-def _whole_runs(plan: dict[str, Any]) -> dict[str, tuple[Path, list[str]]]:
-    """Each size fixed on the whole budget, and the recommended growing run, by label."""
+#: The second plan: the same pilots, ending at small whatever it costs.
+INSIST = ["--insist-target", "--name", "plan_check_insist", "--out", str(ROOT / "plan_insist")]
+
+
+def _grown_job(command: str, folder: Path) -> tuple[Path, list[str]]:
+    """The printed command as a run_job job (``--config-dir`` as a search path)."""
+    args = shlex.split(command)  # python -m progrow.train --config-dir DIR experiment=...
+    at = args.index("--config-dir")
+    overrides = [a for a in args[at + 2 :] if a != "experiment=compare"]
+    return folder, [*overrides, f"hydra.searchpath=[file://{args[at + 1]}]"]
+
+
+def _whole_runs(plan: dict[str, Any], insist: dict[str, Any]) -> dict[str, tuple[Path, list[str]]]:
+    """Each size fixed on the whole budget, and each plan's growing run, by label."""
     from progrow.app.family import build_family, recipe
     from progrow.app.pilots import fixed_job
 
@@ -58,19 +70,15 @@ def _whole_runs(plan: dict[str, Any]) -> dict[str, tuple[Path, list[str]]]:
         steps = max(1, round(budget / size.step_flops(rec.tokens_per_step)))
         job = fixed_job(size, steps, rec, ROOT / "whole", rec.warmup_steps)
         jobs[size.label] = (job.folder, list(job.overrides[1:]))  # run_job adds the experiment
-    command = plan["recommendation"].get("command")
-    if command:  # the chosen schedule has stages (recommended or not)
-        args = shlex.split(command)  # python -m progrow.train --config-dir DIR experiment=...
-        conf = args[args.index("--config-dir") + 1]
-        overrides = [a for a in args[args.index("--config-dir") + 2 :] if a != "experiment=compare"]
-        jobs["grown"] = (
-            ROOT / "whole" / "grown",
-            [*overrides, f"hydra.searchpath=[file://{conf}]"],
-        )
+    for label, which in (("grown", plan), ("grown, insisting", insist)):
+        command = which["recommendation"].get("command")
+        if command:  # the chosen schedule has stages (recommended or not)
+            jobs[label] = _grown_job(command, ROOT / "whole" / label.replace(", ", "_"))
     return jobs
 
 
-def table(plan: dict[str, Any], measured: dict[str, float]) -> str:
+def table(plan: dict[str, Any], insist: dict[str, Any], measured: dict[str, float]) -> str:
+    plans = {"grown": plan, "grown, insisting": insist}
     fixed = plan["fixed_at_budget"]
     rec = plan["recommendation"]
     pilots, fit = plan["pilots"], plan["fit"]
@@ -89,13 +97,24 @@ def table(plan: dict[str, Any], measured: dict[str, float]) -> str:
         lines.append(
             f"| {label}, fixed | {loss:.3f} | {'-' if got is None else f'{got:.3f}'} | {err} |"
         )
-    if "grown" in measured:
-        pred = plan["insist" if plan["chosen"] == "insist" else "schedule"]["loss"]
-        lines.append(
-            f"| the plan's schedule ({plan['schedule']['start']} -> {plan['schedule']['end']}) "
-            f"| {pred:.3f} | {measured['grown']:.3f} | {pred - measured['grown']:+.3f} |"
-        )
-    lines += ["", f"Recommendation: {rec['line'].removeprefix('recommendation: ')}"]
+    for label, key in (("grown", "schedule"), ("grown, insisting", "insist")):
+        if label in measured:
+            sched = plans[label][key]
+            pred, at = (
+                sched["loss"],
+                ", ".join(f"{st['step_fraction']:.2f}" for st in sched["stages"]),
+            )
+            lines.append(
+                f"| {label}: {sched['start']} -> {sched['end']} (stages at {at} of the steps) "
+                f"| {pred:.3f} | {measured[label]:.3f} | {pred - measured[label]:+.3f} |"
+            )
+    lines += [
+        "",
+        f"Recommendation: {rec['line'].removeprefix('recommendation: ')}",
+        "",
+        "With --insist-target: "
+        + insist["recommendation"]["line"].removeprefix("recommendation: "),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -105,10 +124,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=1, help="processes at a time")
     args = parser.parse_args()
-    if plan_main([*PLAN, "--jobs", str(args.jobs), "--force"]) != 0:
-        sys.exit("progrow-plan failed")
+    for extra in ([], INSIST):
+        if plan_main([*PLAN, *extra, "--jobs", str(args.jobs), "--force"]) != 0:
+            sys.exit("progrow-plan failed")
     plan = json.loads((ROOT / "plan" / "plan.json").read_text())
-    jobs = _whole_runs(plan)
+    insist = json.loads((ROOT / "plan_insist" / "plan.json").read_text())
+    jobs = _whole_runs(plan, insist)
     run_all(dict(jobs.values()), args.jobs)
     labels = [s["label"] for s in plan["family"]]
     measured = {
@@ -116,11 +137,12 @@ def main() -> None:
         for label, (folder, _) in jobs.items()
     }
     assert set(labels) <= set(measured), measured
-    markdown = table(plan, measured)
+    markdown = table(plan, insist, measured)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "plan_check.md").write_text(markdown)
     (RESULTS / "plan_check.json").write_text(
-        json.dumps({"plan": plan, "measured": measured}, indent=2, default=str) + "\n"
+        json.dumps({"plan": plan, "insist": insist, "measured": measured}, indent=2, default=str)
+        + "\n"
     )
     print(markdown)
 

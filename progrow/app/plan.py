@@ -605,6 +605,19 @@ def _model_choice(models: dict[str, Any], budget: float, results: Sequence[Any])
             "prediction at the budget is a pessimistic guess; longer pilots "
             "(--pilot-fraction, fewer sizes or --pilot-budgets) or --runs of longer runs"
         )
+    n = [float(r.params) for r in results]
+    d = [r.tokens for r in results]
+    effects = {  # how much the runs' range of each lowers the fitted loss
+        "parameters": fit.A / min(n) ** fit.alpha - fit.A / max(n) ** fit.alpha,
+        "tokens": fit.B / min(d) ** fit.beta - fit.B / max(d) ** fit.beta,
+    }
+    for what, effect in effects.items():
+        if effect < 0.01 * lowest:
+            warnings.append(
+                f"in the fit the runs' range of {what} lowers the loss by {effect:.2g} only: "
+                f"the pilots never showed more {what} paying off, so the fit cannot tell which "
+                "size the budget supports; longer pilots or --runs of longer runs"
+            )
     warning = "; ".join(warnings) or None
     return {"used": "parametric", "why": why, "warning": warning}
 
@@ -669,13 +682,14 @@ def _recommend(
         if best == target
         else f", best fixed size {best} {fixed[best]:.4f}"
     )
+    caveat = "; unreliable: see the warning above" if plan["model"]["warning"] else ""
     if chosen.stages and chosen.loss <= fixed[fixed_best] + 1e-9:
         key = "insist" if opts.insist_target else "schedule"
         out.update(kind="grow", loss=chosen.loss)
         out["line"] = (
             f"recommendation: grow with this schedule: {_stages_text(plan, key)} "
             f"({out['growth_yaml']}): predicted final loss {chosen.loss:.4f} vs {versus}; "
-            f"{pilots}"
+            f"{pilots}{caveat}"
         )
         return out
     size = next(s for s in family if s.label == fixed_best)
@@ -685,7 +699,7 @@ def _recommend(
     grown = f"; growing per the schedule: {chosen.loss:.4f}" if chosen.stages else ""
     out["line"] = (
         f"recommendation: train size {fixed_best} without growing: predicted final loss "
-        f"{fixed[fixed_best]:.4f} vs {versus}{grown}; {pilots}"
+        f"{fixed[fixed_best]:.4f} vs {versus}{grown}; {pilots}{caveat}"
     )
     return out
 
