@@ -88,6 +88,7 @@ def test_uneven_validation_split_is_named_in_one_line() -> None:
     )
 
 
+@pytest.mark.slow  # the default suite checks the same in test_strategy_parity's DDP/FSDP runs
 def test_ddp_run_prints_no_sync_dist_or_sampler_warnings(tmp_path: Path) -> None:
     """trainer=ddp_cpu: 10 steps, validations every 4, so the app validates once more at
     the end (trainer.validate); data.val_batches=2 splits evenly over the 2 processes."""

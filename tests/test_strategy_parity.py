@@ -78,12 +78,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
             *overrides,
             f"hydra.run.dir={folder}",
         ]
-        run_process_groups([(argv, env)], TIMEOUT_S, f"app run {name}")
+        (output,) = run_process_groups([(argv, env)], TIMEOUT_S, f"app run {name}")
         summary = json.loads((folder / "summary.json").read_text())
         found[name] = {
             "summary": summary,
             "metrics": _metrics(folder),
             "final": load_checkpoint(summary["last_ckpt"])["state_dict"],
+            "output": output,
         }
     return found
 
@@ -109,3 +110,14 @@ def test_default_growth_matches_one_device(runs: dict[str, dict[str, Any]], stra
     for name, value in one["final"].items():
         if value.is_floating_point():
             torch.testing.assert_close(other["final"][name], value, rtol=0, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_multi_process_runs_print_no_lightning_noise(
+    runs: dict[str, dict[str, Any]], strategy: str
+) -> None:
+    """No sync_dist or DistributedSampler warnings in a 2-process run of the default
+    config (tests/test_quiet_console.py lists the noise)."""
+    from test_quiet_console import _noise
+
+    assert _noise(runs[strategy]["output"]) == [], runs[strategy]["output"][-3000:]
