@@ -36,38 +36,8 @@ def figure(
     fig, ax = plt.subplots(figsize=(9, 5.5))
     xs = np.array([f for f, _, _ in envelope])
     for i, curve in enumerate(curves):
-        color = f"C{i % 10}"
-        ax.plot(
-            xs,
-            [curve.loss(fit, f) for f in xs],
-            "--",
-            color=color,
-            linewidth=1,
-            label=f"{curve.label}: predicted",
-        )
-        mine = [r for r in results if r.in_family and r.label == curve.label]
-        for r in mine:
-            if r.curve:
-                cx, cy = zip(*r.curve, strict=True)
-                ax.plot(cx, cy, "-", color=color, alpha=0.3, linewidth=0.8)
-        if mine:
-            ax.plot(
-                [r.flops for r in mine],
-                [r.val_loss for r in mine],
-                "o",
-                color=color,
-                markeredgecolor="black",
-                label=f"{curve.label}: pilots (final loss)",
-            )
-    others = [r for r in results if not r.in_family]
-    if others:
-        ax.plot(
-            [r.flops for r in others],
-            [r.val_loss for r in others],
-            "o",
-            color="grey",
-            label="other runs (fit only)",
-        )
+        _plot_size(ax, fit, curve, results, xs, f"C{i % 10}")
+    _plot_others(ax, [r for r in results if not r.in_family])
     ax.plot(
         xs,
         [loss for _, loss, _ in envelope],
@@ -77,11 +47,7 @@ def figure(
         alpha=0.6,
         label="envelope (best size per FLOPs)",
     )
-    if plan:
-        px, py = zip(*plan, strict=True)
-        ax.plot(px, py, "-", color="red", linewidth=1.5, label="plan (predicted)")
-        for g in growths:
-            ax.axvline(g, color="red", linestyle=":", linewidth=0.8)
+    _plot_plan(ax, plan, growths)
     ax.axvline(budget, color="black", linestyle="-.", linewidth=1, label="budget")
     measured = [r.val_loss for r in results]
     low = min([*measured, *(loss for _, loss, _ in envelope)])
@@ -94,6 +60,49 @@ def figure(
     ax.legend(fontsize="x-small", ncol=2)
     fig.tight_layout()
     return fig
+
+
+def _plot_size(
+    ax: Any, fit: LossFit, curve: Curve, results: Sequence[Result], xs: Any, color: str
+) -> None:
+    """One size: its predicted curve, its pilots' validation curves and final losses."""
+    predicted = [curve.loss(fit, f) for f in xs]
+    ax.plot(xs, predicted, "--", color=color, linewidth=1, label=f"{curve.label}: predicted")
+    mine = [r for r in results if r.in_family and r.label == curve.label]
+    for r in mine:
+        if r.curve:
+            cx, cy = zip(*r.curve, strict=True)
+            ax.plot(cx, cy, "-", color=color, alpha=0.3, linewidth=0.8)
+    if mine:
+        ax.plot(
+            [r.flops for r in mine],
+            [r.val_loss for r in mine],
+            "o",
+            color=color,
+            markeredgecolor="black",
+            label=f"{curve.label}: pilots (final loss)",
+        )
+
+
+def _plot_others(ax: Any, others: Sequence[Result]) -> None:
+    """Runs outside the family (given with --runs): used by the fit, drawn in grey."""
+    if others:
+        ax.plot(
+            [r.flops for r in others],
+            [r.val_loss for r in others],
+            "o",
+            color="grey",
+            label="other runs (fit only)",
+        )
+
+
+def _plot_plan(ax: Any, plan: Sequence[tuple[float, float]], growths: Sequence[float]) -> None:
+    """The plan's predicted path and its growth points."""
+    if plan:
+        px, py = zip(*plan, strict=True)
+        ax.plot(px, py, "-", color="red", linewidth=1.5, label="plan (predicted)")
+        for g in growths:
+            ax.axvline(g, color="red", linestyle=":", linewidth=0.8)
 
 
 def plot(out: Path, *args: Any, **kwargs: Any) -> Path:
