@@ -66,12 +66,10 @@ def test_growth_under_fsdp_keeps_ranks_identical_and_sharded(ranks: list[dict]) 
         assert 0 < own < full and own + local1[name][0] == full, name
 
 
-def test_sharded_growth_equals_unsharded_growth(ranks: list[dict]) -> None:
-    """The state gathered right before the first growth, grown unsharded (the offline
-    path: plain tensors, the same surgery), equals what the sharded growth produced."""
-    run = ranks[0]["full_run"]
-    before = run["before_growth"]
-    checkpoint = {
+def unsharded_checkpoint(before: dict) -> dict:
+    """The state gathered right before the first growth (step 4), as the full checkpoint
+    the offline path grows."""
+    return {
         "state_dict": before["params"],
         "optimizer_states": [before["optimizer"]["state_dict"]],
         "global_step": 4,
@@ -80,6 +78,14 @@ def test_sharded_growth_equals_unsharded_growth(ranks: list[dict]) -> None:
             "optimizer_params": [before["optimizer"]["names"]],
         },
     }
+
+
+def test_sharded_growth_equals_unsharded_growth(ranks: list[dict]) -> None:
+    """The state gathered right before the first growth, grown unsharded (the offline
+    path: plain tensors, the same surgery), equals what the sharded growth produced."""
+    run = ranks[0]["full_run"]
+    before = run["before_growth"]
+    checkpoint = unsharded_checkpoint(before)
     stage0 = {k: v for k, v in TWO_STAGES[0].items() if k != "step"}
     expected = grow_checkpoint(checkpoint, stage0, seed=0)
     assert_same(expected["state_dict"], run["after_growth"][4], "parameters")
@@ -99,15 +105,7 @@ def test_sharded_growth_with_the_levers_equals_unsharded_growth(ranks: list[dict
     run = ranks[0]["levers"]
     assert_same(run["final"], ranks[1]["levers"]["final"], "final")
     before = run["before_growth"]
-    checkpoint = {
-        "state_dict": before["params"],
-        "optimizer_states": [before["optimizer"]["state_dict"]],
-        "global_step": 4,
-        "progrow": {
-            "model_config": lm_module(12).model.config.to_dict(),
-            "optimizer_params": [before["optimizer"]["names"]],
-        },
-    }
+    checkpoint = unsharded_checkpoint(before)
     stage0 = {k: v for k, v in TWO_STAGES[0].items() if k != "step"}
     expected = grow_checkpoint(
         checkpoint, stage0, seed=0, optimizer_state="reset_old", **LEVER_PERTURB
