@@ -175,6 +175,18 @@ def assert_same_final_state(reference: Path, run_dir: Path) -> None:
     print(f"final parameters: {len(got)} tensors bitwise equal to the uninterrupted job")
 
 
+def report_job(
+    env: dict[str, str], job_id: str, log: Path, title: str
+) -> tuple[dict[str, str], str]:
+    """The ended job's ``scontrol`` fields and output; prints progrow's lines of it and
+    its final state (CI's log shows each case)."""
+    info, output = job_info(job_id, env), log.read_text()
+    print(f"--- job {job_id}, {title} ---")
+    print("\n".join(line for line in output.splitlines() if _progrow_line(line)))
+    print(f"job {job_id}: JobState={info['JobState']} Restarts={info['Restarts']}")
+    return info, output
+
+
 def stopped_at(output: str, signame: str, run_dir: Path) -> int:
     """The step the one attempt stopped by ``signame`` saved ``last.ckpt`` at."""
     stopped = re.findall(rf"Stopped by {signame} at step (\d+); checkpoint saved: (\S+)", output)
@@ -194,12 +206,8 @@ def test_scancel_saves_and_stops_the_job(slurm_env: dict[str, str], tmp_path: Pa
     subprocess.run(["scancel", job_id], env=slurm_env, check=True)
     wait_for("the cancel", lambda: job_info(job_id, slurm_env)["JobState"] in ENDED, 120, log)
     time.sleep(5)  # a requeue would show as PENDING by now
-    info = job_info(job_id, slurm_env)
     wait_for("the job's output", lambda: "Stopped by SIGTERM" in log.read_text(), 60, log)
-    output = log.read_text()
-    print(f"--- job {job_id}, scancel ---")
-    print("\n".join(line for line in output.splitlines() if _progrow_line(line)))
-    print(f"job {job_id}: JobState={info['JobState']} Restarts={info['Restarts']}")
+    info, output = report_job(slurm_env, job_id, log, "scancel")
     assert (info["JobState"], info["Restarts"]) == ("CANCELLED", "0")
     step = stopped_at(output, "SIGTERM", run_dir)
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
@@ -223,10 +231,7 @@ def test_external_requeue_resumes_exactly(
     job_id, log = start_throttled(slurm_env, run_dir)
     subprocess.run(["scontrol", "requeue", job_id], env=slurm_env, check=True)
     release_requeued(slurm_env, job_id, log)
-    info, output = job_info(job_id, slurm_env), log.read_text()
-    print(f"--- job {job_id}, external requeue, both attempts ---")
-    print("\n".join(line for line in output.splitlines() if _progrow_line(line)))
-    print(f"job {job_id}: JobState={info['JobState']} Restarts={info['Restarts']}")
+    info, output = report_job(slurm_env, job_id, log, "external requeue, both attempts")
     assert (info["JobState"], info["Restarts"], info["ExitCode"]) == ("COMPLETED", "1", "0:0")
     step = stopped_at(output, "SIGTERM", run_dir)
     assert "not requeued" not in output and "requeueing" not in output
@@ -263,10 +268,8 @@ def test_sbatch_ddp_job_requeues_once_and_resumes_exactly(
 
     wait_for("the requeue", requeued, 300 if TIME_LIMIT else 120, log)
     release_requeued(slurm_env, job_id, log)
-    info, output = job_info(job_id, slurm_env), log.read_text()
-    print(f"--- job {job_id}, both attempts ({time.monotonic() - started:.0f} s) ---")
-    print("\n".join(line for line in output.splitlines() if _progrow_line(line)))
-    print(f"job {job_id}: JobState={info['JobState']} Restarts={info['Restarts']}")
+    elapsed = f"both attempts ({time.monotonic() - started:.0f} s)"
+    info, output = report_job(slurm_env, job_id, log, elapsed)
     assert (info["JobState"], info["Restarts"], info["ExitCode"]) == ("COMPLETED", "1", "0:0")
 
     # Attempt 1: fresh start, stopped by SIGUSR1 after the step-10 checkpoint; attempt 2:
