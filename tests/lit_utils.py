@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -128,6 +129,42 @@ class SendSignal(L.Callback):
             return
         if self.rank is None or self.rank == trainer.global_rank:
             self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+def child_pids(name: str) -> list[int]:
+    """The pids of this process's children whose command name contains ``name``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended meanwhile
+            continue
+        comm, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+        if name in comm and int(rest.split()[1]) == os.getpid():
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+class KillWandbCore(L.Callback):
+    """Ends this process's ``wandb-core`` with SIGTERM (what SLURM's ``scancel`` does to
+    it) at the start of validation at step ``step``, waits until it is gone, then sends
+    ``signum`` to this process if given: the signal lands during validation, after the
+    step's stop check (``+callbacks.kill_wandb._target_=lit_utils.KillWandbCore``)."""
+
+    def __init__(self, step: int, signum: int | None = None) -> None:
+        self.step, self.signum, self.killed = step, signum, False
+
+    def on_validation_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.killed or trainer.global_step != self.step:
+            return
+        self.killed = True
+        pids = child_pids("wandb-core")
+        assert pids, "no wandb-core child process"
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+        if self.signum is not None:
             os.kill(os.getpid(), self.signum)
 
 

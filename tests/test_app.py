@@ -500,10 +500,7 @@ def test_fsdp_cpu_two_processes_grow_and_resume(cache: Path, tmp_path: Path) -> 
 def test_wandb_offline_run_writes_files(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
+    offline_wandb(tmp_path, monkeypatch)
     result = train(compose_run(tmp_path, cache, "logger=wandb", max_steps=10))
     runs = list(tmp_path.rglob("offline-run-*"))
     assert runs, "no offline W&B run folder"
@@ -513,6 +510,48 @@ def test_wandb_offline_run_writes_files(
     # Each folder is labelled with its logger (the console's "logs" row reads these).
     assert [entry["logger"] for entry in result["loggers"]] == ["csv", "wandb"]
     assert [entry["dir"] for entry in result["loggers"]] == result["log_dirs"]
+
+
+def offline_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def test_training_outlives_the_wandb_service(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """wandb-core dies mid-run (here at the validation of step 10): W&B's next log call
+    raises, and the run must go on to its end, the CSV log complete, with one warning
+    that says from which step W&B recorded nothing, and the summary saying so too."""
+    offline_wandb(tmp_path, monkeypatch)
+    kill = ["+callbacks.kill_wandb._target_=lit_utils.KillWandbCore",
+            "+callbacks.kill_wandb.step=10"]  # fmt: skip
+    summary = train(compose_run(tmp_path, cache, "logger=wandb", *kill))
+    assert summary["global_step"] == MAX_STEPS
+    steps = [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
+    assert steps == list(range(1, MAX_STEPS, 2)), steps  # log_every_n_steps=2: none lost
+    lost = [r.getMessage() for r in caplog.records if "W&B records nothing more" in r.getMessage()]
+    assert len(lost) == 1 and "at step 10" in lost[0] and "Connection" in lost[0], lost
+    wandb_entry = summary["loggers"][1]
+    assert wandb_entry["logger"] == "wandb" and wandb_entry["lost_at_step"] == 10
+
+
+def test_sigterm_during_validation_with_wandb_gone_saves_and_stops(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``scancel`` reaches wandb-core and the trainer at once; here while the trainer
+    validates (after the step's stop check, so W&B's validation log call meets the dead
+    service): the stop still happens at the next step, with its checkpoint."""
+    offline_wandb(tmp_path, monkeypatch)
+    kill = ["+callbacks.kill_wandb._target_=lit_utils.KillWandbCore",
+            "+callbacks.kill_wandb.step=10", "+callbacks.kill_wandb.signum=15"]  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        train(compose_run(tmp_path, cache, "logger=wandb", *kill))
+    assert "stopped by SIGTERM at step 11" in str(stopped.value)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 11
 
 
 @pytest.mark.parametrize("growth", ["none", "all_six"])

@@ -250,6 +250,7 @@ def _build_trainer(job: _Job, preemption: PreemptionCallback) -> tuple[Any, list
         _convert_="all",
         **plugins,
     )
+    wandb_extras.guard_service(loggers, lambda: trainer.global_step)
     for logger in trainer.loggers:
         logger.log_hyperparams(_hparams(job))
     return trainer, loggers
@@ -343,7 +344,7 @@ def _summary(
         "log_dirs": [str(d) for d in (_log_dir(lg) for lg in trainer.loggers) if d],
         # The same folders, each with the logger that writes there (the console's labels).
         "loggers": [
-            {"logger": _logger_name(lg), "dir": d}
+            {"logger": _logger_name(lg), "dir": d, **_service_lost(lg)}
             for lg in trainer.loggers
             if (d := _log_dir(lg)) is not None
         ],
@@ -412,6 +413,14 @@ def _save_final_checkpoint(trainer: Any) -> str | None:
 def _logger_name(logger: Any) -> str:
     """``csv``, ``wandb``, ``tensorboard``, ... from Lightning's logger class name."""
     return type(logger).__name__.removesuffix("Logger").lower() or type(logger).__name__
+
+
+def _service_lost(logger: Any) -> dict[str, Any]:
+    """``lost_at_step`` and ``error`` for a W&B logger whose service died mid-run."""
+    from progrow.app import wandb_extras
+
+    guard = wandb_extras.service_lost(logger)
+    return {} if guard is None else {"lost_at_step": guard.lost_at_step, "error": repr(guard.error)}
 
 
 def _log_dir(logger: Any) -> str | None:

@@ -1,10 +1,16 @@
 """W&B extras of the app (the library never imports wandb): compute as the x-axis, the
-growth events as a table, a stable run id for resumed jobs, one run per job."""
+growth events as a table, a stable run id for resumed jobs, one run per job, and training
+that outlives W&B's service."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.loggers import Logger
 
@@ -27,11 +33,95 @@ BY_COMPUTE = (
 EVENT_COLUMNS = ("stage", "step", "flops", "params_before", "params", "loss_before",
                  "loss_after", "loss_delta", "seconds")  # fmt: skip
 ID_FILE = "wandb-run-id"
+#: The logger methods that talk to wandb-core.
+SERVICE_CALLS = ("log_metrics", "log_hyperparams", "log_table", "log_text", "log_image",
+                 "log_audio", "log_video", "after_save_checkpoint", "save", "finalize")  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 
 def is_wandb(logger: Logger) -> bool:
     """Whether ``logger`` is Lightning's WandbLogger (checked by name: no wandb import)."""
-    return type(logger).__name__ == "WandbLogger"
+    return any(cls.__name__ == "WandbLogger" for cls in type(logger).__mro__)
+
+
+class ServiceGuard:
+    """Keeps training going when ``wandb-core`` dies under a W&B logger.
+
+    The service is a separate process: SLURM's ``scancel`` sends it SIGTERM together with
+    the trainer, and it can die on its own (out of memory, killed). W&B's next call then
+    raises ``ConnectionError`` from wherever the trainer logs (a training step, a
+    validation, a checkpoint), which would kill the run, or, under DDP, rank 0 alone while
+    the others wait in a collective. Guarded, the first such error is logged once, naming
+    the step from which W&B recorded nothing, and every later W&B call is skipped; the
+    other loggers (the CSV log) go on, and a resumed job continues the W&B run.
+    """
+
+    def __init__(self, logger: Logger, global_step: Callable[[], int]) -> None:
+        self.global_step = global_step
+        self.lost_at_step: int | None = None
+        self.error: BaseException | None = None
+        for name in SERVICE_CALLS:
+            method = getattr(logger, name, None)
+            if callable(method):
+                setattr(logger, name, self._guard(name, method))
+
+    @property
+    def lost(self) -> bool:
+        return self.error is not None
+
+    def _guard(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if self.lost:
+                return None
+            try:
+                return method(*args, **kwargs)
+            except ConnectionError as err:
+                self.error, self.lost_at_step = err, self.global_step()
+                log.warning(
+                    "W&B's service is gone (%r in %s, at step %d): W&B records nothing more "
+                    "in this job; the other loggers keep every metric, and a resumed job "
+                    "continues the W&B run", err, name, self.lost_at_step,
+                )  # fmt: skip
+                _drop_dead_service()
+                return None
+
+        return guarded
+
+
+def _drop_dead_service() -> None:
+    """Forget the dead service connection, so that the next ``wandb.init`` in this
+    process (a multirun's next job) starts a new wandb-core, and the exit does not print
+    the old connection's teardown error. The teardown itself fails on the closed
+    connection: expected, and nothing to report twice."""
+    import wandb
+
+    with contextlib.suppress(Exception):  # the connection is known to be gone
+        wandb.teardown()
+    # The dead run stays wandb.run (finishing it needs the service), and Lightning's
+    # WandbLogger would reuse it: unset it the way wandb.finish does.
+    try:
+        from wandb.sdk.lib import module
+    except ImportError:
+        wandb.run = None
+    else:
+        module.unset_globals()
+
+
+def guard_service(loggers: list[Logger], global_step: Callable[[], int]) -> None:
+    """Put a :class:`ServiceGuard` on each W&B logger of ``loggers``; ``global_step``
+    gives the trainer's step for its warning."""
+    for logger in loggers:
+        guarded = isinstance(getattr(logger, "progrow_guard", None), ServiceGuard)
+        if is_wandb(logger) and not guarded:
+            logger.progrow_guard = ServiceGuard(logger, global_step)  # type: ignore[attr-defined]
+
+
+def service_lost(logger: Logger) -> ServiceGuard | None:
+    """The guard of a W&B logger whose service died, else None."""
+    guard = getattr(logger, "progrow_guard", None)
+    return guard if isinstance(guard, ServiceGuard) and guard.lost else None
 
 
 def stable_run_id(output_dir: Path) -> str:
@@ -74,7 +164,7 @@ def define_compute_axis(loggers: list[Logger]) -> None:
 
 def log_events_table(loggers: list[Logger], events: list[GrowthEvent]) -> None:
     """Log the growth events as a ``growth/events`` table."""
-    if not any(is_wandb(logger) for logger in loggers):
+    if not any(is_wandb(logger) and not service_lost(logger) for logger in loggers):
         return
     import wandb
 
@@ -102,6 +192,8 @@ def finish(loggers: list[Logger], failed: bool, preempted: bool = False) -> None
         return
     import wandb
 
+    if any(service_lost(logger) for logger in loggers):
+        return  # nothing left to finish it with (the run's files end where it died)
     if wandb.run is not None:
         if preempted:
             wandb.run.mark_preempting()
