@@ -29,9 +29,10 @@ import torch
 import progrow.surgery as surgery_module
 from progrow import GrowthCallback, LMModule, Transformer, TransformerConfig
 from progrow.expand import grow, grow_step
+from progrow.layout import param_names
 from progrow.loss import lm_loss
 from progrow.optim import OptimConfig, build_adamw
-from progrow.surgery import param_names, update_optimizer
+from progrow.surgery import update_optimizer
 from progrow.training import LMDataModule
 
 KINDS = ("d_mlp", "n_heads", "d_v", "d_qk", "d_model", "n_layers", "all six")

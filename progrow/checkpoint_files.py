@@ -25,6 +25,11 @@ from progrow.config import TransformerConfig
 
 #: Where progrow keeps its entry in a checkpoint (architecture, optimizer names, totals).
 CHECKPOINT_KEY = "progrow"
+#: The version of the checkpoint layout this progrow writes and reads (the ``format`` of
+#: its entry): the entry, the growth callback's state (its stage list, every placement
+#: written), the Transformer's config in its state dict. A 0.x package has no upgrade
+#: path: a checkpoint of another format is refused, naming both versions.
+CHECKPOINT_FORMAT = 1
 #: The growth callback's entry in ``checkpoint["callbacks"]`` (its default state key).
 CALLBACK_KEY = "GrowthCallback"
 #: Lightning's file of everything but the tensors in a sharded checkpoint folder.
@@ -38,15 +43,49 @@ def checkpoint_config(checkpoint: Mapping[str, Any]) -> TransformerConfig:
 
     Raises:
         ValueError: the checkpoint has no ``progrow.model_config`` entry (it was not
-            written by a progrow module or callback) or an unreadable one.
+            written by a progrow module or callback), an unreadable one, or one of another
+            checkpoint format (:func:`check_format`).
     """
     entry = checkpoint.get(CHECKPOINT_KEY)
+    check_format(checkpoint, "checkpoint")
     if not isinstance(entry, Mapping) or "model_config" not in entry:
         raise ValueError(
             f"checkpoint has no '{CHECKPOINT_KEY}.model_config' entry: offline growth needs a "
             "checkpoint written while training with progrow (LMModule or GrowthCallback)"
         )
     return TransformerConfig.from_dict(dict(entry["model_config"]))
+
+
+def check_format(checkpoint: Mapping[str, Any], source: str) -> None:
+    """Refuse a progrow checkpoint of another format than :data:`CHECKPOINT_FORMAT`.
+
+    A checkpoint without progrow's entry is left to the caller (it was not written while
+    training with progrow; what reads it says what is missing).
+
+    Raises:
+        ValueError: naming ``source``, the checkpoint's format and the one read here.
+
+    Example:
+        >>> check_format({"progrow": {"format": CHECKPOINT_FORMAT}}, "last.ckpt")
+        >>> check_format({"progrow": {"model_config": {}}}, "last.ckpt")
+        Traceback (most recent call last):
+        ...
+        ValueError: last.ckpt: progrow checkpoint format none (written before checkpoints \
+carried a format); this progrow reads format 1 only: continue it with the progrow version \
+that wrote it, or train anew
+    """
+    entry = checkpoint.get(CHECKPOINT_KEY)
+    if not isinstance(entry, Mapping):
+        return
+    found = entry.get("format")
+    if found == CHECKPOINT_FORMAT:
+        return
+    what = "none (written before checkpoints carried a format)" if found is None else repr(found)
+    raise ValueError(
+        f"{source}: progrow checkpoint format {what}; this progrow reads format "
+        f"{CHECKPOINT_FORMAT} only: continue it with the progrow version that wrote it, "
+        "or train anew"
+    )
 
 
 def is_sharded_checkpoint(path: str | Path) -> bool:
@@ -111,7 +150,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir():
         if is_sharded_checkpoint(path):
-            return consolidate_sharded(path)
+            checkpoint = consolidate_sharded(path)
+            check_format(checkpoint, f"checkpoint {str(path)!r}")
+            return checkpoint
         raise ValueError(
             f"checkpoint {str(path)!r} is a folder but not a sharded checkpoint (no "
             f"{SHARDED_INDEX} and {SHARDED_META}): give a checkpoint file"
@@ -130,4 +171,5 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"checkpoint {str(path)!r} holds {what}, not a Lightning training checkpoint"
         )
+    check_format(checkpoint, f"checkpoint {str(path)!r}")
     return checkpoint

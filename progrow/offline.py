@@ -40,7 +40,7 @@ from progrow.layout import param_names
 from progrow.loss import lm_loss
 from progrow.model import Transformer
 from progrow.perturb import ShrinkPerturb
-from progrow.placement import BY_KEY, PLACEMENT_KEYS, saved_placement
+from progrow.placement import PLACEMENT_KEYS
 from progrow.schedule import PERTURB_KEYS, stage_seed
 from progrow.surgery import NewMoments, OptimizerState, SurgeryOptions, grow_with_optimizers
 
@@ -280,12 +280,8 @@ def _stage_step(
 ) -> GrowthStep:
     """The growth step to ``sizes``: the options as given, else as the run's own saved
     stage ``index`` had them (placements, init, perturbations), else the defaults."""
-    listed = growth_state.get("schedule") or []
     own = _saved_stage(growth_state, index)
-    saved: dict[str, Any] = {
-        key: saved_placement(listed, index, key) or BY_KEY[key].default for key in PLACEMENT_KEYS
-    }
-    saved.update({key: own[key] for key in ("init", *PERTURB_KEYS) if key in own})
+    saved = {key: own[key] for key in (*PLACEMENT_KEYS, "init", *PERTURB_KEYS) if key in own}
     return GrowthStep(sizes, **{**saved, **given})
 
 

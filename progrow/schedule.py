@@ -63,10 +63,9 @@ class GrowthStage:
             out["layer_positions"] = lp if isinstance(lp, str) else list(lp or ())
         for p in PLACEMENTS:
             if p.dim in spec.sizes:
-                # Always written: a saved list without it means the old default
-                # (progrow.placement.saved_stages).
+                # Always written: a saved list means the same whatever the default.
                 out[p.key] = getattr(spec, p.key)
-        if spec.init != "zero":  # the default is left out: older lists match
+        if spec.init != "zero":  # zero, the exact init, is part of the checkpoint format
             out["init"] = spec.init
         for key in PERTURB_KEYS:  # (the same for the perturbations)
             value = getattr(spec, key)
@@ -176,8 +175,7 @@ class GrowthSchedule:
         """Plain form (for logs and checkpoints); ``GrowthSchedule(s.to_list())`` rebuilds it.
 
         A stage always carries the placements (:data:`progrow.placement.PLACEMENTS`) of
-        the dimensions it grows, so the list means the same whatever the defaults; read
-        lists saved by older versions with :func:`progrow.placement.saved_stages`.
+        the dimensions it grows, so the list means the same whatever the defaults.
         """
         return [stage.as_dict() for stage in self.stages]
 

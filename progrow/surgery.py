@@ -528,24 +528,17 @@ def _fresh(param: Tensor, template: State, siblings: list[State], fill_typical: 
     return out
 
 
-# The layout helpers live in progrow.layout; they stay importable from here, where the
-# optimizer surgery's users have always found them.
 __all__ = [
     "OPTIMIZER_STATES",
     "SUPPORTED",
-    "GroupForNew",
     "NewMoments",
     "OptimizerState",
-    "ParamOrder",
     "StateTransport",
     "SurgeryOptions",
     "carry_optimizers",
     "check_new_moments",
     "check_optimizer_state",
     "grow_with_optimizers",
-    "layout_options",
     "optimizer_state_by_name",
-    "param_names",
-    "prefix_of",
     "update_optimizer",
 ]

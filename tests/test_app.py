@@ -277,43 +277,25 @@ def test_resume_from_explicit_checkpoint_into_new_folder(
     assert resumed["val_loss"] == full_run["val_loss"]
 
 
-def _before_written_placements(src: Path, dst: Path) -> None:
-    """``src`` as a checkpoint of an earlier version wrote it: its stage lists (the run
-    identity's and the growth callback's) leave out hidden_factor_at, then the default."""
-    ckpt = torch.load(src, map_location="cpu", weights_only=False)
-
-    def strip(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{k: v for k, v in s.items() if k != "hidden_factor_at"} for s in stages]
-
-    assert any("hidden_factor_at" in s for s in ckpt["progrow_run"]["stages"])
-    ckpt["progrow_run"]["stages"] = strip(ckpt["progrow_run"]["stages"])
-    growth_state = ckpt["callbacks"]["GrowthCallback"]
-    growth_state["schedule"] = strip(growth_state["schedule"])
-    torch.save(ckpt, dst)
-
-
-def test_checkpoint_from_before_written_placements_resumes_as_before(
-    cache: Path, tmp_path: Path
-) -> None:
-    """A checkpoint whose stage lists do not name the placement was written when the
-    default was the gains: with growth.hidden_factor_at unset it resumes on the gains and
-    ends bitwise where the uninterrupted gains run did (its d_model stage at step 12 is
-    still ahead); asking for the readers is a change of schedule, refused unless allowed,
-    and then ends elsewhere."""
+def test_resume_keeps_the_runs_placement_or_refuses(cache: Path, tmp_path: Path) -> None:
+    """A run placed on the gains resumes bitwise with its own placement (its d_model stage
+    at step 12 is still ahead); the default readers is a change of schedule, refused
+    unless allowed, and then ends elsewhere."""
     gains = train(compose_run(tmp_path / "gains", cache, "growth.hidden_factor_at=gains"))
-    old = tmp_path / "old.ckpt"
-    _before_written_placements(Path(gains["ckpt_dir"]) / "step_10.ckpt", old)
-    resumed = train(compose_run(tmp_path / "resumed", cache, f"ckpt_path={old}"))
+    ckpt = Path(gains["ckpt_dir"]) / "step_10.ckpt"
+    same = ["growth.hidden_factor_at=gains", f"ckpt_path={ckpt}"]
+    resumed = train(compose_run(tmp_path / "resumed", cache, *same))
     assert resumed["val_loss"] == gains["val_loss"]
     expected, got = state(gains["last_ckpt"]), state(resumed["last_ckpt"])
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
-    readers = ["growth.hidden_factor_at=readers", f"ckpt_path={old}"]
     refused = r"12: .*hidden_factor_at=gains\].*hidden_factor_at=readers"
     with pytest.raises(ConfigError, match=refused):
-        train(compose_run(tmp_path / "refused", cache, *readers))
-    allowed = compose_run(tmp_path / "readers", cache, *readers, "resume_allow_changes=true")
+        train(compose_run(tmp_path / "refused", cache, f"ckpt_path={ckpt}"))
+    allowed = compose_run(
+        tmp_path / "readers", cache, f"ckpt_path={ckpt}", "resume_allow_changes=true"
+    )
     assert train(allowed)["val_loss"] != gains["val_loss"]
 
 

@@ -440,22 +440,24 @@ def test_stage_init_reaches_the_expansion(cache: Path, init: str) -> None:
 
 
 def test_resumed_placement_change_is_warned_for_stages_ahead() -> None:
-    """A saved stage list without hidden_factor_at (an earlier version's, when the default
-    was the gains) read against a schedule on the default readers: a warning per hidden
-    stage still ahead, none for one already grown, none when the placements agree."""
+    """A saved stage list placing the hidden factor on the gains read against a schedule
+    on the default readers: a warning per hidden stage still ahead, none when the
+    placements agree; the same change on a stage already grown is refused."""
     stages = [{"step": 2, "d_model": 12}, {"step": 4, "d_mlp": 20}, {"step": 6, "d_model": 16}]
+    placed = [{**s, "hidden_factor_at": "gains"} if "d_model" in s else s for s in stages]
+    ahead = [*placed[:2], {**placed[2], "hidden_factor_at": "readers"}]
     event = {"stage": 0, "step": 2, "params_before": 1, "params": 2, "sizes": {}}
-    cb = growth(stages)
+    cb = growth(ahead)
     with pytest.warns(UserWarning, match=r"stage \d") as caught:
-        cb.load_state_dict({"events": [event], "schedule": stages})
+        cb.load_state_dict({"events": [event], "schedule": placed})
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1
     assert "stage 2 (step 6): hidden_factor_at was 'gains', now 'readers'" in messages[0]
-    placed = [{**s, "hidden_factor_at": "gains"} if "d_model" in s else s for s in stages]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        growth(placed).load_state_dict({"events": [], "schedule": stages})
-        cb.load_state_dict({"events": [], "schedule": cb.schedule.to_list()})
+        growth(placed).load_state_dict({"events": [event], "schedule": placed})
+    with pytest.raises(ValueError, match="already grew per another schedule"):
+        growth(stages).load_state_dict({"events": [event], "schedule": placed})
 
 
 #: Grown at step 2 (stage 0), checkpointed at step 4, stage 1 still ahead.

@@ -280,38 +280,9 @@ def test_growth_qk_factor_at_places_every_key_query_stage(tmp_path: Path) -> Non
     assert [s.qk_factor_at for s in mixed.growth.schedule] == ["queries", "shared"]
 
 
-@pytest.mark.parametrize(
-    ("overrides", "hidden", "qk"),
-    [
-        ([], "gains", "keys"),  # unset: the placements of the day the list was written
-        (["growth.hidden_factor_at=readers"], "readers", "keys"),  # set: the launch's
-        (["growth.qk_factor_at=shared"], "gains", "shared"),
-    ],
-)
-def test_resume_keeps_the_placements_of_an_older_stage_list(
-    tmp_path: Path, overrides: list[str], hidden: str, qk: str
-) -> None:
-    """A checkpoint whose list grows d_model and d_qk without naming placements (written
-    when the defaults were the gains and the keys) resumes with those where the launch
-    leaves growth.hidden_factor_at / growth.qk_factor_at unset."""
-    from progrow.app.resume import with_run_placement
-
-    settings = settings_of(compose_train(*overrides), tmp_path)
-    old = [{k: v for k, v in s.items() if not k.endswith("_factor_at")}
-           for s in settings.growth.schedule.to_list()]  # fmt: skip
-    ckpt = tmp_path / "old.ckpt"
-    torch.save({"progrow_run": {"stages": old}}, ckpt)
-    resumed = with_run_placement(settings, str(ckpt)).growth.schedule
-    assert [s.hidden_factor_at for s in resumed if "d_model" in s.sizes] == [hidden, hidden]
-    assert [s.qk_factor_at for s in resumed if "d_qk" in s.sizes] == [qk]
-    now = tmp_path / "now.ckpt"  # a list written now: the launch's own placements
-    torch.save({"progrow_run": {"stages": settings.growth.schedule.to_list()}}, now)
-    assert with_run_placement(settings, str(now)) is settings
-
-
 def test_growth_init_fills_every_stage_without_its_own(tmp_path: Path) -> None:
     """growth.init reaches every stage; a stage's own init wins; the default (zero) is
-    left out of the saved list, so lists written before init existed still match."""
+    left out of the saved list."""
     default = settings_of(compose_train(), tmp_path).growth.schedule
     assert all(stage.init == "zero" for stage in default)
     assert all("init" not in s for s in default.to_list())

@@ -20,6 +20,7 @@ import torch
 from conftest import checkout_env, run_process_groups
 from lit_utils import TWO_STAGES, datamodule, growth, lm_module
 
+from progrow.checkpoint_files import CHECKPOINT_FORMAT
 from progrow.offline import grow_checkpoint, load_checkpoint
 
 SCRIPT = Path(__file__).parent / "fsdp_growth_script.py"
@@ -74,6 +75,7 @@ def unsharded_checkpoint(before: dict) -> dict:
         "optimizer_states": [before["optimizer"]["state_dict"]],
         "global_step": 4,
         "progrow": {
+            "format": CHECKPOINT_FORMAT,
             "model_config": lm_module(12).model.config.to_dict(),
             "optimizer_params": [before["optimizer"]["names"]],
         },

@@ -253,16 +253,15 @@ def test_offline_growth_places_as_the_runs_own_stage(
     in_loop: tuple[Path, dict[str, torch.Tensor], list[dict[str, Any]]],
 ) -> None:
     """Without a placement, offline growth places stage 0's hidden factor as the
-    checkpoint's schedule does: the readers when the list names them, the gains when the
-    list leaves the key out (an earlier version's list, written when the default was the
-    gains), so such a checkpoint grows offline exactly as before."""
+    checkpoint's schedule does (the readers, or the gains where its list names them), so
+    the stage grows offline as it would have in the loop; an explicit placement wins."""
     ckpt_dir, _, _ = in_loop
     ckpt = load_checkpoint(ckpt_dir / "step=4.ckpt")
     schedule = ckpt["callbacks"]["GrowthCallback"]["schedule"]
     assert schedule[0]["hidden_factor_at"] == "readers"  # written, with d_model
+    on_gains = [{**s, "hidden_factor_at": "gains"} if "d_model" in s else s for s in schedule]
     old = {**ckpt, "callbacks": {"GrowthCallback": {
-        **ckpt["callbacks"]["GrowthCallback"],
-        "schedule": [{k: v for k, v in s.items() if k != "hidden_factor_at"} for s in schedule],
+        **ckpt["callbacks"]["GrowthCallback"], "schedule": on_gains,
     }}}  # fmt: skip
     grown = {
         "new-default": grow_checkpoint(ckpt, STAGE0),

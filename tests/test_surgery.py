@@ -24,13 +24,8 @@ from progrow import (
     expand_value,
     grow,
 )
-from progrow.surgery import (
-    StateTransport,
-    layout_options,
-    optimizer_state_by_name,
-    param_names,
-    update_optimizer,
-)
+from progrow.layout import layout_options, param_names
+from progrow.surgery import StateTransport, optimizer_state_by_name, update_optimizer
 
 # Odd sizes, so that a transposed or misplaced index cannot pass by accident.
 CFG = TransformerConfig(

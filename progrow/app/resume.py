@@ -19,12 +19,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import OmegaConf
 
 from progrow.app.errors import ConfigError
 from progrow.app.settings import RunSettings
+from progrow.checkpoint_files import check_format
 from progrow.config import TransformerConfig
-from progrow.placement import BY_KEY, saved_stages, unnamed_placements
 
 #: Checkpoint key of the run identity.
 RUN_KEY = "progrow_run"
@@ -94,6 +93,11 @@ def saved_identity(ckpt_path: str | Path) -> dict[str, Any] | None:
     if path.is_dir():  # a distributed checkpoint (FSDP): all but the tensors is in meta.pt
         path = path / "meta.pt"
     checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    if isinstance(checkpoint, dict):
+        try:
+            check_format(checkpoint, f"ckpt_path={ckpt_path}")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     entry = checkpoint.get(RUN_KEY) if isinstance(checkpoint, dict) else None
     return dict(entry) if isinstance(entry, dict) else None
 
@@ -112,9 +116,6 @@ def _stage_steps(stages: list[dict[str, Any]]) -> str:
 def identity_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """Human-readable differences between a checkpoint's run identity and this launch's.
 
-    Entries of :data:`IDENTITY_KEYS` that the saved identity lacks (a checkpoint written
-    before they were recorded) are not compared.
-
     Example:
         >>> identity_changes({"max_steps": 200, "seed": 0}, {"max_steps": 3000, "seed": 0})
         ['max_steps 200 -> 3000']
@@ -124,7 +125,7 @@ def identity_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     changes = []
     if saved.get("fingerprint") != now.get("fingerprint"):
         changes.append(f"data fingerprint {saved.get('fingerprint')} -> {now.get('fingerprint')}")
-    saved_list = saved_stages(saved.get("stages") or [])  # older lists: placement implicit
+    saved_list = saved.get("stages") or []
     if saved_list != (now.get("stages") or []) or saved.get("growth") != now.get("growth"):
         changes.append(
             f"growth schedule {saved.get('growth')} {_stage_steps(saved_list)} "
@@ -138,13 +139,9 @@ def identity_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     ]
     if diff:
         changes.append("model " + ", ".join(diff))
-    for key in ("max_steps", "seed"):
+    for key in ("max_steps", "seed", "processes", *CONFIG_KEYS):
         if saved.get(key) != now.get(key):
-            changes.append(f"{key} {saved.get(key)} -> {now.get(key)}")
-    # Entries a checkpoint may predate: compared only where it recorded them.
-    for key in ("processes", *CONFIG_KEYS):
-        if key in saved and saved[key] != now.get(key):
-            changes.append(f"{key} {_show(saved[key])} -> {_show(now.get(key))}")
+            changes.append(f"{key} {_show(saved.get(key))} -> {_show(now.get(key))}")
     return changes
 
 
@@ -156,11 +153,21 @@ def _show(value: Any) -> str:
 def check_resume(ckpt_path: str, identity: dict[str, Any], allow_changes: bool) -> list[str]:
     """Refuse to resume ``ckpt_path`` under a config that differs from its run's.
 
-    Returns the changes (empty when nothing changed, or when the checkpoint predates run
-    identities); raises :class:`ConfigError` naming them unless ``allow_changes``.
+    Returns the changes; raises :class:`ConfigError` naming them unless ``allow_changes``.
+    A checkpoint without a run identity (written by a training script of your own, not
+    by the app) cannot be compared: refused too, unless ``allow_changes``.
     """
     saved = saved_identity(ckpt_path)
-    changes = [] if saved is None else identity_changes(saved, identity)
+    if saved is None:
+        if not allow_changes:
+            raise ConfigError(
+                f"ckpt_path={ckpt_path}: the checkpoint records no run of the app (no "
+                f"'{RUN_KEY}' entry: written by another training script), so this launch's "
+                "config cannot be checked against it; pass resume_allow_changes=true to "
+                "continue it under this config"
+            )
+        return ["(the checkpoint records no run identity: nothing compared)"]
+    changes = identity_changes(saved, identity)
     if changes and not allow_changes:
         raise ConfigError(
             f"ckpt_path={ckpt_path}: this launch's config differs from the checkpoint's run: "
@@ -169,31 +176,6 @@ def check_resume(ckpt_path: str, identity: dict[str, Any], allow_changes: bool) 
             "pass resume_allow_changes=true to continue it under the new one"
         )
     return changes
-
-
-def with_run_placement(settings: RunSettings, ckpt_path: str) -> RunSettings:
-    """``settings`` to resume ``ckpt_path`` with, placed as the checkpoint's run was.
-
-    A checkpoint whose stage list grows ``d_model`` (``d_qk``) without naming the
-    placement was written when the default was the gains (the keys): see
-    :mod:`progrow.placement`. If this launch leaves ``growth.hidden_factor_at``
-    (``growth.qk_factor_at``) unset, that stays the run's default, so the run resumes
-    exactly as before (a stage's own key still wins, and an explicit setting is compared
-    like any other change by :func:`check_resume`).
-    """
-    growth = settings.raw.get("growth") or {}
-    saved = saved_identity(ckpt_path)
-    if saved is None:
-        return settings
-    keep = {
-        key: BY_KEY[key].legacy
-        for key in unnamed_placements(saved.get("stages") or [])
-        if growth.get(key) is None
-    }
-    if not keep:
-        return settings
-    raw = {**settings.raw, "growth": {**growth, **keep}}
-    return RunSettings.from_config(OmegaConf.create(raw))
 
 
 def run_identity(

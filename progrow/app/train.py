@@ -127,7 +127,7 @@ def _prepare(settings: RunSettings) -> _Job:
     from progrow.app.checks import check_devices, resolve_ckpt_path, world_size
     from progrow.app.console import check_val_split, quiet_lightning
     from progrow.app.interrupt import resume_message
-    from progrow.app.resume import check_resume, run_identity, with_run_placement
+    from progrow.app.resume import check_resume, run_identity
     from progrow.app.settings import validate_schedule, with_compute_budget
     from progrow.training import LMModule
 
@@ -136,8 +136,6 @@ def _prepare(settings: RunSettings) -> _Job:
     check_devices(settings.trainer)
     hf_io.check_folders(settings.hf_init_from, settings.hf_export_to)
     resume = resolve_ckpt_path(settings.ckpt_path, settings.ckpt_dir)
-    if resume is not None:
-        settings = with_run_placement(settings, resume)
     message = resume_message(settings.ckpt_path, resume, settings.ckpt_dir)
     if message and getattr(rank_zero_only, "rank", 0) == 0:
         print(message, flush=True)

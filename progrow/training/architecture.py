@@ -9,8 +9,8 @@ does; a module of your own calls it there too, for ``load_from_checkpoint`` and
 ``validate``/``test``/``predict(ckpt_path=...)``), and :func:`rebuild_on_load` while the
 :class:`~progrow.GrowthCallback` restores a fit. Lightning checkpoints also hold the
 config under ``checkpoint["progrow"]["model_config"]`` (:func:`save_architecture`), for
-readers of checkpoints and for :func:`upgrade_state_dict`, which makes a checkpoint
-written before the state dict carried the config load the same way.
+readers of checkpoints, with the checkpoint format's version: a checkpoint of another
+format is refused on load (:func:`progrow.checkpoint_files.check_format`).
 """
 
 from __future__ import annotations
@@ -20,13 +20,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.module import _EXTRA_STATE_KEY_SUFFIX as _EXTRA_STATE_KEY
 from torch.utils.hooks import RemovableHandle
 
-from progrow.checkpoint_files import CHECKPOINT_KEY
-from progrow.config import TransformerConfig
+from progrow.checkpoint_files import CHECKPOINT_FORMAT, CHECKPOINT_KEY, check_format
 from progrow.layout import param_names
-from progrow.model import Transformer, config_to_tensor, state_dict_config
+from progrow.model import Transformer, state_dict_config
 
 
 def _get(module: nn.Module, attr: str) -> Any:
@@ -76,9 +74,10 @@ def save_architecture(
     optimizers: Sequence[torch.optim.Optimizer] | None = None,
     **extra: Any,
 ) -> None:
-    """Write the current architecture, the optimizers' parameter names (when given) and
-    ``extra`` values into ``checkpoint``."""
+    """Write the checkpoint format, the current architecture, the optimizers' parameter
+    names (when given) and ``extra`` values into ``checkpoint``."""
     entry = checkpoint.setdefault(CHECKPOINT_KEY, {})
+    entry["format"] = CHECKPOINT_FORMAT
     entry["model_config"] = find_transformer(module, attr).config.to_dict()
     if optimizers is not None:
         entry["optimizer_params"] = optimizer_param_names(module, optimizers)
@@ -92,33 +91,15 @@ def _state_prefix(module: nn.Module, attr: str) -> str:
     return f"{name}." if name else ""
 
 
-def upgrade_state_dict(module: nn.Module, checkpoint: dict[str, Any], attr: str = "model") -> bool:
-    """Put the checkpoint's saved config into its state dict if the state dict lacks it.
-
-    For checkpoints written before a :class:`Transformer`'s state dict carried its
-    config: afterwards :func:`load_architecture` rebuilds the grown shapes from it, as for
-    new checkpoints. Returns whether it changed the checkpoint.
-    """
-    entry = checkpoint.get(CHECKPOINT_KEY) or {}
-    state_dict = checkpoint.get("state_dict")
-    if "model_config" not in entry or not isinstance(state_dict, dict):
-        return False
-    key = _state_prefix(module, attr) + _EXTRA_STATE_KEY
-    if key in state_dict:
-        return False
-    state_dict[key] = config_to_tensor(TransformerConfig.from_dict(entry["model_config"]))
-    return True
-
-
 def load_architecture(module: nn.Module, checkpoint: dict[str, Any], attr: str = "model") -> bool:
     """Rebuild ``module.<attr>`` to the architecture of ``checkpoint``'s state dict, so that
     the state dict loads next; returns whether the architecture changed.
 
     Call it from ``on_load_checkpoint`` (Lightning calls that before loading the state
-    dict and before building optimizers). A checkpoint from before the state dict carried
-    the config is upgraded first (:func:`upgrade_state_dict`).
+    dict and before building optimizers). A checkpoint of another progrow checkpoint
+    format is refused with a ``ValueError`` naming both versions.
     """
-    upgrade_state_dict(module, checkpoint, attr)
+    check_format(checkpoint, "checkpoint")
     target = find_transformer(module, attr)
     config = state_dict_config(checkpoint.get("state_dict") or {}, _state_prefix(module, attr))
     if config is None or config == target.config:

@@ -28,14 +28,13 @@ from torch.utils.hooks import RemovableHandle
 from progrow.config import TransformerConfig
 from progrow.events import GrowthEvent, events_from_dicts
 from progrow.expand.plan import grown_config
+from progrow.layout import GroupForNew, ParamOrder
 from progrow.model import Transformer
 from progrow.placement import stage_changes
 from progrow.schedule import GrowthSchedule, GrowthStage, stage_seed
 from progrow.surgery import (
-    GroupForNew,
     NewMoments,
     OptimizerState,
-    ParamOrder,
     SurgeryOptions,
     check_new_moments,
     check_optimizer_state,
@@ -306,9 +305,8 @@ class GrowthCallback(L.Callback):
         return {"events": [e.to_dict() for e in self.events], "schedule": self.schedule.to_list()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.events = events_from_dicts(state_dict.get("events"))
-        if "schedule" in state_dict:  # (a state without one cannot be compared)
-            self._check_resumed_schedule(list(state_dict["schedule"] or []))
+        self.events = events_from_dicts(state_dict["events"])
+        self._check_resumed_schedule(list(state_dict["schedule"]))
 
     def _check_resumed_schedule(self, saved: list[dict[str, Any]]) -> None:
         """Refuse a schedule that differs from the checkpoint's in a stage already grown,
@@ -317,12 +315,11 @@ class GrowthCallback(L.Callback):
         The model already grew per the saved stages that have events; a stage listed
         differently at such an index would grow again with that stage's seed and label
         (two events "stage i"), or the record would describe growth that never happened.
-        Stages ahead may change (e.g. a run saved before placements were written grew
-        on the gains, a schedule built now places on the readers), but not silently.
+        Stages ahead may change, but not silently.
         """
         now = self.schedule.to_list()
         grown = {event.stage for event in self.events}
-        changes = stage_changes(saved, now, grown)
+        changes = stage_changes(saved, now)
         both = f"the checkpoint's schedule: {saved}; this callback's: {now}"
         conflicts = [text for i, text in changes.items() if i in grown]
         if conflicts and not self.resume_allow_changes:
