@@ -29,9 +29,9 @@ import torch
 import progrow.surgery as surgery_module
 from progrow import GrowthCallback, LMModule, Transformer, TransformerConfig
 from progrow.expand import grow, grow_step
-from progrow.layout import param_names
 from progrow.loss import lm_loss
 from progrow.optim import OptimConfig, build_adamw
+from progrow.optimizer_layout import param_names
 from progrow.surgery import update_optimizer
 from progrow.training import LMDataModule
 

@@ -35,9 +35,9 @@ import torch
 from progrow import LMModule, Transformer, TransformerConfig
 from progrow.data import load_stdlib
 from progrow.expand import grow
-from progrow.layout import param_names
 from progrow.loss import lm_loss
 from progrow.optim import OptimConfig, build_adamw, warmup_cosine
+from progrow.optimizer_layout import param_names
 from progrow.surgery import update_optimizer
 from progrow.training import LMDataModule
 

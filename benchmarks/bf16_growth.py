@@ -43,7 +43,7 @@ from torch import Tensor
 from progrow import GrowthCallback, LMModule, Transformer, TransformerConfig, grow
 from progrow.config import GROWABLE_DIMS
 from progrow.data import load_stdlib
-from progrow.expand.plan import grown_config
+from progrow.expand.targets import grown_config
 from progrow.optim import OptimConfig, build_adamw
 
 SEQ_LEN = 128

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig
-from progrow.expand.plan import grown_config
+from progrow.expand.targets import grown_config
 
 
 def matmul_params(config: TransformerConfig) -> int:

@@ -33,14 +33,14 @@ from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.events import GrowthEvent, events_from_dicts
 from progrow.expand.hidden import FactorAt
 from progrow.expand.layers import Positions
-from progrow.expand.plan import Init
 from progrow.expand.step import GrowthStep
+from progrow.expand.targets import Init
 from progrow.expand.widths import QkFactorAt
-from progrow.layout import param_names
+from progrow.factor_placement import PLACEMENT_KEYS
 from progrow.loss import lm_loss
 from progrow.model import Transformer
+from progrow.optimizer_layout import param_names
 from progrow.perturb import ShrinkPerturb
-from progrow.placement import PLACEMENT_KEYS
 from progrow.schedule import PERTURB_KEYS, stage_seed
 from progrow.surgery import NewMoments, OptimizerState, SurgeryOptions, grow_with_optimizers
 

@@ -10,7 +10,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from progrow.layout import layer_pattern
+from progrow.optimizer_layout import layer_pattern
 
 #: The learning-rate schedules after warmup (see :func:`lr_multiplier`).
 Schedule = Literal["cosine", "wsd"]

@@ -9,8 +9,8 @@ from typing import Any, cast
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig, check_positive_int
 from progrow.expand.step import GrowthStep
+from progrow.factor_placement import BY_KEY, PLACEMENT_KEYS, PLACEMENTS
 from progrow.perturb import ShrinkPerturb
-from progrow.placement import BY_KEY, PLACEMENT_KEYS, PLACEMENTS
 
 #: Stage keys that change the grown model on purpose (:mod:`progrow.perturb`).
 PERTURB_KEYS = ("shrink_perturb", "new_noise")
@@ -151,7 +151,7 @@ class GrowthSchedule:
         :func:`progrow.grow`'s, applied stage by stage to the config each stage produces.
         """
         from progrow.expand.layers import new_layer_positions
-        from progrow.expand.plan import grown_config
+        from progrow.expand.targets import grown_config
 
         for i, stage in enumerate(self.stages):
             if max_steps is not None and max_steps >= 0 and stage.step >= max_steps:
@@ -174,7 +174,7 @@ class GrowthSchedule:
     def to_list(self) -> list[dict[str, Any]]:
         """Plain form (for logs and checkpoints); ``GrowthSchedule(s.to_list())`` rebuilds it.
 
-        A stage always carries the placements (:data:`progrow.placement.PLACEMENTS`) of
+        A stage always carries the placements (:data:`progrow.factor_placement.PLACEMENTS`) of
         the dimensions it grows, so the list means the same whatever the defaults.
         """
         return [stage.as_dict() for stage in self.stages]

@@ -39,7 +39,8 @@ from torch import Tensor, nn
 
 from progrow.expand.grow import grow_step
 from progrow.expand.step import GrowthStep
-from progrow.layout import (
+from progrow.model import Transformer
+from progrow.optimizer_layout import (
     GroupForNew,
     ParamOrder,
     add_new_params,
@@ -50,7 +51,6 @@ from progrow.layout import (
     param_names,
     prefix_of,
 )
-from progrow.model import Transformer
 from progrow.record import ExpansionRecord, ParamChange
 
 NewMoments = Literal["zero", "bias_corrected"]

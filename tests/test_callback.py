@@ -24,7 +24,7 @@ from lit_utils import (
 )
 
 from progrow import GrowthCallback, GrowthSchedule, Transformer, TransformerConfig
-from progrow.expand import plan
+from progrow.expand import targets
 from progrow.training import lm_loss
 from progrow.training.callback import _check_strategy
 from progrow.training.fsdp import GrowableModelParallelStrategy
@@ -328,9 +328,9 @@ def test_bf16_mixed_precision(
     if not eps_rescaled:
         # The tolerance must be tight enough to catch a real defect under bf16 noise:
         # drop hidden expansion's eps rescale and the growth must be flagged.
-        exact = plan._hidden_config
+        exact = targets._hidden_config
         monkeypatch.setattr(
-            plan, "_hidden_config", lambda c, h: exact(c, h).replace(norm_eps=c.norm_eps)
+            targets, "_hidden_config", lambda c, h: exact(c, h).replace(norm_eps=c.norm_eps)
         )
     cb = growth(loss_tolerance=BF16_TOLERANCE)
     module = lm_module(10)

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from lit_utils import assert_bitwise_equal, datamodule, growth, lm_module, params, trainer
 
 from progrow import GrowthCallback, GrowthSchedule, GrowthStep, Transformer, TransformerConfig
-from progrow.expand.plan import Init
-from progrow.layout import param_names
+from progrow.expand.targets import Init
 from progrow.model import fresh_init
 from progrow.offline import grow_checkpoint_file
 from progrow.optim import lr_multiplier
+from progrow.optimizer_layout import param_names
 from progrow.perturb import carried
 from progrow.record import ExpansionRecord
 from progrow.surgery import (

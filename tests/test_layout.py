@@ -139,7 +139,12 @@ def _import_graph() -> dict[str, set[str]]:
 CORE_PREFIXES = (
     *("progrow.config", "progrow.model", "progrow.expand", "progrow.record", "progrow.events"),
     *("progrow.surgery", "progrow.offline", "progrow.schedule", "progrow.flops", "progrow.optim"),
-    *("progrow.layout", "progrow.placement", "progrow.loss", "progrow.checkpoint_files"),
+    *(
+        "progrow.optimizer_layout",
+        "progrow.factor_placement",
+        "progrow.loss",
+        "progrow.checkpoint_files",
+    ),
     *("progrow.data", "progrow.hf"),
 )
 #: Layers, lowest first: a module may import its own layer and the ones below.

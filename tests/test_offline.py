@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from progrow import LMModule
 from progrow.app.grow import main as grow_main
 from progrow.events import GrowthEvent
-from progrow.expand.plan import spread_sources
+from progrow.expand.targets import spread_sources
 from progrow.model import config_from_tensor
 from progrow.offline import (
     grow_checkpoint,

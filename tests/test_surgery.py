@@ -24,7 +24,7 @@ from progrow import (
     expand_value,
     grow,
 )
-from progrow.layout import layout_options, param_names
+from progrow.optimizer_layout import layout_options, param_names
 from progrow.surgery import StateTransport, optimizer_state_by_name, update_optimizer
 
 # Odd sizes, so that a transposed or misplaced index cannot pass by accident.

@@ -273,7 +273,7 @@ def interpolate(start: Size, target: Size, count: int, recipe: Recipe) -> list[S
 
 def _from_schedule(name: str, start: Size, recipe: Recipe) -> list[Size]:
     """The sizes after each stage of ``conf/growth/<name>.yaml``, grown from ``start``."""
-    from progrow.expand.plan import grown_config
+    from progrow.expand.targets import grown_config
 
     path = CONF_DIR / "growth" / f"{name}.yaml"
     if not path.is_file():

@@ -21,7 +21,7 @@ from progrow.app.checks import world_size
 from progrow.app.errors import ConfigError
 from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.expand.step import GrowthStep
-from progrow.placement import PLACEMENTS, Placement
+from progrow.factor_placement import PLACEMENTS, Placement
 from progrow.schedule import PERTURB_KEYS, GrowthSchedule
 
 #: Keys of ``cfg.growth`` that are GrowthCallback options (the rest: ``name``, ``stages``).
@@ -315,7 +315,7 @@ def _run_placement(placement: Placement, value: Any) -> str:
 
 def _place_factors(stage: Any, placements: dict[str, str]) -> Any:
     """``stage`` with the run's placements (``growth.<key>`` of each
-    :data:`~progrow.placement.PLACEMENTS`) on the dimensions it grows, where it sets none
+    :data:`~progrow.factor_placement.PLACEMENTS`) on the dimensions it grows, where it sets none
     of its own (a stage's own key wins)."""
     if not isinstance(stage, dict):
         return stage

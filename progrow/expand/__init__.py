@@ -8,8 +8,8 @@ and returns an :class:`progrow.ExpansionRecord` saying what happened to every pa
 from progrow.expand.grow import GROW_ORDER, grow, grow_step
 from progrow.expand.hidden import FACTOR_PLACEMENTS, FactorAt, expand_hidden
 from progrow.expand.layers import add_layers, new_layer_positions
-from progrow.expand.plan import INITS, Init, expanded_config, grown_config
 from progrow.expand.step import GrowthStep
+from progrow.expand.targets import INITS, Init, expanded_config, grown_config
 from progrow.expand.widths import (
     QK_FACTOR_PLACEMENTS,
     QkFactorAt,

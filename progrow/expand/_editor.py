@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from progrow.config import TransformerConfig
-from progrow.expand.plan import Init, expanded_config
+from progrow.expand.targets import Init, expanded_config
 from progrow.model import Attention, RMSNorm, Transformer, fresh_init
 from progrow.record import (
     ExpansionRecord,
@@ -33,7 +33,7 @@ def check_target(
     """Validate a target size for ``dim``: the grown config, or None for the current size.
 
     Raises ``ValueError`` naming the dimension and the value, or ``init`` and its value
-    (see :func:`progrow.expand.plan.expanded_config`).
+    (see :func:`progrow.expand.targets.expanded_config`).
     """
     if not isinstance(model, Transformer):
         raise TypeError(f"expected a progrow.Transformer, got {type(model).__name__}")
@@ -55,7 +55,7 @@ def blocked_index(
     entries to ``e * new_block + [0, old_block)``. ``block_at`` moves old block ``b`` to
     new block ``block_at[b]`` (query heads regrouped under grouped-query attention);
     ``within`` places the old entries inside their block (RoPE pairs, see
-    :func:`progrow.expand.plan.rope_layout`).
+    :func:`progrow.expand.targets.rope_layout`).
     """
     at = torch.arange(n_blocks) if block_at is None else block_at
     inner = torch.arange(old_block) if within is None else within

@@ -10,8 +10,8 @@ import torch
 from progrow.config import GROWABLE_DIMS
 from progrow.expand.hidden import DEFAULT_FACTOR_AT, FactorAt, expand_hidden
 from progrow.expand.layers import Positions, add_layers, new_layer_positions
-from progrow.expand.plan import Init, grown_config, pins_kv_heads
 from progrow.expand.step import GrowthStep
+from progrow.expand.targets import Init, grown_config, pins_kv_heads
 from progrow.expand.widths import (
     DEFAULT_QK_FACTOR_AT,
     QkFactorAt,

@@ -8,8 +8,8 @@ from typing import Literal, get_args
 import torch
 
 from progrow.expand._editor import Editor, Fill, check_target
-from progrow.expand.plan import Init
 from progrow.expand.split import split_hidden
+from progrow.expand.targets import Init
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord
 

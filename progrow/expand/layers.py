@@ -11,7 +11,7 @@ from torch import nn
 
 from progrow.config import TransformerConfig
 from progrow.expand._editor import check_target, sync_modules
-from progrow.expand.plan import Init
+from progrow.expand.targets import Init
 from progrow.model import Block, Transformer, fresh_init
 from progrow.record import ExpansionRecord, ParamChange, identity_index
 

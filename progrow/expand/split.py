@@ -12,7 +12,7 @@ an old one, and whatever reads the copies is split so that their sum is the old 
   (the sum of squares is kept, so RMSNorm is exact with the usual eps rescale), and
   each reader's columns are the old column times ``sqrt(m) * w`` (random per entry).
 
-Sources are spread evenly over the old units (:func:`progrow.expand.plan.spread_sources`);
+Sources are spread evenly over the old units (:func:`progrow.expand.targets.spread_sources`);
 split weights come from the generator, drawn on the CPU in float64.
 """
 
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from progrow.config import TransformerConfig
 from progrow.expand._editor import Editor, blocked_index
-from progrow.expand.plan import rope_split_layout, spread_sources
+from progrow.expand.targets import rope_split_layout, spread_sources
 
 
 def split_weights(

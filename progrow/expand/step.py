@@ -15,7 +15,7 @@ from typing import Any
 from progrow.config import GROWABLE_DIMS
 from progrow.expand.hidden import DEFAULT_FACTOR_AT, FACTOR_PLACEMENTS, FactorAt, check_factor_at
 from progrow.expand.layers import Positions
-from progrow.expand.plan import INITS, Init, check_init
+from progrow.expand.targets import INITS, Init, check_init
 from progrow.expand.widths import (
     DEFAULT_QK_FACTOR_AT,
     QK_FACTOR_PLACEMENTS,

@@ -17,8 +17,8 @@ from torch import Tensor
 
 from progrow.config import TransformerConfig
 from progrow.expand._editor import Editor, Fill, blocked_index, check_target
-from progrow.expand.plan import Init, rope_layout, spread_sources
 from progrow.expand.split import split_heads, split_mlp, split_qk, split_value
+from progrow.expand.targets import Init, rope_layout, spread_sources
 from progrow.model import Transformer
 from progrow.record import ExpansionRecord
 
@@ -336,7 +336,7 @@ def expand_qk(
     ``m*i`` and ``m*i + d_qk/2``), whose default frequency is the old one, and the model
     stays Hugging Face's layout. For other factors old pairs keep their indices and the
     config stores the frequency table (``rope_inv_freq``): see
-    :func:`progrow.expand.plan.rope_layout`. New pairs have zero keys, so they add nothing
+    :func:`progrow.expand.targets.rope_layout`. New pairs have zero keys, so they add nothing
     to any score whatever their frequency; rotations are linear, so scaling queries or
     keys scales the rotated ones alike.
 
@@ -345,7 +345,7 @@ def expand_qk(
     summing to one (and by the factors ``factor_at`` places), so the products
     ``q_j k_j`` sum to the old one. Under RoPE whole pairs are copied, each new pair with
     its source's frequency; the config then stores the table (``rope_inv_freq``; see
-    :func:`progrow.expand.plan.rope_split_layout`), which Hugging Face's Llama cannot
+    :func:`progrow.expand.targets.rope_split_layout`), which Hugging Face's Llama cannot
     express.
 
     Example:

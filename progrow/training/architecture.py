@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from progrow.checkpoint_files import CHECKPOINT_FORMAT, CHECKPOINT_KEY, check_format
-from progrow.layout import param_names
 from progrow.model import Transformer, state_dict_config
+from progrow.optimizer_layout import param_names
 
 
 def _get(module: nn.Module, attr: str) -> Any:

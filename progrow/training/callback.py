@@ -27,10 +27,10 @@ from torch.utils.hooks import RemovableHandle
 
 from progrow.config import TransformerConfig
 from progrow.events import GrowthEvent, events_from_dicts
-from progrow.expand.plan import grown_config
-from progrow.layout import GroupForNew, ParamOrder
+from progrow.expand.targets import grown_config
+from progrow.factor_placement import stage_changes
 from progrow.model import Transformer
-from progrow.placement import stage_changes
+from progrow.optimizer_layout import GroupForNew, ParamOrder
 from progrow.schedule import GrowthSchedule, GrowthStage, stage_seed
 from progrow.surgery import (
     NewMoments,
@@ -48,19 +48,19 @@ from progrow.training.architecture import (
 )
 from progrow.training.compiled import fresh_compile, is_compiled
 from progrow.training.fsdp import GrowableModelParallelStrategy, grow_sharded
+from progrow.training.growth_lr import (
+    GrowthLRScale,
+    fan_in_factors,
+    fan_in_finals,
+    rewarmup_scale,
+    width_lr_scale,
+)
 from progrow.training.lightning_internals import (
     build_optimizers,
     ddp_start_method,
     micro_batches_started_this_epoch,
 )
 from progrow.training.probe import LossFn, capture_probe, probe_loss
-from progrow.training.rewarmup import (
-    Rewarmup,
-    fan_in_factors,
-    fan_in_finals,
-    rewarmup_scale,
-    width_lr_scale,
-)
 
 OnLossJump = Literal["raise", "warn", "ignore"]
 
@@ -258,7 +258,7 @@ class GrowthCallback(L.Callback):
         self.events: list[GrowthEvent] = []
         self._probe: Any = None  # this fit's probe batch, on the CPU
         self._restoring: RemovableHandle | None = None  # see setup
-        self._rewarmup = Rewarmup()
+        self._rewarmup = GrowthLRScale()
 
     # -- setup: validate before step 0, make checkpoints carry the architecture ----------
 
@@ -509,7 +509,7 @@ class GrowthCallback(L.Callback):
             raise RuntimeError(message)
         warnings.warn(message, stacklevel=2)
 
-    # -- learning-rate factors: re-warmup after growth, width (progrow.training.rewarmup) -
+    # -- learning-rate factors: re-warmup after growth, width (progrow.training.growth_lr) -
 
     def _lr_scale(self, global_step: int, d_model: int) -> float:
         """The factor on the scheduled LR: the width factor times the re-warmup ramp."""

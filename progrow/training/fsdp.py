@@ -30,8 +30,8 @@ from progrow.checkpoint_files import CHECKPOINT_KEY, checkpoint_config
 from progrow.config import TransformerConfig
 from progrow.expand.grow import grow_step
 from progrow.expand.step import GrowthStep
-from progrow.layout import param_names, prefix_of
 from progrow.model import Transformer
+from progrow.optimizer_layout import param_names, prefix_of
 from progrow.record import ExpansionRecord
 from progrow.surgery import StateTransport, SurgeryOptions, carry_optimizers
 from progrow.training.architecture import find_transformer

@@ -29,8 +29,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from progrow.config import TransformerConfig
-from progrow.layout import layer_pattern, param_names, prefix_of
 from progrow.model import Transformer
+from progrow.optimizer_layout import layer_pattern, param_names, prefix_of
 
 
 def rewarmup_scale(
@@ -174,7 +174,7 @@ class _Scaled:
 
 
 @dataclass
-class Rewarmup:
+class GrowthLRScale:
     """Scales optimizers' learning rates for one step at a time (see the module doc).
 
     Hooks live from :meth:`attach` to :meth:`detach` (called at fit start and teardown),
