@@ -26,8 +26,8 @@ from lit_utils import (
 from progrow import GrowthCallback, GrowthSchedule, Transformer, TransformerConfig
 from progrow.expand import targets
 from progrow.training import lm_loss
-from progrow.training.callback import _check_strategy
 from progrow.training.fsdp import GrowableModelParallelStrategy
+from progrow.training.strategies import check_strategy
 
 
 @pytest.fixture(scope="module")
@@ -265,12 +265,12 @@ def test_fractional_steps() -> None:
 def test_unsupported_strategy_is_refused() -> None:
     # FSDP1 (and DeepSpeed, any other strategy) points to growing the checkpoint offline.
     with pytest.raises(RuntimeError, match=r"does not support the FSDPStrategy.*progrow-grow"):
-        _check_strategy(FSDPStrategy())
+        check_strategy(FSDPStrategy())
     # Plain ModelParallelStrategy cannot resume a grown sharded checkpoint.
     needs = r"needs progrow\.training\.GrowableModelParallelStrategy"
     with pytest.raises(RuntimeError, match=needs):
-        _check_strategy(ModelParallelStrategy())
-    _check_strategy(GrowableModelParallelStrategy())
+        check_strategy(ModelParallelStrategy())
+    check_strategy(GrowableModelParallelStrategy())
 
 
 class UserModule(L.LightningModule):

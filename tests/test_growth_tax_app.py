@@ -41,7 +41,7 @@ def test_app_options_reach_the_stages_and_the_callback(tmp_path: Path) -> None:
     assert run.optim["fan_in_groups"] is True  # the per-fan-in LR needs its groups
     optim, cb = _optimizer_and_growth(run)
     assert optim.fan_in_groups and cb.optimizer_state == "reset_old"
-    assert (cb.rewarmup_from, cb.lr_fan_in_exponent) == (0.25, 1.0)
+    assert (cb.lr.rewarmup_from, cb.lr.lr_fan_in_exponent) == (0.25, 1.0)
     # A change of any of them is a change of the run (refused on resume).
     base = settings(tmp_path)
     model = TransformerConfig(vocab_size=256, max_seq_len=16)

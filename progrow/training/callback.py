@@ -15,17 +15,9 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.strategies import (
-    DDPStrategy,
-    ModelParallelStrategy,
-    SingleDeviceStrategy,
-    Strategy,
-)
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.hooks import RemovableHandle
 
-from progrow.config import TransformerConfig
 from progrow.events import GrowthEvent, events_from_dicts
 from progrow.expand.targets import grown_config
 from progrow.factor_placement import stage_changes
@@ -38,61 +30,21 @@ from progrow.surgery import (
     SurgeryOptions,
     check_new_moments,
     check_optimizer_state,
-    grow_with_optimizers,
 )
 from progrow.training.architecture import (
     find_transformer,
-    optimizer_param_names,
     rebuild_on_load,
     save_architecture,
 )
-from progrow.training.compiled import fresh_compile, is_compiled
-from progrow.training.fsdp import GrowableModelParallelStrategy, grow_sharded
-from progrow.training.growth_lr import (
-    GrowthLRScale,
-    fan_in_factors,
-    fan_in_finals,
-    rewarmup_scale,
-    width_lr_scale,
-)
+from progrow.training.fsdp import GrowableModelParallelStrategy
+from progrow.training.growth_lr import GrowthLR
 from progrow.training.lightning_internals import (
-    build_optimizers,
-    ddp_start_method,
     micro_batches_started_this_epoch,
 )
 from progrow.training.probe import LossFn, capture_probe, probe_loss
+from progrow.training.strategies import check_strategy, fresh_layout, grow_in_fit
 
 OnLossJump = Literal["raise", "warn", "ignore"]
-
-
-def _check_strategy(strategy: Strategy) -> None:
-    # Only strategies whose growth is handled: single device, DDP (its wrapper is rebuilt),
-    # FSDP2 through ModelParallelStrategy (gathered, grown, re-sharded). FSDP1 and
-    # DeepSpeed wrap and flatten parameters in ways in-place growth cannot follow.
-    if type(strategy) is ModelParallelStrategy:
-        raise RuntimeError(
-            "GrowthCallback needs progrow.training.GrowableModelParallelStrategy instead of "
-            "ModelParallelStrategy (same arguments): it rebuilds the grown architecture "
-            "before a sharded checkpoint loads, which ModelParallelStrategy cannot."
-        )
-    if type(strategy) not in (SingleDeviceStrategy, DDPStrategy, GrowableModelParallelStrategy):
-        raise RuntimeError(
-            f"GrowthCallback does not support the {type(strategy).__name__} strategy "
-            "(supported: single device, DDP, and FSDP2 through ModelParallelStrategy). "
-            "Grow between jobs instead: stop, grow the checkpoint offline with progrow-grow "
-            "(progrow.offline.grow_checkpoint_file), and resume from the grown checkpoint."
-        )
-    start_method = ddp_start_method(strategy)
-    if start_method != "popen":
-        # ddp_spawn/ddp_fork/ddp_notebook train in child processes and hand only rank 0's
-        # weights back to the parent: its module, optimizer and this callback's events
-        # never see the growth.
-        raise RuntimeError(
-            f"GrowthCallback does not support DDP with start_method={start_method!r} "
-            "(strategy='ddp_spawn', 'ddp_fork' or 'ddp_notebook'): the grown model, its "
-            "optimizer and the growth events stay in the worker processes. Use "
-            "strategy='ddp', which runs the script once per process."
-        )
 
 
 class GrowthCallback(L.Callback):
@@ -217,21 +169,7 @@ class GrowthCallback(L.Callback):
         if not loss_tolerance >= 0:
             raise ValueError(f"loss_tolerance must be >= 0, got {loss_tolerance!r}")
         check_new_moments(new_moments)
-        if (
-            isinstance(rewarmup_steps, bool)
-            or not isinstance(rewarmup_steps, int)
-            or rewarmup_steps < 0
-        ):
-            raise ValueError(f"rewarmup_steps must be an int >= 0, got {rewarmup_steps!r}")
-        if (
-            isinstance(lr_width_exponent, bool)
-            or not isinstance(lr_width_exponent, (int, float))
-            or not 0 <= lr_width_exponent <= 4
-        ):
-            raise ValueError(
-                f"lr_width_exponent must be a number in [0, 4], got {lr_width_exponent!r}"
-            )
-        _check_lr_levers(rewarmup_steps, rewarmup_from, lr_width_exponent, lr_fan_in_exponent)
+        self.lr = GrowthLR(rewarmup_steps, rewarmup_from, lr_width_exponent, lr_fan_in_exponent)
         check_optimizer_state(optimizer_state, new_moments)
         self.seed = seed
         self.model_attr = model_attr
@@ -240,14 +178,7 @@ class GrowthCallback(L.Callback):
         self.loss_tolerance = loss_tolerance
         self.on_loss_jump = on_loss_jump
         self.new_moments = new_moments
-        self.rewarmup_steps = rewarmup_steps
-        self.rewarmup_from = float(rewarmup_from)
-        self.lr_width_exponent = float(lr_width_exponent)
-        self.lr_fan_in_exponent = float(lr_fan_in_exponent)
         self.optimizer_state = optimizer_state
-        self._final_d_model: int | None = None  # set at setup, from the schedule
-        self._configs: list[TransformerConfig] = []  # the start and each stage's (setup)
-        self._fan_in_finals: list[list[int | None]] = []  # per optimizer and group
         self.group_for_new = group_for_new
         self.param_order = param_order
         if not isinstance(resume_allow_changes, bool):
@@ -258,14 +189,13 @@ class GrowthCallback(L.Callback):
         self.events: list[GrowthEvent] = []
         self._probe: Any = None  # this fit's probe batch, on the CPU
         self._restoring: RemovableHandle | None = None  # see setup
-        self._rewarmup = GrowthLRScale()
 
     # -- setup: validate before step 0, make checkpoints carry the architecture ----------
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        _check_strategy(trainer.strategy)
+        check_strategy(trainer.strategy)
         if isinstance(trainer.strategy, GrowableModelParallelStrategy) and (
             self.new_moments != "zero"
         ):
@@ -276,14 +206,12 @@ class GrowthCallback(L.Callback):
                 "(GrowableModelParallelStrategy); use new_moments='zero'"
             )
         model = find_transformer(pl_module, self.model_attr)
-        final = self.schedule.validate_for(model.config, trainer.max_steps)
-        self._final_d_model = final.d_model
-        self._configs = [model.config]
+        self.schedule.validate_for(model.config, trainer.max_steps)
+        configs = [model.config]
         for each in self.schedule:  # (``stage`` is the trainer's stage here)
-            self._configs.append(grown_config(self._configs[-1], each.sizes, each.spec.init))
+            configs.append(grown_config(configs[-1], each.sizes, each.spec.init))
+        self.lr.prepare(trainer, self, configs)
         self._probe = None
-        if self._scales_lr:
-            _run_before_lr_monitors(trainer, self)
         # A resumed fit loads the checkpoint's state dict after setup, before the
         # optimizers exist: give the model the checkpoint's (grown) size then, and only
         # then (on_fit_start ends it). Sharded: GrowableModelParallelStrategy does it.
@@ -339,33 +267,21 @@ class GrowthCallback(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._end_restore()
-        self._attach_rewarmup(trainer, pl_module)
+        self.lr.attach(trainer, pl_module, find_transformer(pl_module, self.model_attr))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Again: resuming under a sharded strategy may set up new optimizers after fit start.
-        self._attach_rewarmup(trainer, pl_module)
-
-    @property
-    def _scales_lr(self) -> bool:
-        return bool(self.rewarmup_steps or self.lr_width_exponent or self.lr_fan_in_exponent)
-
-    def _attach_rewarmup(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.lr_fan_in_exponent:
-            # Before step 0: a group that no single factor fits is refused here.
-            model = find_transformer(pl_module, self.model_attr)
-            self._fan_in_finals = fan_in_finals(trainer.optimizers, pl_module, model, self._configs)
-        if self._scales_lr:
-            self._rewarmup.attach(trainer.optimizers)
+        self.lr.attach(trainer, pl_module, find_transformer(pl_module, self.model_attr))
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._end_restore()
-        self._rewarmup.detach()
+        self.lr.detach()
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         self._end_restore()
-        self._rewarmup.detach()  # no scaled LR left in an optimizer a user may save
+        self.lr.detach()  # no scaled LR left in an optimizer a user may save
 
     # -- the growth itself --------------------------------------------------------------
 
@@ -383,8 +299,10 @@ class GrowthCallback(L.Callback):
                 # The grown model: a sharded growth replaces the module, so the old handle
                 # would give a later stage and the width LR factor the old sizes.
                 model = self._grow(trainer, pl_module, model, index, stage)
-        if self._scales_lr:
-            self._scale_lr(trainer, model)
+        last_growth = self.events[-1].step if self.events else None
+        self.lr.start_step(
+            trainer.optimizers, trainer.global_step, model.config.d_model, last_growth
+        )
 
     @staticmethod
     def _reached(model: Transformer, stage: GrowthStage) -> bool:
@@ -415,31 +333,9 @@ class GrowthCallback(L.Callback):
             optimizer_state=self.optimizer_state,
             group_for_new=self.group_for_new,
             param_order=self.param_order,
-            layout=lambda module: self._fresh_layout(trainer, pl_module),
+            layout=lambda module: fresh_layout(trainer, pl_module),
         )
-        if isinstance(trainer.strategy, GrowableModelParallelStrategy):
-            # configure_model: the module's own sharding policy, applied to the grown model
-            grow_sharded(
-                pl_module,
-                trainer.optimizers,
-                stage.spec,
-                pl_module.configure_model,
-                surgery,
-                generator=generator,
-                model_attr=self.model_attr,
-            )
-        else:
-            grow_with_optimizers(
-                pl_module, model, trainer.optimizers, stage.spec, surgery, generator=generator
-            )
-        model = find_transformer(pl_module, self.model_attr)  # one handle, either way
-        if is_compiled(model):
-            fresh_compile()  # the grown model compiles once, with static shapes
-        if isinstance(trainer.strategy, DDPStrategy):
-            # The old wrapper fixed its parameter set when built: without a new one the
-            # grown parameters are never all-reduced (or the step fails).
-            trainer.strategy.model = pl_module
-            trainer.strategy.configure_ddp()
+        model = grow_in_fit(trainer, pl_module, stage.spec, surgery, generator, self.model_attr)
         seconds = time.perf_counter() - started
         loss_after = self._probe_loss(trainer, pl_module)
         if trainer.world_size > 1:
@@ -461,18 +357,6 @@ class GrowthCallback(L.Callback):
         self._log(trainer, event)
         self._check_delta(event, stage)
         return model
-
-    @staticmethod
-    def _fresh_layout(trainer: L.Trainer, pl_module: L.LightningModule) -> list[list[list[str]]]:
-        """Per optimizer and group, the parameter names ``configure_optimizers`` gives on
-        the grown module: what a resumed run builds and loads the saved state onto."""
-        optimizers = build_optimizers(pl_module)
-        if len(optimizers) != len(trainer.optimizers):
-            raise ValueError(
-                f"configure_optimizers built {len(optimizers)} optimizer(s) on the grown "
-                f"module, the run has {len(trainer.optimizers)}"
-            )
-        return optimizer_param_names(pl_module, optimizers)
 
     def _log(self, trainer: L.Trainer, event: GrowthEvent) -> None:
         metrics: dict[str, float | None] = {
@@ -509,76 +393,17 @@ class GrowthCallback(L.Callback):
             raise RuntimeError(message)
         warnings.warn(message, stacklevel=2)
 
-    # -- learning-rate factors: re-warmup after growth, width (progrow.training.growth_lr) -
-
-    def _lr_scale(self, global_step: int, d_model: int) -> float:
-        """The factor on the scheduled LR: the width factor times the re-warmup ramp."""
-        scale = width_lr_scale(d_model, self._final_d_model or d_model, self.lr_width_exponent)
-        if self.events:
-            since = global_step - self.events[-1].step
-            ramp = rewarmup_scale(since, self.rewarmup_steps, self.rewarmup_from)
-            scale *= 1.0 if ramp is None else ramp
-        return scale
-
-    def _scale_lr(self, trainer: L.Trainer, model: Transformer) -> None:
-        scale = self._lr_scale(trainer.global_step, model.config.d_model)
-        per_group = None
-        if self.lr_fan_in_exponent:
-            exponent = self.lr_fan_in_exponent
-            per_group = fan_in_factors(trainer.optimizers, self._fan_in_finals, exponent)
-        if scale != 1.0 or any(f != 1.0 for groups in per_group or [] for f in groups):
-            self._rewarmup.start_step(trainer.optimizers, scale, per_group)
+    # -- learning-rate levers (progrow.training.growth_lr) ---------------------------------
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        self._rewarmup.before_step(optimizer)
+        self.lr.before_step(optimizer)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
-        self._rewarmup.end_batch()
-
-
-def _check_lr_levers(
-    rewarmup_steps: int, rewarmup_from: Any, lr_width_exponent: float, lr_fan_in_exponent: Any
-) -> None:
-    """Refuse a bad ``rewarmup_from`` or ``lr_fan_in_exponent``, each naming the option."""
-    if (
-        isinstance(rewarmup_from, bool)
-        or not isinstance(rewarmup_from, (int, float))
-        or not 0 <= rewarmup_from < 1
-    ):
-        raise ValueError(f"rewarmup_from must be a number in [0, 1), got {rewarmup_from!r}")
-    if rewarmup_from and not rewarmup_steps:
-        raise ValueError(
-            f"rewarmup_from={rewarmup_from!r} needs rewarmup_steps > 0 (it is where the "
-            "re-warmup ramp starts, and rewarmup_steps=0 has none)"
-        )
-    if (
-        isinstance(lr_fan_in_exponent, bool)
-        or not isinstance(lr_fan_in_exponent, (int, float))
-        or not 0 <= lr_fan_in_exponent <= 4
-    ):
-        raise ValueError(
-            f"lr_fan_in_exponent must be a number in [0, 4], got {lr_fan_in_exponent!r}"
-        )
-    if lr_fan_in_exponent and lr_width_exponent:
-        raise ValueError(
-            f"lr_fan_in_exponent={lr_fan_in_exponent!r} with lr_width_exponent="
-            f"{lr_width_exponent!r}: both scale the weight matrices' LR by width; set one "
-            "of them to 0"
-        )
-
-
-def _run_before_lr_monitors(trainer: L.Trainer, callback: L.Callback) -> None:
-    """Move ``callback`` before any ``LearningRateMonitor``: the monitor reads the LR at
-    batch start, after this callback has scaled it for re-warmup."""
-    callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]
-    monitors = [i for i, c in enumerate(callbacks) if isinstance(c, LearningRateMonitor)]
-    if monitors and callbacks.index(callback) > monitors[0]:
-        callbacks.remove(callback)
-        callbacks.insert(monitors[0], callback)
+        self.lr.end_batch()
 
 
 __all__ = ["GrowthCallback", "stage_seed"]

@@ -24,7 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -240,3 +242,138 @@ class GrowthLRScale:
         scaled = self._scaled.pop(id(optimizer), None)
         if scaled is not None:
             scaled.undo()
+
+
+class GrowthLR:
+    """The learning-rate levers of growth, as :class:`~progrow.GrowthCallback` applies them:
+    the re-warmup after each growth, the width factor and the per-group fan-in factor
+    (the module doc), validated when built, each refusal naming its option.
+
+    The callback calls :meth:`prepare` at setup, :meth:`attach` once the optimizers
+    exist, :meth:`start_step` at each step's first micro-batch, :meth:`before_step` and
+    :meth:`end_batch` around the optimizer step, :meth:`detach` at teardown.
+    """
+
+    def __init__(
+        self,
+        rewarmup_steps: int = 0,
+        rewarmup_from: float = 0.0,
+        lr_width_exponent: float = 0.0,
+        lr_fan_in_exponent: float = 0.0,
+    ) -> None:
+        _check_levers(rewarmup_steps, rewarmup_from, lr_width_exponent, lr_fan_in_exponent)
+        self.rewarmup_steps = rewarmup_steps
+        self.rewarmup_from = float(rewarmup_from)
+        self.lr_width_exponent = float(lr_width_exponent)
+        self.lr_fan_in_exponent = float(lr_fan_in_exponent)
+        self._final_d_model: int | None = None
+        self._configs: list[TransformerConfig] = []  # the start and each stage's
+        self._fan_in_finals: list[list[int | None]] = []  # per optimizer and group
+        self._scale = GrowthLRScale()
+
+    @property
+    def active(self) -> bool:
+        """Whether any lever is on (else every method leaves the optimizers alone)."""
+        return bool(self.rewarmup_steps or self.lr_width_exponent or self.lr_fan_in_exponent)
+
+    def prepare(
+        self, trainer: L.Trainer, callback: L.Callback, configs: list[TransformerConfig]
+    ) -> None:
+        """At setup: the configs the schedule goes through (the last is the final one),
+        and ``callback`` moved before any ``LearningRateMonitor``, which reads the LR at
+        batch start, after the callback has scaled it."""
+        self._configs = list(configs)
+        self._final_d_model = configs[-1].d_model
+        if not self.active:
+            return
+        callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]
+        monitors = [i for i, c in enumerate(callbacks) if isinstance(c, LearningRateMonitor)]
+        if monitors and callbacks.index(callback) > monitors[0]:
+            callbacks.remove(callback)
+            callbacks.insert(monitors[0], callback)
+
+    def attach(self, trainer: L.Trainer, pl_module: nn.Module, model: Transformer) -> None:
+        """Hook the trainer's optimizers; a group that no single fan-in factor fits is
+        refused here, before step 0."""
+        if self.lr_fan_in_exponent:
+            self._fan_in_finals = fan_in_finals(trainer.optimizers, pl_module, model, self._configs)
+        if self.active:
+            self._scale.attach(trainer.optimizers)
+
+    def detach(self) -> None:
+        """Put every scheduled LR back and remove the hooks."""
+        self._scale.detach()
+
+    def scale(self, global_step: int, d_model: int, last_growth: int | None) -> float:
+        """The factor on the scheduled LR: the width factor times the re-warmup ramp
+        (``last_growth``: the step of the last growth, ``None`` before any)."""
+        final = self._final_d_model or d_model
+        scale = width_lr_scale(d_model, final, self.lr_width_exponent)
+        if last_growth is not None:
+            ramp = rewarmup_scale(
+                global_step - last_growth, self.rewarmup_steps, self.rewarmup_from
+            )
+            scale *= 1.0 if ramp is None else ramp
+        return scale
+
+    def start_step(
+        self,
+        optimizers: list[torch.optim.Optimizer],
+        global_step: int,
+        d_model: int,
+        last_growth: int | None,
+    ) -> None:
+        """At a step's first micro-batch: show the step's scaled LRs, if any differ."""
+        if not self.active:
+            return
+        scale = self.scale(global_step, d_model, last_growth)
+        per_group = None
+        if self.lr_fan_in_exponent:
+            per_group = fan_in_factors(optimizers, self._fan_in_finals, self.lr_fan_in_exponent)
+        if scale != 1.0 or any(f != 1.0 for groups in per_group or [] for f in groups):
+            self._scale.start_step(optimizers, scale, per_group)
+
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._scale.before_step(optimizer)
+
+    def end_batch(self) -> None:
+        self._scale.end_batch()
+
+
+def _number_in(value: Any, low: float, high: float, closed: bool = True) -> bool:
+    """Whether ``value`` is a real number (not a bool) in ``[low, high]`` (or
+    ``[low, high)`` when not ``closed``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return low <= value <= high if closed else low <= value < high
+
+
+def _check_levers(
+    rewarmup_steps: Any, rewarmup_from: Any, lr_width_exponent: Any, lr_fan_in_exponent: Any
+) -> None:
+    """Refuse a bad lever value or a bad combination, naming the option and the value."""
+    if (
+        isinstance(rewarmup_steps, bool)
+        or not isinstance(rewarmup_steps, int)
+        or rewarmup_steps < 0
+    ):
+        raise ValueError(f"rewarmup_steps must be an int >= 0, got {rewarmup_steps!r}")
+    if not _number_in(lr_width_exponent, 0, 4):
+        raise ValueError(f"lr_width_exponent must be a number in [0, 4], got {lr_width_exponent!r}")
+    if not _number_in(rewarmup_from, 0, 1, closed=False):
+        raise ValueError(f"rewarmup_from must be a number in [0, 1), got {rewarmup_from!r}")
+    if rewarmup_from and not rewarmup_steps:
+        raise ValueError(
+            f"rewarmup_from={rewarmup_from!r} needs rewarmup_steps > 0 (it is where the "
+            "re-warmup ramp starts, and rewarmup_steps=0 has none)"
+        )
+    if not _number_in(lr_fan_in_exponent, 0, 4):
+        raise ValueError(
+            f"lr_fan_in_exponent must be a number in [0, 4], got {lr_fan_in_exponent!r}"
+        )
+    if lr_fan_in_exponent and lr_width_exponent:
+        raise ValueError(
+            f"lr_fan_in_exponent={lr_fan_in_exponent!r} with lr_width_exponent="
+            f"{lr_width_exponent!r}: both scale the weight matrices' LR by width; set one "
+            "of them to 0"
+        )
