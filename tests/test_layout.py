@@ -27,6 +27,7 @@ CORE = [
     "progrow.record",
     "progrow.events",
     "progrow.surgery",
+    "progrow.moments",
     "progrow.offline",
     "progrow.schedule",
     "progrow.flops",
@@ -141,6 +142,7 @@ CORE_PREFIXES = (
     *("progrow.surgery", "progrow.offline", "progrow.schedule", "progrow.flops", "progrow.optim"),
     *(
         "progrow.optimizer_layout",
+        "progrow.moments",
         "progrow.factor_placement",
         "progrow.loss",
         "progrow.checkpoint_files",

@@ -24,8 +24,9 @@ from progrow import (
     expand_value,
     grow,
 )
+from progrow.moments import StateTransport
 from progrow.optimizer_layout import layout_options, param_names
-from progrow.surgery import StateTransport, optimizer_state_by_name, update_optimizer
+from progrow.surgery import optimizer_state_by_name, update_optimizer
 
 # Odd sizes, so that a transposed or misplaced index cannot pass by accident.
 CFG = TransformerConfig(

@@ -31,9 +31,10 @@ from progrow.config import TransformerConfig
 from progrow.expand.grow import grow_step
 from progrow.expand.step import GrowthStep
 from progrow.model import Transformer
+from progrow.moments import StateTransport
 from progrow.optimizer_layout import param_names, prefix_of
 from progrow.record import ExpansionRecord
-from progrow.surgery import StateTransport, SurgeryOptions, carry_optimizers
+from progrow.surgery import SurgeryOptions, carry_optimizers
 from progrow.training.architecture import find_transformer
 from progrow.training.lightning_internals import optimizers_to_device
 
