@@ -28,7 +28,7 @@ from lit_utils import (
 )
 
 from progrow.training import FitInterrupted, PreemptionCallback
-from progrow.training.preemption import SignalLatch
+from progrow.training.signals import SignalLatch
 
 MAX_STEPS = 12  # growth stages at steps 4 and 8 (lit_utils.TWO_STAGES)
 

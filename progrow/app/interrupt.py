@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from progrow.app.settings import RunSettings
-from progrow.training.preemption import FitInterrupted, signal_name, slurm_job_id
+from progrow.training.signals import FitInterrupted, signal_name
+from progrow.training.slurm import slurm_job_id
 
 #: Overrides that name the run folder and the resume point: the hint sets its own.
 _RESUME_KEYS = ("hydra.run.dir=", "ckpt_path=")

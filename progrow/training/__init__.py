@@ -11,7 +11,8 @@ from progrow.training.callback import GrowthCallback, stage_seed
 from progrow.training.datamodule import SOURCES, LMDataModule, trainer_position
 from progrow.training.fsdp import GrowableModelParallelStrategy
 from progrow.training.module import LMModule
-from progrow.training.preemption import FitInterrupted, PreemptionCallback
+from progrow.training.preemption import PreemptionCallback
+from progrow.training.signals import FitInterrupted
 
 __all__ = [
     "SOURCES",

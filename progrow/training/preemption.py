@@ -22,20 +22,19 @@ Signals:
 
 A requeued job keeps its id, so a run folder named after it and ``ckpt_path=auto`` (or
 ``trainer.fit(ckpt_path=<the saved file>)``) continue the run exactly.
+
+The latch that records signals and :class:`FitInterrupted` are in
+:mod:`progrow.training.signals`, the ``scontrol`` calls in :mod:`progrow.training.slurm`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import signal
-import subprocess
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import lightning as L
@@ -45,6 +44,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from progrow.training.lightning_internals import log_step_metrics
+from progrow.training.signals import FitInterrupted, SignalLatch, signal_name
+from progrow.training.slurm import requeue_slurm_job, slurm_job_id
 
 log = logging.getLogger(__name__)
 
@@ -61,156 +62,6 @@ _REASONS = {
     signal.SIGTERM: "SIGTERM (cancel, preemption or time limit)",
     signal.SIGINT: "SIGINT (Ctrl-C)",
 }
-
-
-class FitInterrupted(SystemExit):
-    """``trainer.fit`` stopped on a signal after saving a checkpoint.
-
-    A :class:`SystemExit`, like Lightning's own ``SIGTERMException``: a script that does
-    not catch it exits quietly with ``128 + signal number``, the usual status of a process
-    ended by that signal.
-
-    Attributes:
-        signum: the signal that stopped the run, the same on every rank (whichever rank
-            received it); a requeue signal wins over SIGINT.
-        step: the optimizer step of the saved checkpoint (``trainer.global_step``).
-        ckpt_path: the checkpoint written.
-        requeued: whether this process requeued the SLURM job (rank 0 only).
-    """
-
-    def __init__(self, signum: int, step: int, ckpt_path: str, requeued: bool) -> None:
-        super().__init__(128 + signum)
-        self.signum = signum
-        self.step = step
-        self.ckpt_path = ckpt_path
-        self.requeued = requeued
-
-    def __str__(self) -> str:
-        return (
-            f"stopped by {signal_name(self.signum)} at step {self.step}; "
-            f"checkpoint: {self.ckpt_path}" + ("; SLURM job requeued" if self.requeued else "")
-        )
-
-
-def signal_name(signum: int) -> str:
-    """``"SIGUSR1"`` for 10, and so on."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-class SignalLatch:
-    """Records which of ``signals`` arrived, and does nothing else.
-
-    The handlers replace whatever was installed (Lightning's included) until
-    :meth:`restore`. A second SIGINT restores the previous handlers and raises
-    ``KeyboardInterrupt`` at once: the user asked twice.
-
-    Example:
-        >>> latch = SignalLatch([signal.SIGUSR1])
-        >>> latch.install()
-        >>> os.kill(os.getpid(), signal.SIGUSR1)
-        >>> latch.received
-        [<Signals.SIGUSR1: 10>]
-        >>> latch.restore()
-    """
-
-    def __init__(self, signals: Iterable[int]) -> None:
-        self.signals = tuple(signal.Signals(s) for s in dict.fromkeys(signals))
-        self.received: list[signal.Signals] = []
-        self._previous: dict[signal.Signals, Any] = {}
-
-    def install(self, signals: Iterable[int] | None = None) -> None:
-        """Install the handlers for ``signals`` (default: all), again where another handler
-        replaced them since; only the main thread can (elsewhere this does nothing)."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in self._select(signals):
-            current = signal.getsignal(signum)
-            if current != self._handle:
-                self._previous.setdefault(signum, current)
-                signal.signal(signum, self._handle)
-
-    def restore(self, signals: Iterable[int] | None = None) -> None:
-        """Put back the handlers found by the first :meth:`install` of ``signals``."""
-        for signum in self._select(signals):
-            if signum in self._previous:
-                handler = self._previous.pop(signum)
-                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-
-    def _select(self, signals: Iterable[int] | None) -> tuple[signal.Signals, ...]:
-        return self.signals if signals is None else tuple(signal.Signals(s) for s in signals)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        sig = signal.Signals(signum)
-        if sig == signal.SIGINT and sig in self.received:
-            self.restore([signal.SIGINT])
-            raise KeyboardInterrupt
-        if sig not in self.received:
-            self.received.append(sig)
-
-
-def slurm_job_id() -> str | None:
-    """This process's SLURM job id (``<array job>_<task>`` for array jobs), else ``None``."""
-    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    array_task = os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array_job and array_task:
-        return f"{array_job}_{array_task}"
-    return os.environ.get("SLURM_JOB_ID") or None
-
-
-#: Job states in which a requeue would undo a decision already taken: the user cancelled
-#: the job (``scancel`` also sends SIGTERM), or SLURM has requeued it itself (preemption
-#: with ``PreemptMode=REQUEUE``).
-NO_REQUEUE_STATES = frozenset(
-    {"CANCELLED", "COMPLETED", "PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"}
-)
-
-
-def _scontrol(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str] | None:
-    try:
-        return subprocess.run(
-            ["scontrol", *args], capture_output=True, text=True, timeout=timeout_s, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        log.error("scontrol %s: %s", " ".join(args), err)
-        return None
-
-
-def slurm_job_state(job_id: str) -> str | None:
-    """The job's ``JobState`` (``RUNNING``, ``CANCELLED``, ...) from ``scontrol``, or
-    ``None`` if it cannot be read."""
-    result = _scontrol("show", "job", "-o", job_id)
-    match = re.search(r"\bJobState=(\S+)", result.stdout) if result else None
-    return match.group(1) if match else None
-
-
-def requeue_slurm_job(job_id: str) -> bool:
-    """``scontrol requeue <job_id>`` unless the job was cancelled or is already requeued
-    (see :data:`NO_REQUEUE_STATES`); returns whether it requeued (reasons are logged).
-
-    SLURM then ends the running job and queues it again under the same id (it becomes
-    eligible after a begin-time delay, about two minutes on SLURM 22.05).
-    """
-    if not re.fullmatch(r"[0-9]+(_[0-9]+)?", job_id):
-        raise ValueError(f"job_id={job_id!r}: not a SLURM job id")
-    state = slurm_job_state(job_id)
-    if state in NO_REQUEUE_STATES:
-        log.warning("SLURM job %s is %s: not requeued", job_id, state)
-        return False
-    result = _scontrol("requeue", job_id)
-    if result is None:
-        return False
-    if result.returncode != 0:
-        log.error(
-            "scontrol requeue %s failed (exit %d): %s",
-            job_id,
-            result.returncode,
-            (result.stderr or result.stdout).strip(),
-        )
-        return False
-    return True
 
 
 def save_checkpoint_atomically(trainer: L.Trainer, path: Path) -> None:
@@ -450,14 +301,7 @@ def _dirpath(checkpoint: ModelCheckpoint) -> Path | None:
 
 __all__ = [
     "DEFAULT_SIGNALS",
-    "NO_REQUEUE_STATES",
     "REQUEUE_SIGNALS",
-    "FitInterrupted",
     "PreemptionCallback",
-    "SignalLatch",
-    "requeue_slurm_job",
     "save_checkpoint_atomically",
-    "signal_name",
-    "slurm_job_id",
-    "slurm_job_state",
 ]
