@@ -370,3 +370,15 @@ def test_bad_input_is_one_line_naming_the_flag(
     err = _error(capsys, [*_argv(tmp_path), *change])
     assert expected in err
     assert not (tmp_path / "pilots").exists()
+
+
+def test_a_summary_of_another_schema_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """A pilot (or --runs folder) whose summary.json an earlier progrow wrote (no schema)
+    is refused with one message naming it, not read with guessed keys."""
+    run = tmp_path / "old_pilot"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"val_loss": 2.0, "flops": 1e9}))
+    with pytest.raises(pilots.PlanError, match=rf"{run / 'summary.json'}: no 'schema' key"):
+        pilots.read_run(run)
+    with pytest.raises(pilots.PlanError, match="delete its folder"):
+        pilots.read_runs([str(tmp_path)])

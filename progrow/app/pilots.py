@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -270,23 +269,26 @@ def run_pilots(
 def read_run(folder: Path, label: str | None = None) -> Result | None:
     """A finished fixed-size run's result; ``None`` without a ``summary.json``, or for a
     run that grew or has no validation loss."""
+    from progrow.app.run_summary import RunRecord, SummaryError
     from progrow.app.runs import load_run
 
     path = folder / SUMMARY
     if not path.is_file():
         return None
-    summary = json.loads(path.read_text())
-    needed = ("val_loss", "flops", "tokens", "params", "sizes")
-    if summary.get("events") or any(summary.get(k) is None for k in needed):
+    try:
+        record = RunRecord.read(path)
+    except SummaryError as err:  # e.g. a pilot cached by an earlier progrow
+        raise PlanError(f"{err} (a cached pilot: delete its folder to run it again)") from None
+    if record.events or record.val_loss is None:
         return None
     curve = load_run(folder).curve if any(folder.rglob("metrics.csv")) else []
     return Result(
         label=label or folder.name,
-        dims={str(k): int(v) for k, v in summary["sizes"].items()},
-        params=int(summary["params"]),
-        flops=float(summary["flops"]),
-        tokens=float(summary["tokens"]),
-        val_loss=float(summary["val_loss"]),
+        dims=dict(record.sizes),
+        params=record.params,
+        flops=record.flops,
+        tokens=float(record.tokens),
+        val_loss=record.val_loss,
         folder=str(folder),
         curve=[(float(f), float(v)) for f, v in curve],
     )

@@ -3,8 +3,10 @@
 Reads only local files written by ``python -m progrow.train``: each run folder's
 ``.hydra/config.yaml`` (schedule name, seed), its CSV metrics
 (``csv/version_*/metrics.csv``; several versions are the attempts of a resumed run, later
-ones win where they overlap) and ``summary.json`` (wall time, growth events). A multirun
-folder works too: runs are found recursively.
+ones win where they overlap) and ``summary.json`` (schedule, final loss, compute, wall
+time, growth events: :class:`progrow.app.run_summary.RunRecord`; a run without one, still
+running or killed, is read from its logs). A multirun folder works too: runs are found
+recursively.
 
 For each run it reports the final validation loss, the training FLOPs, and, against the
 fixed-size baseline, the FLOPs at which the run first reached the baseline's final
@@ -42,6 +44,7 @@ from typing import Any
 
 from progrow.app.isoloss import iso_loss_flops
 from progrow.app.isoloss import saving_pct as iso_saving
+from progrow.app.run_summary import SummaryError
 from progrow.app.runs import (
     BASELINE_SCHEDULE,
     RunSummary,
@@ -420,6 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = summarize(args.run_dirs, baseline=args.baseline)
     except FileNotFoundError as err:
         print(f"progrow-report: {err}", file=sys.stderr)
+        return 2
+    except SummaryError as err:
+        print(f"progrow-report: error: {err}", file=sys.stderr)
         return 2
     if not runs:
         print(f"progrow-report: no runs with CSV metrics under {args.run_dirs}", file=sys.stderr)

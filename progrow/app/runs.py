@@ -1,22 +1,23 @@
 """Reading the run folders ``python -m progrow.train`` writes: what ``progrow-report``
 compares (:class:`RunSummary`, one per run). Local files only: ``.hydra/config.yaml``,
 the CSV metrics (``csv/version_*/metrics.csv``; later versions, the attempts of a resumed
-run, win where they overlap) and ``summary.json``.
+run, win where they overlap) and ``summary.json``
+(:class:`~progrow.app.run_summary.RunRecord`, refused unless of this progrow's schema).
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 
-from progrow.events import GrowthEvent, events_from_dicts
+from progrow.app.run_summary import SUMMARY_FILE, RunRecord
+from progrow.events import GrowthEvent
 
 BASELINE_SCHEDULE = "none"
 
@@ -167,40 +168,81 @@ def _logged_events(rows: list[dict[str, float]]) -> list[GrowthEvent]:
     ]
 
 
-def _first(*values: Any) -> Any:
-    """The first value that is not ``None``."""
-    return next((v for v in values if v is not None), None)
+class _Known(TypedDict):
+    """What a run folder tells besides its curves: from ``summary.json`` when it has one."""
+
+    growth: str
+    seed: int | None
+    final_val_loss: float | None
+    flops: float | None
+    tokens: float | None
+    wall_s: float | None
+    events: list[GrowthEvent]
+    sizes: dict[str, int] | None
 
 
 def load_run(run: Path, name: str | None = None) -> RunSummary:
-    """Read one run folder.
+    """Read one run folder: a finished run from its ``summary.json``, one without (still
+    running, or killed) from its logs (:func:`_logged`); the curves and the LR schedule
+    from the CSV metrics and ``.hydra/config.yaml`` either way.
 
-    The schedule's name and the final sizes come from ``summary.json``, else from the
-    logged hyperparameters, else (name only) from ``.hydra/config.yaml``: the config's
-    ``growth.name`` is the preset's even when ``growth.stages`` was overridden.
+    Raises:
+        progrow.app.run_summary.SummaryError: ``summary.json`` is not of the schema this
+            progrow reads (the message says how to regenerate it).
     """
     config = _load_yaml(run / ".hydra" / "config.yaml")
-    logged = _hparams_growth(run)
-    summary_file = run / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    sizes = summary.get("sizes") or logged.get("final_sizes")
     rows = read_metrics(run)
     curve = _column_pairs(rows, "compute/flops", "val/loss")
-    seed = config.get("seed")
+    summary_file = run / SUMMARY_FILE
+    if summary_file.is_file():
+        known = _recorded(RunRecord.read(summary_file))
+    else:
+        known = _logged(run, config, rows, curve)
     optim = config.get("optim") or {}
-    growth_name = summary.get("growth") or logged.get("name")
     return RunSummary(
         name=name or run.name,
         path=str(run),
-        growth=str(growth_name or (config.get("growth") or {}).get("name", "?")),
-        seed=int(seed) if isinstance(seed, int) else None,
-        final_val_loss=curve[-1][1] if curve else summary.get("val_loss"),
-        flops=_first(_column_max(rows, "compute/flops"), summary.get("flops")),
-        tokens=_first(_column_max(rows, "compute/tokens"), summary.get("tokens")),
-        wall_s=summary.get("wall_s_total", summary.get("wall_s")),
         curve=curve,
-        events=events_from_dicts(summary.get("events")) or _logged_events(rows),
         time_curve=_column_pairs(rows, "time/train_s", "val/loss"),
-        sizes={str(k): int(v) for k, v in sizes.items()} if isinstance(sizes, dict) else None,
         lr_schedule=str(optim.get("schedule", "cosine")) if optim else None,
+        **known,
+    )
+
+
+def _recorded(record: RunRecord) -> _Known:
+    """A finished run's facts, as its summary records them."""
+    return _Known(
+        growth=record.growth,
+        seed=record.seed,
+        final_val_loss=record.val_loss,
+        flops=record.flops,
+        tokens=record.tokens,
+        wall_s=record.wall_s_total,
+        events=record.events,
+        sizes=record.sizes,
+    )
+
+
+def _logged(
+    run: Path,
+    config: dict[str, Any],
+    rows: list[dict[str, float]],
+    curve: list[tuple[float, float]],
+) -> _Known:
+    """What the logs of a run without a summary tell: the CSV metrics, the latest logged
+    hyperparameters (schedule name, final sizes) and ``.hydra/config.yaml`` for the name
+    when nothing was logged yet (the config's ``growth.name`` is the preset's even when
+    ``growth.stages`` was overridden, hence last)."""
+    logged = _hparams_growth(run)
+    sizes = logged.get("final_sizes")
+    seed = config.get("seed")
+    return _Known(
+        growth=str(logged.get("name") or (config.get("growth") or {}).get("name", "?")),
+        seed=int(seed) if isinstance(seed, int) else None,
+        final_val_loss=curve[-1][1] if curve else None,
+        flops=_column_max(rows, "compute/flops"),
+        tokens=_column_max(rows, "compute/tokens"),
+        wall_s=None,
+        events=_logged_events(rows),
+        sizes={str(k): int(v) for k, v in sizes.items()} if isinstance(sizes, dict) else None,
     )

@@ -1,16 +1,19 @@
-"""The end-of-run summary: a JSON file in the run folder and a rich table on the console."""
+"""The end-of-run summary on the console: a rich table, also appended to the run's log.
+
+The summary itself, and its JSON file in the run folder, is
+:class:`progrow.app.run_summary.RunRecord`.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from progrow.events import GrowthEvent, events_from_dicts
-
-SUMMARY_FILE = "summary.json"
+if TYPE_CHECKING:
+    from progrow.app.run_summary import RunRecord
+    from progrow.events import GrowthEvent
 
 
 def _fmt(value: float | None, spec: str | Any) -> str:
@@ -30,26 +33,11 @@ def human(n: float) -> str:
     return f"{n:.3g}"
 
 
-def write_summary(output_dir: Path, summary: dict[str, Any]) -> Path:
-    """Write ``summary.json``; wall time adds up over resumed attempts of the same folder."""
-    path = output_dir / SUMMARY_FILE
-    previous = 0.0
-    if path.is_file():
-        try:
-            previous = float(json.loads(path.read_text()).get("wall_s_total", 0.0))
-        except (ValueError, OSError):
-            previous = 0.0
-    summary["wall_s_total"] = previous + float(summary["wall_s"])
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return path
-
-
-def print_summary(summary: dict[str, Any], console: Any = None) -> None:
+def print_summary(record: RunRecord, console: Any = None) -> None:
     """Print the final validation loss, the growth events and where the outputs are.
 
     Args:
-        summary: what :func:`progrow.app.train.run` returns.
+        record: the run's summary (:func:`progrow.app.train.run` returns its dict form).
         console: a ``rich.console.Console`` to print to (default: stdout).
     """
     from rich.console import Console
@@ -59,50 +47,46 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=120)  # logs and pipes: do not wrap at 80 columns
-    val = summary.get("val_loss")
-    head = Table(title=f"progrow run: growth={summary['growth']}", show_header=False)
+    val = record.val_loss
+    head = Table(title=f"progrow run: growth={record.growth}", show_header=False)
     head.add_column(style="bold")
     head.add_column(overflow="fold")
     head.add_row("final val/loss", "n/a" if val is None else f"{val:.4f}")
-    head.add_row("steps", str(summary["global_step"]))
-    head.add_row("params", f"{human(summary['params_start'])} -> {human(summary['params'])}")
-    flops = f"{human(summary['flops'])} training FLOPs (6N + causal attention, progrow.flops)"
-    head.add_row("compute", f"{flops}, {human(summary['tokens'])} tokens")
-    head.add_row(
-        "wall time", f"{summary['wall_s']:.1f} s this launch ({summary['fit_s']:.1f} s training)"
-    )
-    head.add_row("run folder", summary["output_dir"])
-    labelled = [f"{entry['logger']}: {entry['dir']}" for entry in summary.get("loggers") or []]
-    head.add_row("logs", "\n".join(labelled or summary["log_dirs"]) or "(no logger)")
-    head.add_row("checkpoints", summary["ckpt_dir"])
-    if summary.get("compile"):
-        stats = summary["compile"]
+    head.add_row("steps", str(record.global_step))
+    head.add_row("params", f"{human(record.params_start)} -> {human(record.params)}")
+    flops = f"{human(record.flops)} training FLOPs (6N + causal attention, progrow.flops)"
+    head.add_row("compute", f"{flops}, {human(record.tokens)} tokens")
+    head.add_row("wall time", f"{record.wall_s:.1f} s this launch ({record.fit_s:.1f} s training)")
+    head.add_row("run folder", record.output_dir)
+    labelled = [f"{entry['logger']}: {entry['dir']}" for entry in record.loggers]
+    head.add_row("logs", "\n".join(labelled) or "(no logger)")
+    head.add_row("checkpoints", record.ckpt_dir)
+    if record.compile:
+        stats = record.compile
         per_size = ", ".join(f"step {c['step']}: {c['first_step_s']:.1f} s" for c in stats)
         graphs = sum(c["graphs"] for c in stats)
         head.add_row("torch.compile", f"{graphs} graphs; first step per size (compile "
                      f"included): {per_size}")  # fmt: skip
-    if summary.get("hf_export"):
-        head.add_row("Hugging Face model", summary["hf_export"])
-    if summary.get("resumed_from"):
-        head.add_row("resumed from", summary["resumed_from"])
+    if record.hf_export:
+        head.add_row("Hugging Face model", record.hf_export)
+    if record.resumed_from:
+        head.add_row("resumed from", record.resumed_from)
     console.print(head)
-    events = events_from_dicts(summary.get("events"))
-    if events:
-        console.print(_events_table(summary, events))
+    if record.events:
+        console.print(_events_table(record.sizes_start, record.events))
     else:
         console.print("no growth events (fixed-size run)")
-    report_dir = summary.get("report_dir") or summary["output_dir"]
-    whole = " (all jobs of this sweep)" if report_dir != summary["output_dir"] else ""
-    console.print(f"report: progrow-report {report_dir}{whole}", soft_wrap=True)
+    whole = " (all jobs of this sweep)" if record.report_dir != record.output_dir else ""
+    console.print(f"report: progrow-report {record.report_dir}{whole}", soft_wrap=True)
 
 
-def _events_table(summary: dict[str, Any], events: list[GrowthEvent]) -> Any:
+def _events_table(sizes_start: dict[str, int], events: list[GrowthEvent]) -> Any:
     from rich.table import Table
 
     table = Table(title="growth events (loss on a fixed probe batch, before/after)")
     for col in ("stage", "step", "params", "loss before", "loss after", "delta", "sizes"):
         table.add_column(col, justify="right" if col != "sizes" else "left")
-    previous = dict(summary.get("sizes_start") or {})
+    previous = dict(sizes_start)
     for e in events:
         now = dict(e.sizes)
         sizes = " ".join(
@@ -133,15 +117,15 @@ def log_files(output_dir: Path) -> list[Path]:
     ]
 
 
-def append_summary_to_logs(summary: dict[str, Any]) -> list[Path]:
+def append_summary_to_logs(record: RunRecord) -> list[Path]:
     """Append the summary, as plain text, to the run folder's log files (``train.log``),
     so that the log ends with what the console showed. Returns the files written."""
     from rich.console import Console
 
-    files = log_files(Path(summary["output_dir"]))
+    files = log_files(Path(record.output_dir))
     for path in files:
         for handler in logging.getLogger().handlers:
             handler.flush()
         with path.open("a") as f:
-            print_summary(summary, Console(file=f, width=120, color_system=None))
+            print_summary(record, Console(file=f, width=120, color_system=None))
     return files

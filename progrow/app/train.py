@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from progrow.app.settings import CONF_DIR, RunSettings
 
 if TYPE_CHECKING:  # the app imports Lightning lazily, inside the functions
+    from progrow.app.run_summary import RunRecord
     from progrow.config import TransformerConfig
     from progrow.training import PreemptionCallback
 
@@ -85,22 +86,29 @@ class _Job:
 def _run(settings: RunSettings, preemption: PreemptionCallback) -> dict[str, Any]:
     """Train one job described by a :class:`progrow.app.RunSettings`.
 
-    Order: cheap checks (devices, resume target) -> seed -> data (its vocabulary sizes the
-    model) -> model -> schedule checked against the model and ``max_steps`` -> resume
+    Order: the run folder's earlier summary, if any (refused unless of this progrow's
+    schema) -> cheap checks (devices, resume target) -> seed -> data (its vocabulary sizes
+    the model) -> model -> schedule checked against the model and ``max_steps`` -> resume
     checked against the checkpoint's run -> callbacks, loggers, trainer -> fit. Anything
     wrong in the config raises :class:`progrow.app.ConfigError` before the Trainer exists.
 
     Returns:
-        ``val_loss`` (final validation loss), ``events`` (growth events), ``flops``,
-        ``tokens``, ``params``/``params_start``, ``sizes``/``sizes_start``,
-        ``global_step``, ``wall_s`` (this launch, data loading included), ``fit_s``
-        (``trainer.fit`` alone), ``output_dir``, ``ckpt_dir``, ``last_ckpt``,
-        ``log_dirs``, ``resumed_from``, ``growth`` (schedule name), ``seed``,
-        ``fingerprint`` (of the data) and ``report_dir`` (the sweep folder in a multirun).
+        The run's summary as ``summary.json`` holds it
+        (:meth:`progrow.app.run_summary.RunRecord.to_dict`): ``schema``, ``val_loss``
+        (final validation loss), ``events`` (growth events), ``flops``, ``tokens``,
+        ``params``/``params_start``, ``sizes``/``sizes_start``, ``global_step``,
+        ``wall_s`` (this launch, data loading included), ``wall_s_total`` (every launch
+        that finished in the run folder), ``fit_s`` (``trainer.fit`` alone),
+        ``output_dir``, ``ckpt_dir``, ``last_ckpt``, ``log_dirs``, ``loggers``,
+        ``resumed_from``, ``growth`` (schedule name), ``seed``, ``fingerprint`` (of the
+        data), ``report_dir`` (the sweep folder in a multirun) and the rest of
+        :class:`~progrow.app.run_summary.RunRecord`'s fields.
     """
-    from progrow.app.summary import append_summary_to_logs, print_summary, write_summary
+    from progrow.app.run_summary import SUMMARY_FILE
+    from progrow.app.summary import append_summary_to_logs, print_summary
 
     started = time.perf_counter()
+    earlier_wall_s = _recorded_wall_s(settings.output_dir)
     job = _prepare(settings)
     trainer, loggers = _build_trainer(job, preemption)
     from progrow.app import wandb_extras
@@ -110,12 +118,38 @@ def _run(settings: RunSettings, preemption: PreemptionCallback) -> dict[str, Any
         t.loggers, job.growth.events
     )
     fit_s, val_loss, last_ckpt = _fit(job, trainer, loggers)
-    summary = _summary(job, trainer, val_loss, last_ckpt, fit_s, time.perf_counter() - started)
+    wall_s = time.perf_counter() - started
+    record = _summary(
+        job,
+        trainer,
+        val_loss,
+        last_ckpt,
+        fit_s=fit_s,
+        wall_s=wall_s,
+        wall_s_total=earlier_wall_s + wall_s,
+    )
     if trainer.is_global_zero:
-        write_summary(job.settings.output_dir, summary)
-        print_summary(summary)
-        append_summary_to_logs(summary)
-    return summary
+        record.write(job.settings.output_dir / SUMMARY_FILE)
+        print_summary(record)
+        append_summary_to_logs(record)
+    return record.to_dict()
+
+
+def _recorded_wall_s(output_dir: Path) -> float:
+    """The wall time the run folder's ``summary.json`` holds (0 without one): the launches
+    that finished there before this one, which ``wall_s_total`` adds up. Read at launch,
+    so that a summary this progrow cannot read is refused before the training, not after.
+    """
+    from progrow.app.errors import ConfigError
+    from progrow.app.run_summary import SUMMARY_FILE, RunRecord, SummaryError
+
+    path = output_dir / SUMMARY_FILE
+    if not path.is_file():
+        return 0.0
+    try:
+        return RunRecord.read(path).wall_s_total
+    except SummaryError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _prepare(settings: RunSettings) -> _Job:
@@ -315,44 +349,49 @@ def _summary(
     trainer: Any,
     val_loss: float | None,
     last_ckpt: str | None,
+    *,
     fit_s: float,
     wall_s: float,
-) -> dict[str, Any]:
+    wall_s_total: float,
+) -> RunRecord:
+    from progrow.app.run_summary import RunRecord
+
     settings, module = job.settings, job.module
-    return {
-        "growth": settings.growth.name,
-        "seed": settings.seed,
-        "val_loss": val_loss,
-        "events": [event.to_dict() for event in job.growth.events],
-        "flops": module.flops,
-        "budget_flops": job.budget_flops,
-        "tokens": module.tokens,
-        "train_s": module.train_seconds,
-        "max_steps": settings.max_steps,
-        "params_start": job.model_cfg.num_params(),
-        "sizes_start": job.model_cfg.sizes(),
-        "params": module.model.num_params(),
-        "sizes": module.model.config.sizes(),
-        "global_step": trainer.global_step,
-        "wall_s": wall_s,
-        "fit_s": fit_s,
-        "output_dir": str(settings.output_dir),
-        "ckpt_dir": str(settings.ckpt_dir),
-        "last_ckpt": last_ckpt,
-        "log_dirs": [str(d) for d in (_log_dir(lg) for lg in trainer.loggers) if d],
+    return RunRecord(
+        growth=settings.growth.name,
+        seed=settings.seed,
+        val_loss=val_loss,
+        events=list(job.growth.events),
+        flops=module.flops,
+        budget_flops=job.budget_flops,
+        tokens=module.tokens,
+        train_s=module.train_seconds,
+        max_steps=settings.max_steps,
+        params_start=job.model_cfg.num_params(),
+        sizes_start=job.model_cfg.sizes(),
+        params=module.model.num_params(),
+        sizes=module.model.config.sizes(),
+        global_step=trainer.global_step,
+        wall_s=wall_s,
+        wall_s_total=wall_s_total,
+        fit_s=fit_s,
+        output_dir=str(settings.output_dir),
+        ckpt_dir=str(settings.ckpt_dir),
+        last_ckpt=last_ckpt,
+        log_dirs=[str(d) for d in (_log_dir(lg) for lg in trainer.loggers) if d],
         # The same folders, each with the logger that writes there (the console's labels).
-        "loggers": [
+        loggers=[
             {"logger": _logger_name(lg), "dir": d, **_service_lost(lg)}
             for lg in trainer.loggers
             if (d := _log_dir(lg)) is not None
         ],
-        "resumed_from": job.resume,
-        "fingerprint": job.datamodule.fingerprint,
-        "report_dir": str(_sweep_dir() or settings.output_dir),
-        "hf_export": None if settings.hf_export_to is None else str(settings.hf_export_to),
+        resumed_from=job.resume,
+        fingerprint=job.datamodule.fingerprint,
+        report_dir=str(_sweep_dir() or settings.output_dir),
+        hf_export=None if settings.hf_export_to is None else str(settings.hf_export_to),
         # Per size (the start, then each growth): graphs compiled, first step's seconds.
-        "compile": None if settings.compile is None else module.compile_stats,
-    }
+        compile=None if settings.compile is None else module.compile_stats,
+    )
 
 
 def _sweep_dir() -> Path | None:
