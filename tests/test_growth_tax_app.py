@@ -11,8 +11,9 @@ from hydra import compose, initialize_config_dir
 
 from progrow import TransformerConfig
 from progrow.app import ConfigError, RunSettings
+from progrow.app.job import optimizer_and_growth
 from progrow.app.resume import identity_changes, run_identity
-from progrow.app.train import CONF_DIR, _optimizer_and_growth
+from progrow.app.train import CONF_DIR
 
 
 def settings(tmp_path: Path, *overrides: str) -> RunSettings:
@@ -39,7 +40,7 @@ def test_app_options_reach_the_stages_and_the_callback(tmp_path: Path) -> None:
     assert stages[0]["new_noise"] == 0.001
     assert "new_noise" not in stages[1]  # a stage's own key wins
     assert run.optim["fan_in_groups"] is True  # the per-fan-in LR needs its groups
-    optim, cb = _optimizer_and_growth(run)
+    optim, cb = optimizer_and_growth(run)
     assert optim.fan_in_groups and cb.optimizer_state == "reset_old"
     assert (cb.lr.rewarmup_from, cb.lr.lr_fan_in_exponent) == (0.25, 1.0)
     # A change of any of them is a change of the run (refused on resume).
@@ -71,4 +72,4 @@ def test_app_refuses_bad_values_naming_the_key(
     overrides: list[str], match: str, tmp_path: Path
 ) -> None:
     with pytest.raises(ConfigError, match=match):
-        _optimizer_and_growth(settings(tmp_path, *overrides))
+        optimizer_and_growth(settings(tmp_path, *overrides))

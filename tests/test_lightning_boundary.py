@@ -291,20 +291,23 @@ def test_only_an_explicit_rebuild_restores_a_grown_checkpoint(
         resumed.net.load_state_dict(BareLM().net.state_dict())
 
 
-def test_checkpoint_from_before_the_state_dict_carried_the_config(tmp_path: Path) -> None:
-    # Older checkpoints kept the config only under checkpoint["progrow"]: LMModule still
-    # restores the grown shapes from there.
+def test_checkpoint_from_before_the_state_dict_carried_the_config_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Checkpoints of that time kept the config only under checkpoint["progrow"] and had no
+    # format version: refused by name, not restored at the wrong size.
     module = lm_module(6)
     fit = trainer(6, [growth(STAGES)])
     fit.fit(module, DataLoader(Rows(token_rows()), batch_size=4))
     fit.save_checkpoint(tmp_path / "new.ckpt")
     old = torch.load(tmp_path / "new.ckpt", weights_only=False)
     del old["state_dict"]["model._extra_state"]
+    del old["progrow"]["format"]
     torch.save(old, tmp_path / "old.ckpt")
-    loaded = LMModule.load_from_checkpoint(tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match=r"progrow checkpoint format none.*reads format 1"):
+        LMModule.load_from_checkpoint(tmp_path / "old.ckpt")
+    loaded = LMModule.load_from_checkpoint(tmp_path / "new.ckpt")
     assert loaded.model.config == module.model.config
-    for key, value in module.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value), key
 
 
 class SortedOrder(UserLM):

@@ -13,7 +13,7 @@ from test_configs import compose_train, settings_of
 
 from progrow import LMModule, OptimConfig
 from progrow.app import ConfigError
-from progrow.app.train import _optimizer_and_growth
+from progrow.app.job import optimizer_and_growth
 from progrow.optim import lr_multiplier
 
 TINY = dict(vocab_size=16, max_seq_len=8, d_model=8, d_mlp=8, n_heads=2, d_qk=4, d_v=4)
@@ -101,7 +101,7 @@ def test_app_passes_the_schedule_and_names_a_bad_one(tmp_path: Path) -> None:
     settings = settings_of(
         compose_train("optim.schedule=wsd", "optim.decay_fraction=0.3"), tmp_path
     )
-    optim, _ = _optimizer_and_growth(settings)
+    optim, _ = optimizer_and_growth(settings)
     assert (optim.schedule, optim.decay_fraction, optim.max_steps) == (
         "wsd",
         0.3,
@@ -109,6 +109,6 @@ def test_app_passes_the_schedule_and_names_a_bad_one(tmp_path: Path) -> None:
     )
     bad = settings_of(compose_train("optim.schedule=step"), tmp_path)
     with pytest.raises(ConfigError, match=r"optim: optim\.schedule='step'"):
-        _optimizer_and_growth(bad)
-    default, _ = _optimizer_and_growth(settings_of(compose_train(), tmp_path))
+        optimizer_and_growth(bad)
+    default, _ = optimizer_and_growth(settings_of(compose_train(), tmp_path))
     assert default.schedule == "cosine"
