@@ -21,6 +21,7 @@ from lit_utils import app_overrides
 
 from progrow import GrowthSchedule, TransformerConfig
 from progrow.app import pilots
+from progrow.app.config_values import CONF_DIR
 from progrow.app.plan import main
 from progrow.app.planning import (
     Curve,
@@ -31,7 +32,7 @@ from progrow.app.planning import (
     step_fractions,
 )
 from progrow.app.scaling import LossFit, curve_loss, fit_loss, loo_curves, loo_fit
-from progrow.app.settings import CONF_DIR, RunSettings, model_config
+from progrow.app.settings import RunSettings, model_config
 from progrow.flops import steps_for_budget, train_flops_per_token
 
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -382,3 +383,14 @@ def test_a_summary_of_another_schema_is_refused_naming_the_file(tmp_path: Path) 
         pilots.read_run(run)
     with pytest.raises(pilots.PlanError, match="delete its folder"):
         pilots.read_runs([str(tmp_path)])
+
+
+def test_per_size_error_with_two_pilots_per_size_says_why_there_is_none() -> None:
+    """--pilot-budgets 2 leaves no pilot of a size's curve to hold out: the line says so
+    instead of printing nan."""
+    from progrow.app.plan_report import _curves_error
+
+    none = {"rmse": math.nan, "max_abs": math.nan, "predicted": 0}
+    assert _curves_error(none).startswith("not computable (a size needs 3 pilots")
+    some = {"rmse": 0.01, "max_abs": 0.02, "predicted": 6}
+    assert _curves_error(some) == "rmse 0.0100 (max 0.0200, 6 runs)"

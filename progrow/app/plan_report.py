@@ -41,8 +41,7 @@ def report(plan: dict[str, Any]) -> list[str]:
         f"fit: {fit['formula']} (Huber {fit['huber_delta']:g} on log-loss, L-BFGS from a "
         f"grid; {fit['data']})",
         f"leave-one-out error: fit rmse {loo['rmse']:.4f} (max {loo['max_abs']:.4f}, "
-        f"{loo['predicted']} runs); per-size curves rmse {cl['rmse']:.4f} "
-        f"(max {cl['max_abs']:.4f}, {cl['predicted']} runs)",
+        f"{loo['predicted']} runs); per-size curves {_curves_error(cl)}",
         f"model: the parametric fit: {plan['model']['why']}",
         *([f"warning: {plan['model']['warning']}"] if plan["model"]["warning"] else []),
         f"(a) compute-optimal fixed size: {co['label']}, predicted {co['loss']:.4f}{star}",
@@ -71,3 +70,11 @@ def stages_text(plan: dict[str, Any], key: str) -> str:
         for st in s["stages"]
     ]
     return " ".join([s["start"], *steps]) if steps else f"{s['start']} (no growth)"
+
+
+def _curves_error(loo: dict[str, Any]) -> str:
+    """The per-size curves' leave-one-out error, or why there is none: a curve through
+    two pilots leaves none to hold out (--pilot-budgets 2)."""
+    if not loo["predicted"]:
+        return "not computable (a size needs 3 pilots to hold one out: --pilot-budgets >= 3)"
+    return f"rmse {loo['rmse']:.4f} (max {loo['max_abs']:.4f}, {loo['predicted']} runs)"
