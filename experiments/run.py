@@ -124,7 +124,8 @@ def pct(values: Sequence[float | None], n: int) -> str:
 
 
 def compare(budget: str, seeds: Sequence[int], parallel: int) -> None:
-    from progrow.app.report import crossing, plot, summarize
+    from progrow.app.report_compare import crossing, summarize
+    from progrow.app.report_plot import plot
 
     steps, val_every = BUDGETS[budget]
     table = RUNS / f"compare_{budget}"
@@ -212,7 +213,7 @@ def compare(budget: str, seeds: Sequence[int], parallel: int) -> None:
 
 
 def read_train_loss(folder: Path) -> dict[int, float]:
-    from progrow.app.report import read_metrics
+    from progrow.app.runs import read_metrics
 
     return {int(r["step"]): r["train/loss"] for r in read_metrics(folder) if "train/loss" in r}
 

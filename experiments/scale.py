@@ -33,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import RESULTS, RUNS, mean_sd, pct, run_all  # the sibling runner's job cache
 
 from progrow.app.isoloss import iso_loss_flops
-from progrow.app.report import RunSummary, crossing, plot, summarize
+from progrow.app.report_compare import crossing, summarize
+from progrow.app.report_plot import plot
+from progrow.app.runs import RunSummary
 
 #: budget name -> steps of the target whose training FLOPs every run of the table spends.
 BUDGETS = {"short": 1000, "long": 3000}

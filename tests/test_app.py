@@ -25,7 +25,8 @@ from omegaconf import DictConfig
 
 from progrow.app import ConfigError, RunSettings
 from progrow.app.report import main as report_main
-from progrow.app.report import read_metrics, summarize
+from progrow.app.report_compare import summarize
+from progrow.app.runs import read_metrics
 from progrow.app.settings import model_config
 from progrow.app.train import CONF_DIR, train
 from progrow.config import TransformerConfig

@@ -17,12 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from progrow import GrowthCallback, OptimConfig
 from progrow.app import ConfigError, RunSettings
-from progrow.app.settings import (
-    CUSTOM_SCHEDULE,
-    model_config,
-    validate_schedule,
-    with_compute_budget,
-)
+from progrow.app.growth_settings import CUSTOM_SCHEDULE, validate_schedule
+from progrow.app.settings import model_config, with_compute_budget
 from progrow.app.train import CONF_DIR
 from progrow.training import LMDataModule
 

@@ -123,7 +123,7 @@ def test_progrow_grow_refuses_branch_names_that_would_lose_an_output(
 def _composition_error(*overrides: str) -> BaseException:
     from hydra import compose, initialize_config_dir
 
-    from progrow.app.settings import CONF_DIR
+    from progrow.app.config_values import CONF_DIR
 
     with (
         pytest.raises(ConfigCompositionException) as info,

@@ -8,7 +8,9 @@ import math
 import pytest
 
 from progrow.app.isoloss import IsoLoss, iso_loss_flops, saving_pct
-from progrow.app.report import RunSummary, compare, markdown, pick_baseline
+from progrow.app.report import markdown
+from progrow.app.report_compare import compare, pick_baseline
+from progrow.app.runs import RunSummary
 
 SIZES = {"d_model": 64, "n_layers": 2}
 

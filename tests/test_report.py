@@ -12,17 +12,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from lit_utils import app_overrides
 
-from progrow.app.report import (
-    RunSummary,
-    baseline_notes,
-    crossing,
-    flops_to_reach,
-    main,
-    markdown,
-    pick_baseline,
-    read_metrics,
-    summarize,
-)
+from progrow.app.report import baseline_notes, main, markdown
+from progrow.app.report_compare import crossing, flops_to_reach, pick_baseline, summarize
+from progrow.app.runs import RunSummary, read_metrics
 from progrow.app.train import CONF_DIR, train
 from progrow.events import GrowthEvent
 
@@ -108,7 +100,7 @@ def test_growth_events_at_the_same_flops_stay_apart() -> None:
     from matplotlib.colors import to_rgba
     from matplotlib.lines import Line2D
 
-    from progrow.app.report import figure
+    from progrow.app.report_plot import figure
 
     runs = []
     for name, losses in (("a", [4.0, 3.0, 2.0]), ("b", [5.0, 4.0, 3.5])):

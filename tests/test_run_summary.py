@@ -17,8 +17,9 @@ from lit_utils import app_overrides
 from omegaconf import DictConfig, OmegaConf
 
 from progrow.app import ConfigError
-from progrow.app.report import load_run, main
+from progrow.app.report import main
 from progrow.app.run_summary import SUMMARY_FILE, SUMMARY_SCHEMA, RunRecord, SummaryError
+from progrow.app.runs import load_run
 from progrow.app.train import CONF_DIR, train
 from progrow.events import GrowthEvent
 

@@ -27,7 +27,7 @@ import torch
 from lit_utils import app_overrides
 from wandb_records import trainer_steps
 
-from progrow.app.report import load_run
+from progrow.app.runs import load_run
 
 pytestmark = pytest.mark.slurm
 

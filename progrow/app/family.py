@@ -24,7 +24,9 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from progrow.app.settings import CONF_DIR, FROM_DATA, ConfigError, RunSettings, model_config
+from progrow.app.config_values import CONF_DIR
+from progrow.app.errors import ConfigError
+from progrow.app.settings import FROM_DATA, RunSettings, model_config
 from progrow.config import GROWABLE_DIMS, TransformerConfig
 from progrow.flops import train_flops_per_token
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from progrow.app.errors import ConfigError
-from progrow.app.settings import GrowthSettings
+from progrow.app.growth_settings import GrowthSettings
 from progrow.config import TransformerConfig
 from progrow.model import Transformer
 

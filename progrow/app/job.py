@@ -51,9 +51,10 @@ def prepare(settings: RunSettings) -> Job:
     from progrow.app import hf_io
     from progrow.app.checks import check_devices, resolve_ckpt_path, world_size
     from progrow.app.console import check_val_split, quiet_lightning
+    from progrow.app.growth_settings import validate_schedule
     from progrow.app.interrupt import resume_message
     from progrow.app.resume import check_resume, run_identity
-    from progrow.app.settings import validate_schedule, with_compute_budget
+    from progrow.app.settings import with_compute_budget
     from progrow.training import LMModule
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")

@@ -2,7 +2,9 @@
 
 Every check here runs before any data is read or any model is built, and every error is a
 :class:`ConfigError` that names the config key and its value, e.g.
-``trainer.max_steps=0: must be a positive integer``.
+``trainer.max_steps=0: must be a positive integer``. The ``growth`` section is read by
+:mod:`progrow.app.growth_settings`; the checks every section shares are in
+:mod:`progrow.app.config_values`.
 """
 
 from __future__ import annotations
@@ -10,87 +12,26 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
 from progrow.app.checks import world_size
-from progrow.app.errors import ConfigError
-from progrow.config import GROWABLE_DIMS, TransformerConfig
-from progrow.expand.step import GrowthStep
-from progrow.factor_placement import PLACEMENTS, Placement
-from progrow.schedule import PERTURB_KEYS, GrowthSchedule
-
-#: Keys of ``cfg.growth`` that are GrowthCallback options (the rest: ``name``, ``stages``).
-GROWTH_OPTIONS = (
-    "loss_tolerance",
-    "on_loss_jump",
-    "new_moments",
-    "rewarmup_steps",
-    "lr_width_exponent",
-    "rewarmup_from",
-    "lr_fan_in_exponent",
-    "optimizer_state",
+from progrow.app.config_values import (
+    check_keys,
+    optional_path,
+    positive_int,
+    section_of,
+    to_container,
 )
+from progrow.app.errors import ConfigError
+from progrow.app.growth_settings import GrowthSettings, fan_in_groups, parse_growth
+from progrow.config import GROWABLE_DIMS, TransformerConfig
+
 #: TransformerConfig fields the app takes from the data rather than from ``cfg.model``.
 FROM_DATA = ("vocab_size", "max_seq_len")
-#: The configs: top-level ``conf/`` of the repository this package sits in.
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-#: Label of a schedule whose stages are not those of a ``conf/growth/<name>.yaml``.
-CUSTOM_SCHEDULE = "custom"
-
-
-def to_container(cfg: DictConfig) -> dict[str, Any]:
-    """Resolve ``cfg`` into plain dicts and lists; a ``???`` left unset names its key."""
-    try:
-        out = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as err:
-        key = getattr(err, "full_key", None) or str(err)
-        raise ConfigError(
-            f"{key}=???: this key is required, set it on the command line "
-            f"(e.g. `python -m progrow.train ... {key}=VALUE`)"
-        ) from None
-    assert isinstance(out, dict)
-    return {str(k): v for k, v in out.items()}
-
-
-def _positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ConfigError(f"{key}={value!r}: must be a positive integer")
-    return int(value)
-
-
-def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
-    value = raw.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}={value!r}: must be a mapping")
-    return dict(value)
-
-
-def _check_keys(section: str, given: dict[str, Any], known: set[str]) -> None:
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ConfigError(
-            f"{section}: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-
-
-@dataclass(frozen=True)
-class GrowthSettings:
-    """The ``growth`` group: a named schedule and the GrowthCallback options."""
-
-    name: str
-    """Schedule name (``none`` marks a fixed-size baseline)."""
-    schedule: GrowthSchedule
-    """Stages with fractional steps already resolved against ``trainer.max_steps``."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of :class:`progrow.GrowthCallback` besides schedule and seed."""
 
 
 @dataclass(frozen=True)
@@ -153,18 +94,18 @@ class RunSettings:
     def from_config(cls, cfg: DictConfig) -> RunSettings:
         """Resolve and check ``cfg``; raise :class:`ConfigError` naming the bad key."""
         raw = to_container(cfg)
-        trainer = _section(raw, "trainer")
-        max_steps = _positive_int("trainer.max_steps", trainer.get("max_steps"))
+        trainer = section_of(raw, "trainer")
+        max_steps = positive_int("trainer.max_steps", trainer.get("max_steps"))
         seed = raw.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ConfigError(f"seed={seed!r}: must be an integer >= 0")
 
-        model = _section(raw, "model")
-        _check_keys("model", model, {f.name for f in dataclasses.fields(TransformerConfig)})
+        model = section_of(raw, "model")
+        check_keys("model", model, {f.name for f in dataclasses.fields(TransformerConfig)})
         overrides = {k: model.pop(k) for k in FROM_DATA if k in model}
         overrides = {k: v for k, v in overrides.items() if v is not None}
 
-        optim = _section(raw, "optim")
+        optim = section_of(raw, "optim")
         if "max_steps" in optim:
             raise ConfigError(
                 f"optim.max_steps={optim['max_steps']!r}: set trainer.max_steps instead "
@@ -172,29 +113,29 @@ class RunSettings:
             )
         from progrow.optim import OptimConfig
 
-        _check_keys("optim", optim, {f.name for f in dataclasses.fields(OptimConfig)})
+        check_keys("optim", optim, {f.name for f in dataclasses.fields(OptimConfig)})
 
-        data = _section(raw, "data")
+        data = section_of(raw, "data")
         from progrow.training import LMDataModule
 
         data_params = set(inspect.signature(LMDataModule.__init__).parameters) - {"self"}
-        _check_keys("data", data, data_params)
+        check_keys("data", data, data_params)
 
-        growth = _growth(_section(raw, "growth"), max_steps)
-        optim = _fan_in_groups(optim, growth)
-        paths = _section(raw, "paths")
+        growth = parse_growth(section_of(raw, "growth"), max_steps)
+        optim = fan_in_groups(optim, growth)
+        paths = section_of(raw, "paths")
         for key in ("output_dir", "ckpt_dir"):
             if not paths.get(key):
                 raise ConfigError(f"paths.{key}={paths.get(key)!r}: must be a folder")
         ckpt_path, allow_changes = _resume(raw)
         tags = raw.get("tags") or []
-        budget_steps, budget_model = _budget(_section(raw, "budget"))
-        hf = _section(raw, "hf")
-        _check_keys("hf", hf, {"init_from", "export_to"})
+        budget_steps, budget_model = _budget(section_of(raw, "budget"))
+        hf = section_of(raw, "hf")
+        check_keys("hf", hf, {"init_from", "export_to"})
         return cls(
             compile=_compile(raw.get("compile")),
-            hf_init_from=_optional_path("hf.init_from", hf.get("init_from")),
-            hf_export_to=_optional_path("hf.export_to", hf.get("export_to")),
+            hf_init_from=optional_path("hf.init_from", hf.get("init_from")),
+            hf_export_to=optional_path("hf.export_to", hf.get("export_to")),
             budget_steps=budget_steps,
             budget_model=budget_model,
             resume_allow_changes=allow_changes,
@@ -211,8 +152,8 @@ class RunSettings:
             data=data,
             growth=growth,
             trainer=trainer,
-            callbacks=_targets("callbacks", _section(raw, "callbacks")),
-            loggers=_targets("logger", _section(raw, "logger")),
+            callbacks=_targets("callbacks", section_of(raw, "callbacks")),
+            loggers=_targets("logger", section_of(raw, "logger")),
             raw=raw,
         )
 
@@ -243,96 +184,16 @@ def _resume(raw: dict[str, Any]) -> tuple[str | None, bool]:
 
 def _budget(budget: dict[str, Any]) -> tuple[int | None, dict[str, Any] | None]:
     """``budget.steps`` and ``budget.model``, checked (``None`` where unset)."""
-    _check_keys("budget", budget, {"steps", "model"})
+    check_keys("budget", budget, {"steps", "model"})
     steps = budget.get("steps")
     if steps is not None:
-        steps = _positive_int("budget.steps", steps)
+        steps = positive_int("budget.steps", steps)
     model = budget.get("model") or None
     if model is not None:
         if not isinstance(model, dict):
             raise ConfigError(f"budget.model={model!r}: must be a mapping of sizes")
-        _check_keys("budget.model", model, set(GROWABLE_DIMS))
+        check_keys("budget.model", model, set(GROWABLE_DIMS))
     return steps, model
-
-
-def _optional_path(key: str, value: Any) -> Path | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}={value!r}: must be a folder path or null")
-    return Path(value)
-
-
-def _growth(section: dict[str, Any], max_steps: int) -> GrowthSettings:
-    stages = section.pop("stages", None) or []
-    name = schedule_label(str(section.pop("name", CUSTOM_SCHEDULE)), stages)
-    placements = {p.key: _run_placement(p, section.pop(p.key, None)) for p in PLACEMENTS}
-    init = section.pop("init", "zero")
-    perturb = {key: section.pop(key, None) for key in PERTURB_KEYS}
-    _check_keys("growth", section, set(GROWTH_OPTIONS))
-    if not isinstance(stages, list):
-        raise ConfigError(f"growth.stages={stages!r}: must be a list of stages")
-    try:  # the run-wide options, checked as one growth step's
-        GrowthStep(init=init, **{key: value for key, value in perturb.items() if value is not None})
-    except ValueError as err:
-        raise ConfigError(f"growth.{err}") from None
-    stages = [_place_factors(stage, placements) for stage in stages]
-    if init != "zero":  # every stage without its own init (lists of the default match)
-        stages = [{"init": init, **s} if isinstance(s, dict) else s for s in stages]
-    # The same for the perturbations: every stage without its own, when one is set.
-    run_wide = {key: value for key, value in perturb.items() if value}
-    stages = [{**run_wide, **s} if isinstance(s, dict) else s for s in stages]
-    try:
-        schedule = GrowthSchedule(stages, max_steps=max_steps)
-    except ValueError as err:
-        raise ConfigError(f"growth.stages (growth={name}): {err}") from None
-    return GrowthSettings(name=name, schedule=schedule, options=section)
-
-
-def _fan_in_groups(optim: dict[str, Any], growth: GrowthSettings) -> dict[str, Any]:
-    """``optim`` with one param group per weight (``fan_in_groups``) when
-    ``growth.lr_fan_in_exponent`` scales each group's LR by its fan-in, which needs them."""
-    if not growth.options.get("lr_fan_in_exponent"):
-        return optim
-    if optim.get("fan_in_groups") is False:
-        raise ConfigError(
-            "optim.fan_in_groups=false with growth.lr_fan_in_exponent="
-            f"{growth.options['lr_fan_in_exponent']!r}: the per-fan-in LR needs one param "
-            "group per weight; drop optim.fan_in_groups or set growth.lr_fan_in_exponent=0"
-        )
-    return {**optim, "fan_in_groups": True}
-
-
-def _run_placement(placement: Placement, value: Any) -> str:
-    """``growth.<key>`` checked; unset, the default (a resumed run's own: resume.py)."""
-    if value is None:
-        return placement.default
-    try:
-        return placement.check(value, f"growth.{placement.key}")
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
-def _place_factors(stage: Any, placements: dict[str, str]) -> Any:
-    """``stage`` with the run's placements (``growth.<key>`` of each
-    :data:`~progrow.factor_placement.PLACEMENTS`) on the dimensions it grows, where it sets none
-    of its own (a stage's own key wins)."""
-    if not isinstance(stage, dict):
-        return stage
-    run = {p.key: placements[p.key] for p in PLACEMENTS if stage.get(p.dim) is not None}
-    return {**run, **stage}
-
-
-def schedule_label(name: str, stages: Any, conf_dir: Path = CONF_DIR) -> str:
-    """The name to report for a schedule: ``name``, unless ``conf/growth/<name>.yaml``
-    exists and has other stages (``growth.stages=...`` given on the command line or in an
-    experiment), in which case it is ``"custom"``: the run is not that named schedule."""
-    preset = conf_dir / "growth" / f"{name}.yaml"
-    if not preset.is_file():
-        return name
-    loaded = OmegaConf.to_container(OmegaConf.load(preset))
-    preset_stages = loaded.get("stages") if isinstance(loaded, dict) else None
-    return name if (preset_stages or []) == stages else CUSTOM_SCHEDULE
 
 
 def _targets(group: str, section: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -369,14 +230,6 @@ def model_config(settings: RunSettings, vocab_size: int, seq_len: int) -> Transf
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model: {err}") from None
     return config
-
-
-def validate_schedule(growth: GrowthSettings, config: TransformerConfig, max_steps: int) -> None:
-    """Check the schedule against the starting model and the run length, naming the key."""
-    try:
-        growth.schedule.validate_for(config, max_steps)
-    except ValueError as err:
-        raise ConfigError(f"growth.stages (growth={growth.name}): {err}") from None
 
 
 def with_compute_budget(

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig
 
+from progrow.app.config_values import CONF_DIR
 from progrow.app.job import Job, prepare
-from progrow.app.settings import CONF_DIR, RunSettings
+from progrow.app.settings import RunSettings
 
 if TYPE_CHECKING:  # the app imports Lightning lazily, inside the functions
     from progrow.app.run_summary import RunRecord
