@@ -188,7 +188,7 @@ def _scale_rows(
 def _fixed_points(found: dict[str, dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
     fixed, _ = _scale_rows()
     for name, summary in found.items():
-        if name.startswith("fixed_"):
+        if name.startswith("fixed_") and name.endswith("_s0"):  # the envelope: seed 0
             _, size, steps, _seed = name.split("_")
             fixed[(size, int(steps))] = {"loss": summary["val_loss"], "flops": summary["flops"]}
     return fixed
@@ -243,7 +243,7 @@ def envelope_table(found: dict[str, dict[str, Any]]) -> list[str]:
     fixed = _fixed_points(found)
     _, grown = _scale_rows()
     for name, run in found.items():  # this script's growing runs, all on the long budget
-        if not name.startswith("fixed_"):
+        if not name.startswith("fixed_") and name.endswith("_s0"):
             grown[(_growth_label(name), TAX_BUDGET)] = {
                 "loss": run["val_loss"],
                 "flops": run["flops"],
@@ -309,6 +309,16 @@ def tax_table(found: dict[str, dict[str, Any]]) -> list[str]:
                 continue
             gap = f"{run['val_loss'] - fixed['val_loss']:+.4f}"
             lines.append(f"| start -> {end} | {at:.0%} | {run['val_loss']:.4f} | {gap} | "
+                         f"{run['tokens'] / 1e6:.1f} | {run['train_s']:.0f} |")  # fmt: skip
+    for seed in (1,):  # the tax's other seeds: the plain tax run against its fixed size
+        fixed, run = (found.get(f"{kind}_{TAX_BUDGET}_s{seed}") for kind in
+                      ("fixed_half", "tax_half_0.25"))  # fmt: skip
+        if fixed is not None:
+            lines.append(f"| fixed half, seed {seed} | - | {fixed['val_loss']:.4f} | - | "
+                         f"{fixed['tokens'] / 1e6:.1f} | {fixed['train_s']:.0f} |")  # fmt: skip
+        if fixed is not None and run is not None:
+            gap = f"{run['val_loss'] - fixed['val_loss']:+.4f}"
+            lines.append(f"| start -> half, seed {seed} | 25% | {run['val_loss']:.4f} | {gap} | "
                          f"{run['tokens'] / 1e6:.1f} | {run['train_s']:.0f} |")  # fmt: skip
     half = fixed_runs["half"]
     for lever in LEVERS:
