@@ -502,6 +502,28 @@ def offline_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
+def test_wandb_without_an_account_is_one_config_error(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """logger=wandb with no API key and no WANDB_MODE (a new user's first try): one
+    ConfigError naming logger=wandb and the ways to run without an account, before
+    training, not W&B's traceback."""
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()  # a fresh process's W&B: no settings kept from earlier tests' runs
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SILENT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, no W&B settings
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    try:
+        with pytest.raises(ConfigError, match=r"logger=wandb: W&B could not start its run: "
+                           r"No API key.*WANDB_MODE=offline.*logger=csv"):  # fmt: skip
+            train(compose_run(tmp_path / "run", cache, "logger=wandb"))
+    finally:
+        wandb.teardown()  # the next test's W&B starts from its own settings again
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_training_outlives_the_wandb_service(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -153,13 +153,32 @@ def define_compute_axis(loggers: list[Logger]) -> None:
         if not is_wandb(logger):
             continue
         _drop_unset_anonymous(logger)
-        run = getattr(logger, "experiment", None)  # rank 0: the wandb Run; else a dummy
+        run = _start_run(logger)  # rank 0: the wandb Run; else a dummy
         define = getattr(run, "define_metric", None)
         if define is None:
             continue
         define("compute/flops")
         for name in BY_COMPUTE:
             define(name, step_metric="compute/flops")
+
+
+def _start_run(logger: Logger) -> Any:
+    """The logger's W&B run, started now; W&B refusing to start it (no API key, no
+    server, a bad setting) is a :class:`~progrow.app.ConfigError` naming ``logger=wandb``
+    and the ways to run without an account, not a traceback."""
+    import wandb
+
+    from progrow.app.errors import ConfigError
+
+    try:
+        return getattr(logger, "experiment", None)
+    except wandb.errors.Error as err:
+        reason = str(err).splitlines()[0].rstrip(". ") if str(err) else type(err).__name__
+        raise ConfigError(
+            f"logger=wandb: W&B could not start its run: {reason}. Log in (`wandb login`), "
+            "or run without an account: WANDB_MODE=offline (then `wandb sync <run dir>/"
+            "wandb/offline-run-*`), or logger=csv"
+        ) from None
 
 
 def log_events_table(loggers: list[Logger], events: list[GrowthEvent]) -> None:
