@@ -502,6 +502,21 @@ def offline_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
+def test_tensorboard_logger_writes_events_next_to_the_csv(cache: Path, tmp_path: Path) -> None:
+    """logger=tensorboard: a growing run writes TensorBoard event files (the growth
+    metrics among them) beside the CSV log the report reads, each folder labelled."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(compose_run(tmp_path, cache, "logger=tensorboard", max_steps=10))
+    assert [entry["logger"] for entry in result["loggers"]] == ["csv", "tensorboard"]
+    events = list(Path(result["loggers"][1]["dir"]).glob("events.out.tfevents.*"))
+    assert events, result["loggers"]
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert {"train/loss", "val/loss", "growth/loss_delta", "compute/flops"} <= set(tags), tags
+    assert len(result["events"]) == 3  # all_six grows at 20%, 40% and 60% of the run
+
+
 def test_wandb_without_an_account_is_one_config_error(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
