@@ -43,6 +43,21 @@ RUNS = {
     "ddp": ["trainer=ddp_cpu"],
     "fsdp": ["trainer=fsdp_cpu"],
 }
+#: The growth-tax levers that draw random values (shrink-and-perturb, noise on the new
+#: entries) or scale the LR per group after growth: under DDP every rank must draw the
+#: same values (DDP averages gradients, never parameters: ranks that drew differently
+#: would train different models from then on, silently).
+LEVERS = [
+    "growth.shrink_perturb={shrink: 0.8, noise: 0.01}",
+    "growth.new_noise=0.01",
+    "growth.rewarmup_steps=4",
+    "growth.lr_fan_in_exponent=1",
+    "growth.lr_width_exponent=0",
+]
+RUNS |= {
+    "one_device_levers": [*RUNS["one_device"], *LEVERS],
+    "ddp_levers": ["trainer=ddp_cpu", *LEVERS],
+}
 TIMEOUT_S = 240
 
 
@@ -89,9 +104,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     return found
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "ddp_levers"])
 def test_default_growth_matches_one_device(runs: dict[str, dict[str, Any]], strategy: str) -> None:
-    one, other = runs["one_device"], runs[strategy]
+    one = runs["one_device_levers" if strategy.endswith("_levers") else "one_device"]
+    other = runs[strategy]
     events = [(e["step"], e["sizes"]) for e in one["summary"]["events"]]
     assert len(events) == 3  # the default schedule's three stages
     assert events == [(e["step"], e["sizes"]) for e in other["summary"]["events"]]
@@ -121,3 +137,13 @@ def test_multi_process_runs_print_no_lightning_noise(
     from test_quiet_console import _noise
 
     assert _noise(runs[strategy]["output"]) == [], runs[strategy]["output"][-3000:]
+
+
+def test_the_levers_took_effect(runs: dict[str, dict[str, Any]]) -> None:
+    """The lever runs are not the default run again: shrink-and-perturb and the noise
+    change the function at each growth (the probe moves), and the parameters end apart."""
+    plain, levers = runs["one_device"], runs["one_device_levers"]
+    assert all(abs(e["loss_delta"]) > 1e-3 for e in levers["summary"]["events"])
+    assert all(abs(e["loss_delta"]) < 1e-4 for e in plain["summary"]["events"])
+    name = "model.blocks.0.attn.q.weight"
+    assert not torch.allclose(plain["final"][name], levers["final"][name], atol=1e-3)
