@@ -95,3 +95,11 @@ def test_bench_gpu_skips_rows_past_the_budget(bench_gpu: Any, tmp_path: Path) ->
     rows = bench_gpu.main([*argv, "--out", str(tmp_path)])["rows"]
     assert [r["status"].split(" (")[0] for r in rows] == ["skipped: time budget"] * 2
     assert "tokens_per_s" not in rows[0]
+
+
+def test_memory_ratio_of_a_window_that_grew_nothing_is_none(bench_gpu: Any) -> None:
+    """On CPU a window's peak is RSS above the row's start: 0 when the allocator reuses
+    memory the process holds (the suite's process, after other tests), and the ratio is
+    then undefined, not a ZeroDivisionError that fails the row."""
+    assert bench_gpu._ratio(3.0, 0.0) is None and bench_gpu._ratio(3.0, -1.0) is None
+    assert bench_gpu._ratio(3.0, 2.0) == 1.5
