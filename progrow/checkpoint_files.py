@@ -110,7 +110,8 @@ def _optimizer_by_position(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def consolidate_sharded(path: str | Path) -> dict[str, Any]:
-    """The full checkpoint a sharded FSDP2 checkpoint folder holds, on CPU.
+    """The full checkpoint a sharded FSDP2 checkpoint folder holds, on CPU (one of another
+    progrow checkpoint format is refused first, from its ``meta.pt``: :func:`check_format`).
 
     Example:
         >>> ckpt = consolidate_sharded("checkpoints/last.ckpt")  # doctest: +SKIP
@@ -123,6 +124,8 @@ def consolidate_sharded(path: str | Path) -> dict[str, Any]:
     if not is_sharded_checkpoint(path):
         raise ValueError(f"{str(path)!r} is not a sharded checkpoint folder")
     checkpoint = torch.load(path / SHARDED_META, map_location="cpu", weights_only=False)
+    # Refused before the shards are read: consolidating is the expensive part.
+    check_format(checkpoint, f"checkpoint {str(path)!r}")
     with tempfile.TemporaryDirectory() as tmp:
         full = Path(tmp) / "full.pt"
         dcp_to_torch_save(path, full)
@@ -150,9 +153,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir():
         if is_sharded_checkpoint(path):
-            checkpoint = consolidate_sharded(path)
-            check_format(checkpoint, f"checkpoint {str(path)!r}")
-            return checkpoint
+            return consolidate_sharded(path)
         raise ValueError(
             f"checkpoint {str(path)!r} is a folder but not a sharded checkpoint (no "
             f"{SHARDED_INDEX} and {SHARDED_META}): give a checkpoint file"

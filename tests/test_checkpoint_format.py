@@ -137,3 +137,23 @@ def test_offline_growth_refuses_another_format(run: Path, tmp_path: Path) -> Non
     out = tmp_path / "grown.ckpt"
     assert grow_main([str(old), "--d_mlp", "64", "-o", str(out)]) == 2
     assert not out.exists()
+
+
+def test_a_sharded_checkpoint_of_another_format_is_refused_before_its_shards_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sharded (FSDP2) folder: the format is read from its meta.pt, and an old one is
+    refused before the shards are consolidated (the expensive part)."""
+    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint.format_utils as format_utils
+
+    folder = tmp_path / "last.ckpt"
+    dcp.save({"state_dict": {"w": torch.zeros(2)}}, checkpoint_id=str(folder), no_dist=True)
+    torch.save({CHECKPOINT_KEY: {"model_config": {}}, "global_step": 3}, folder / "meta.pt")
+
+    def never(*args: Any) -> None:
+        raise AssertionError("the shards were consolidated before the format was checked")
+
+    monkeypatch.setattr(format_utils, "dcp_to_torch_save", never)
+    with pytest.raises(ValueError, match=rf"checkpoint '{folder}': progrow checkpoint format none"):
+        load_checkpoint(folder)

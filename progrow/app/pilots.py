@@ -307,7 +307,7 @@ def read_runs(paths: Sequence[str]) -> tuple[list[Result], list[str]]:
     for folder in found:
         result = read_run(folder)
         if result is None:
-            notes.append(f"{folder}: skipped (grew, or no final val_loss/flops/tokens/params)")
+            notes.append(f"{folder}: skipped (grew, or no final val_loss)")
         else:
             results.append(result)
     if not results:
