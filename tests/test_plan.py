@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import itertools
 import json
 import math
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from lit_utils import app_overrides
 
 from progrow import GrowthSchedule, TransformerConfig
-from progrow.app import pilots
+from progrow.app import pilots, plan_make
 from progrow.app.config_values import CONF_DIR
 from progrow.app.plan import main
 from progrow.app.planning import (
@@ -31,7 +33,9 @@ from progrow.app.planning import (
     insist_schedule,
     step_fractions,
 )
-from progrow.app.scaling import LossFit, curve_loss, fit_loss, loo_curves, loo_fit
+from progrow.app.scaling import HeldOut, LossFit, curve_loss, fit_loss, loo_curves, loo_fit
+from progrow.app.scaling_kaplan import KaplanFit, fit_kaplan
+from progrow.app.scaling_kaplan import warm_start as kaplan_warm_start
 from progrow.app.settings import RunSettings, model_config
 from progrow.flops import steps_for_budget, train_flops_per_token
 
@@ -98,6 +102,43 @@ def test_optimal_params_is_the_minimum_along_6nd() -> None:
     assert around[1] < around[0] and around[1] < around[2]
 
 
+#: The interaction form at the same scale: the gap between sizes opens with the tokens.
+KAPLAN = KaplanFit(E=1.0, Nc=3e4, Dc=4e5, alpha_n=0.45, alpha_d=0.28)
+
+
+def test_kaplan_fit_recovers_known_parameters_and_with_noise_predicts_beyond() -> None:
+    n, d, loss = _grid(KAPLAN)  # type: ignore[arg-type]
+    fit = fit_kaplan(n, d, loss)
+    for key in ("E", "Nc", "Dc", "alpha_n", "alpha_d"):
+        assert getattr(fit, key) == pytest.approx(getattr(KAPLAN, key), rel=1e-3), key
+    noisy = fit_kaplan(*_grid(KAPLAN, noise=0.003))  # type: ignore[arg-type]
+    far = np.array([2e6]), np.array([3e8])
+    assert noisy.loss(*far) == pytest.approx(KAPLAN.loss(*far), rel=0.01)
+    held = loo_fit(n, d, loss, fit, fit=fit_kaplan, warm=kaplan_warm_start)
+    assert len(held.predicted) == 20 and held.max_abs < 1e-3, held.to_dict()
+    with pytest.raises(ValueError, match="needs at least 5"):
+        fit_kaplan(n[:4], d[:4], loss[:4])
+
+
+def test_kaplan_gap_between_sizes_opens_with_the_tokens_and_inverts_exactly() -> None:
+    """What sets the form apart from the additive one, and what the planner uses of it:
+    the loss a size reaches after ``tokens_for_loss`` tokens, the limit with endless data,
+    and the optimum along C = 6ND."""
+    small, big = 5e4, 5e5
+    gaps = [KAPLAN.parameters_effect(small, big, d) for d in (1e5, 1e6, 1e7, 1e8)]
+    assert all(a < b for a, b in itertools.pairwise(gaps)), gaps
+    assert TRUTH.parameters_effect(small, big, 1e5) == pytest.approx(
+        TRUTH.parameters_effect(small, big, 1e8)
+    )
+    for n_, d_ in ((5e4, 3e6), (5e5, 2e7)):
+        assert KAPLAN.tokens_for_loss(n_, KAPLAN.loss(n_, d_)) == pytest.approx(d_, rel=1e-9)
+    assert KAPLAN.tokens_for_loss(small, KAPLAN.limit(small)) == math.inf
+    flops = 1e14
+    n_star = KAPLAN.optimal_params(flops)
+    around = [KAPLAN.loss(n, flops / (6 * n)) for n in (n_star / 1.2, n_star, n_star * 1.2)]
+    assert around[1] < around[0] and around[1] < around[2]
+
+
 def test_per_size_curves_interpolate_in_log_flops() -> None:
     line = [(f, 5.0 - 0.5 * math.log(f)) for f in (1e6, 4e6, 1.6e7)]
     assert curve_loss(line, 2e6) == pytest.approx(5.0 - 0.5 * math.log(2e6))
@@ -145,6 +186,29 @@ def test_the_envelope_schedule_grows_at_crossings_and_ends_on_the_envelope() -> 
     best = min(c.loss(PLAN_FIT, budget) for c in CURVES)
     assert plan.loss == pytest.approx(best, rel=1e-9)
     assert envelope(PLAN_FIT, CURVES, [budget])[0][1] == pytest.approx(best)
+
+
+def test_the_plan_follows_the_interaction_form_and_warns_when_the_forms_disagree() -> None:
+    """The planner's arithmetic takes either form; the plan warns, naming both sizes,
+    when the form it follows and the other rank the sizes differently at the budget."""
+    budget = 3000 * TARGET_STEP
+    plan = envelope_schedule(KAPLAN, CURVES, budget, STEP, latest=0.8)
+    assert plan.start == 0 and [j for _, j in plan.stages] == [1]
+    assert plan.loss == pytest.approx(min(c.loss(KAPLAN, budget) for c in CURVES), rel=1e-9)
+    results = [
+        pilots.Result(c.label, {}, int(c.params), f, f / c.flops_per_token,
+                      float(KAPLAN.loss(c.params, f / c.flops_per_token)), "x")
+        for c in CURVES for f in (budget / 100, budget / 30)
+    ]  # fmt: skip
+    held = HeldOut((0.01,) * len(results))
+    models = {"fit": KAPLAN, "other": PLAN_FIT, "loo": held, "curves_loo": held}
+    choice = plan_make._model_choice(models, CURVES, budget, results)
+    assert choice["used"] == "kaplan"
+    assert "the kaplan form picks s1 at the budget, the chinchilla form s2" in choice["warning"]
+    models = {**models, "other": KAPLAN}
+    assert "form picks" not in (
+        plan_make._model_choice(models, CURVES, budget, results)["warning"] or ""
+    )
 
 
 def test_step_fractions_spend_the_budget_as_the_app_sizes_it() -> None:
@@ -219,10 +283,13 @@ def test_plan_prints_the_recommendation_and_writes_a_runnable_schedule(
     rec = [ln for ln in lines if ln.startswith("recommendation: ")]
     assert len(rec) == 1, lines
     # --insist-target: the schedule ends at the target, which growing reaches cheaper
-    assert rec[0].startswith("recommendation: grow with this schedule: size1 -> size2 at ")
+    # (from size1 or from the interpolated size, as the fit places their crossing)
+    assert re.match(r"recommendation: grow with this schedule: (size1|interp1) -> .*size2 at ",
+                    rec[0]), rec[0]  # fmt: skip
     assert "pilots used 15.0% of the budget" in rec[0]
     for part in ("(a) compute-optimal fixed size:", "(b) target size2", "(c) envelope:",
-                 "(d) schedule on the envelope:", "leave-one-out error: fit rmse"):  # fmt: skip
+                 "(d) schedule on the envelope:", "fit (kaplan): L = ",
+                 "check (chinchilla): L = ", "leave-one-out error: kaplan rmse"):  # fmt: skip
         assert any(ln.startswith(part) for ln in lines), part
     root = planned["root"]
     path = root / "conf" / "growth" / "tiny_plan.yaml"
@@ -262,9 +329,14 @@ def test_plan_json_has_the_fit_the_plan_and_the_pilots(planned: dict[str, Any]) 
     assert pilots_["count"] == 9 and pilots_["ran"] == 9 and pilots_["source"] == "pilots"
     assert pilots_["fraction"] == pytest.approx(0.15, rel=0.05)
     fit = plan["fit"]
-    assert all(math.isfinite(fit[k]) and fit[k] > 0 for k in ("E", "A", "B"))
+    assert fit["form"] == "kaplan"  # the default form; the additive one is the check
+    assert all(math.isfinite(fit[k]) and fit[k] > 0 for k in ("E", "Nc", "Dc"))
     assert fit["loo"]["predicted"] == 9 and math.isfinite(fit["loo"]["rmse"])
-    assert plan["model"]["used"] == "parametric"
+    other = plan["other_form"]
+    assert other["form"] == "chinchilla" and other["loo"]["predicted"] == 9
+    assert all(math.isfinite(other[k]) and other[k] > 0 for k in ("E", "A", "B"))
+    assert other["best_at_budget"] in {"size1", "interp1", "size2"}
+    assert plan["model"]["used"] == "kaplan"
     assert plan["recommendation"]["kind"] == "grow"
     assert plan["insist"]["end"] == "size2" and plan["target"]["label"] == "size2"
     assert plan["insist"]["loss"] < plan["target"]["loss"]

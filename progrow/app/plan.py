@@ -12,10 +12,14 @@ Examples:
    Hydra overrides given are passed to every run), cached per run folder under
    ``--cache``: a second invocation runs no pilot it has. Or ``--runs DIR...`` gives
    finished fixed-size runs instead.
-2. **Fit.** ``L(N, D) = E + A/N^alpha + B/D^beta`` (Hoffmann et al. 2022, fitted as
-   Besiroglu et al. 2024 redo it: :mod:`progrow.app.scaling`) to the pilots' final
-   validation losses (``N`` parameters, ``D`` tokens), and each size's measured curve
-   (final loss against log-FLOPs); leave-one-out errors of both. The intermediate
+2. **Fit.** A loss form ``L(N, D)`` to the pilots' final validation losses (``N``
+   parameters, ``D`` tokens): by default (``--form kaplan``) Kaplan et al.'s interaction
+   form ``E + ((N_c/N)^(a_N/a_D) + D_c/D)^a_D`` (:mod:`progrow.app.scaling_kaplan`),
+   where the gap between sizes opens with the tokens, as measured; or Hoffmann et al.'s
+   additive ``E + A/N^alpha + B/D^beta`` (``--form chinchilla``, fitted as Besiroglu et
+   al. 2024 redo it: :mod:`progrow.app.scaling`). Both are fitted, the other as a check
+   (the plan warns when they pick different sizes), and each size's measured curve
+   (final loss against log-FLOPs); leave-one-out errors of all three. The intermediate
    validations of a pilot are not fit data: taken before its learning rate decayed, they
    lie above what a run that ends there reaches (with WSD, whose decay comes last, by the
    most), so they would bias every prediction up. They are drawn on the plot.
@@ -51,7 +55,7 @@ from typing import Any, NoReturn
 
 from progrow.app.family import PlanError
 from progrow.app.plan_make import make_plan
-from progrow.app.plan_options import PlanOptions
+from progrow.app.plan_options import FORMS, PlanOptions
 from progrow.app.plan_report import report
 
 
@@ -144,6 +148,13 @@ def parser() -> argparse.ArgumentParser:
         default="20",
         metavar="S",
         help="steps of the shortest pilot of the largest size (default 20)",
+    )
+    p.add_argument_group("fit").add_argument(
+        "--form",
+        choices=FORMS,
+        default="kaplan",
+        help="the loss form the plan follows (default kaplan: its parameters' term grows "
+        "with the tokens, as measured; chinchilla: additive); the other is fitted as a check",
     )
     sched = p.add_argument_group("schedule")
     sched.add_argument(
@@ -244,6 +255,7 @@ def options(argv: Sequence[str] | None = None) -> PlanOptions:
         ladder=ladder,
         latest=_number("--latest-growth", args.latest_growth, float, 0, 1, open_low=True),
         insist_target=args.insist_target,
+        form=args.form,
         name=args.name,
         out=None if args.out is None else Path(args.out),
         conf_dir=None if args.conf_dir is None else Path(args.conf_dir),

@@ -35,14 +35,14 @@ def make_plan(opts: PlanOptions, progress: Callable[[str], None] = print) -> dic
         f"{budget / target_step:.0f} steps of {family[-1].label} at {tps} tokens/step"
     )
     results, notes = _results(opts, family, budget, recipe, progress)
-    models = _fit(results)
+    models = _fit(results, opts.form)
     curves = [planning.Curve(s.label, s.params, s.flops_per_token) for s in family]
     plan = {
         "name": name,
         "argv": list(opts.argv),
         "budget": {"flops": budget, "target_steps": budget / target_step,
                    "flag": budget_flag(opts)},
-        **_inputs(recipe, family, results, notes, models, budget, opts),
+        **_inputs(recipe, family, results, notes, models, curves, budget, opts),
     }  # fmt: skip
     schedules = _predictions(plan, models["fit"], curves, family, budget, tps, opts)
     chosen = schedules["insist" if opts.insist_target else "schedule"]
@@ -85,9 +85,10 @@ def _results(
     return pl.run_pilots(jobs, pl.LAUNCHERS[opts.launcher], opts.jobs, progress), notes
 
 
-def _fit(results: Sequence[Any]) -> dict[str, Any]:
-    """Both models and their leave-one-out errors."""
-    from progrow.app import scaling
+def _fit(results: Sequence[Any], form: str) -> dict[str, Any]:
+    """Both forms (``form`` the one the plan follows), the per-size curves, and their
+    leave-one-out errors."""
+    from progrow.app import scaling, scaling_kaplan
 
     n = [float(r.params) for r in results]
     d = [r.tokens for r in results]
@@ -97,15 +98,25 @@ def _fit(results: Sequence[Any]) -> dict[str, Any]:
             f"{len(results)} runs: the fit has 5 parameters and needs 5 or more runs "
             "(more sizes or --pilot-budgets; with --runs, more folders)"
         )
-    fit = scaling.fit_loss(n, d, loss)
+    fitters: dict[str, tuple[Callable[..., Any], Callable[[Any], list[float]]]] = {
+        "kaplan": (scaling_kaplan.fit_kaplan, scaling_kaplan.warm_start),
+        "chinchilla": (scaling.fit_loss, scaling.warm_start),
+    }
+    fits, loos = {}, {}
+    for name, (fitter, warm) in fitters.items():
+        fits[name] = fitter(n, d, loss)
+        loos[name] = scaling.loo_fit(n, d, loss, fits[name], fit=fitter, warm=warm)
+    other = next(k for k in fitters if k != form)
     groups: dict[str, list[tuple[float, float]]] = {}
     for r in results:
         groups.setdefault(r.label, []).append((r.flops, r.val_loss))
     per_size = scaling.loo_curves(groups)
     all_curves = scaling.HeldOut(tuple(e for h in per_size.values() for e in h.errors))
     return {
-        "fit": fit,
-        "loo": scaling.loo_fit(n, d, loss, fit),
+        "fit": fits[form],
+        "loo": loos[form],
+        "other": fits[other],
+        "other_loo": loos[other],
         "curves_loo": all_curves,
         "curves_loo_per_size": per_size,
     }
@@ -117,12 +128,13 @@ def _inputs(
     results: Sequence[Any],
     notes: Sequence[str],
     models: dict[str, Any],
+    curves: Sequence[Any],
     budget: float,
     opts: PlanOptions,
 ) -> dict[str, Any]:
-    """The plan's data: recipe, family, pilots (or runs) and both models."""
+    """The plan's data: recipe, family, pilots (or runs) and the models."""
     tps = recipe.tokens_per_step
-    fit = models["fit"]
+    fit, other = models["fit"], models["other"]
     spent = sum(r.flops for r in results)
     return {
         "recipe": {"tokens_per_step": tps, "seq_len": recipe.seq_len,
@@ -138,27 +150,37 @@ def _inputs(
         "fit": {**fit.to_dict(), "formula": fit.formula(), "huber_delta": HUBER_DELTA,
                 "data": "final validation loss of each run (N: its parameters, D: its tokens)",
                 "loo": models["loo"].to_dict()},
+        "other_form": {**other.to_dict(), "formula": other.formula(),
+                       "loo": models["other_loo"].to_dict(),
+                       "best_at_budget": _best(other, curves, budget)},
         "curves_loo": {**models["curves_loo"].to_dict(), "per_size": {
             k: v.to_dict() for k, v in models["curves_loo_per_size"].items()}},
-        "model": _model_choice(models, budget, results),
+        "model": _model_choice(models, curves, budget, results),
     }  # fmt: skip
 
 
-def _model_choice(models: dict[str, Any], budget: float, results: Sequence[Any]) -> dict[str, Any]:
+def _best(fit: Any, curves: Sequence[Any], budget: float) -> str:
+    """The family size ``fit`` predicts lowest at ``budget``."""
+    return str(min(curves, key=lambda c: c.loss(fit, budget)).label)
+
+
+def _model_choice(
+    models: dict[str, Any], curves: Sequence[Any], budget: float, results: Sequence[Any]
+) -> dict[str, Any]:
     """Which model the plan uses and why, with warnings where the data undermine it."""
-    loo, curves, fit = models["loo"], models["curves_loo"], models["fit"]
+    loo, cl, fit, other = models["loo"], models["curves_loo"], models["fit"], models["other"]
     largest = max(r.flops for r in results)
     why = (
-        f"the budget is {budget / largest:.0f}x the largest pilot, beyond every size's "
-        "measured range: only the parametric form, fitted to all sizes at once, "
-        "extrapolates there (a per-size curve continues straight in log-FLOPs and never "
-        "flattens); the per-size curves' error is reported as a check"
+        f"the {fit.form} form: the budget is {budget / largest:.0f}x the largest pilot, "
+        "beyond every size's measured range: only a parametric form, fitted to all sizes "
+        "at once, extrapolates there (a per-size curve continues straight in log-FLOPs "
+        "and never flattens); the per-size curves' error is reported as a check"
     )
     warnings = []
-    if math.isfinite(loo.rmse) and math.isfinite(curves.rmse) and loo.rmse > 2 * curves.rmse:
+    if math.isfinite(loo.rmse) and math.isfinite(cl.rmse) and loo.rmse > 2 * cl.rmse:
         warnings.append(
             f"the fit predicts held-out pilots worse than the per-size curves (rmse "
-            f"{loo.rmse:.3g} vs {curves.rmse:.3g}): treat its extrapolation with care; more "
+            f"{loo.rmse:.3g} vs {cl.rmse:.3g}): treat its extrapolation with care; more "
             "pilots (--pilot-budgets, --pilot-fraction) narrow it"
         )
     lowest = min(r.val_loss for r in results)
@@ -172,8 +194,8 @@ def _model_choice(models: dict[str, Any], budget: float, results: Sequence[Any])
     n = [float(r.params) for r in results]
     d = [r.tokens for r in results]
     effects = {  # how much the runs' range of each lowers the fitted loss
-        "parameters": fit.A / min(n) ** fit.alpha - fit.A / max(n) ** fit.alpha,
-        "tokens": fit.B / min(d) ** fit.beta - fit.B / max(d) ** fit.beta,
+        "parameters": fit.parameters_effect(min(n), max(n), max(d)),
+        "tokens": fit.tokens_effect(min(d), max(d), min(n)),
     }
     for what, effect in effects.items():
         if effect < 0.01 * lowest:
@@ -182,8 +204,14 @@ def _model_choice(models: dict[str, Any], budget: float, results: Sequence[Any])
                 f"the pilots never showed more {what} paying off, so the fit cannot tell which "
                 "size the budget supports; longer pilots or --runs of longer runs"
             )
+    mine, theirs = _best(fit, curves, budget), _best(other, curves, budget)
+    if mine != theirs:
+        warnings.append(
+            f"the {fit.form} form picks {mine} at the budget, the {other.form} form {theirs}: "
+            "the pilots do not decide between them; longer pilots or --runs of longer runs"
+        )
     warning = "; ".join(warnings) or None
-    return {"used": "parametric", "why": why, "warning": warning}
+    return {"used": fit.form, "why": why, "warning": warning}
 
 
 def _predictions(

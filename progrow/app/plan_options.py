@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: The loss forms ``--form`` chooses from (:mod:`progrow.app.scaling_kaplan`,
+#: :mod:`progrow.app.scaling`).
+FORMS = ("kaplan", "chinchilla")
+
 
 @dataclass(frozen=True)
 class PlanOptions:
@@ -30,6 +34,8 @@ class PlanOptions:
     out: Path | None
     conf_dir: Path | None
     force: bool
+    form: str = "kaplan"
+    """The loss form the plan follows (:data:`FORMS`)."""
     overrides: tuple[str, ...] = field(default_factory=tuple)
     argv: tuple[str, ...] = field(default_factory=tuple)
     """The command line as given (recorded in the plan and the growth config)."""

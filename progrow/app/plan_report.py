@@ -10,6 +10,7 @@ from typing import Any
 def report(plan: dict[str, Any]) -> list[str]:
     """The plan as console lines: (a) to (e), the fit, and where the files are."""
     fit, loo, cl = plan["fit"], plan["fit"]["loo"], plan["curves_loo"]
+    other = plan["other_form"]
     co, tg, env = plan["compute_optimal"], plan["target"], plan["envelope"]
     n_star = co["n_star"]
     star = (
@@ -38,11 +39,13 @@ def report(plan: dict[str, Any]) -> list[str]:
         f"data: {pilots['count']} fixed-size runs ({pilots['ran']} run now), "
         f"{pilots['flops']:.3g} FLOPs = {100 * pilots['fraction']:.1f}% of the budget",
         *(f"  note: {n}" for n in pilots["notes"]),
-        f"fit: {fit['formula']} (Huber {fit['huber_delta']:g} on log-loss, L-BFGS from a "
-        f"grid; {fit['data']})",
-        f"leave-one-out error: fit rmse {loo['rmse']:.4f} (max {loo['max_abs']:.4f}, "
-        f"{loo['predicted']} runs); per-size curves {_curves_error(cl)}",
-        f"model: the parametric fit: {plan['model']['why']}",
+        f"fit ({fit['form']}): {fit['formula']} (Huber {fit['huber_delta']:g} on log-loss, "
+        f"L-BFGS from a grid; {fit['data']})",
+        f"check ({other['form']}): {other['formula']}, best size at the budget "
+        f"{other['best_at_budget']}",
+        f"leave-one-out error: {fit['form']} rmse {_rmse(loo)}; {other['form']} rmse "
+        f"{_rmse(other['loo'])}; per-size curves {_curves_error(cl)}",
+        f"model: {plan['model']['why']}",
         *([f"warning: {plan['model']['warning']}"] if plan["model"]["warning"] else []),
         f"(a) compute-optimal fixed size: {co['label']}, predicted {co['loss']:.4f}{star}",
         f"(b) target {tg['label']} on the whole budget: predicted {tg['loss']:.4f}",
@@ -70,6 +73,12 @@ def stages_text(plan: dict[str, Any], key: str) -> str:
         for st in s["stages"]
     ]
     return " ".join([s["start"], *steps]) if steps else f"{s['start']} (no growth)"
+
+
+def _rmse(loo: dict[str, Any]) -> str:
+    if not loo["predicted"]:
+        return "not computable (5 runs or fewer: none can be held out)"
+    return f"{loo['rmse']:.4f} (max {loo['max_abs']:.4f}, {loo['predicted']} runs)"
 
 
 def _curves_error(loo: dict[str, Any]) -> str:

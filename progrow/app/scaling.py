@@ -24,7 +24,7 @@ import contextlib
 import ctypes
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ class LossFit:
     """The Huber objective at the optimum (sum over the points)."""
     points: int = 0
     """How many ``(N, D, L)`` points it was fitted to."""
+    form: str = "chinchilla"
 
     def loss(self, n: Any, d: Any) -> Any:
         """Predicted loss at ``n`` parameters and ``d`` tokens (scalars or arrays)."""
@@ -76,6 +77,19 @@ class LossFit:
         loss is at or below what that size reaches with endless data."""
         gap = loss - self.E - self.A / n**self.alpha
         return math.inf if gap <= 0 else (self.B / gap) ** (1.0 / self.beta)
+
+    def limit(self, n: float) -> float:
+        """The loss a model of ``n`` parameters reaches with endless data."""
+        return self.E + self.A / n**self.alpha
+
+    def parameters_effect(self, n_lo: float, n_hi: float, d: float) -> float:
+        """How much going from ``n_lo`` to ``n_hi`` parameters lowers the loss (at any
+        token count: the form is additive)."""
+        return self.A / n_lo**self.alpha - self.A / n_hi**self.alpha
+
+    def tokens_effect(self, d_lo: float, d_hi: float, n: float) -> float:
+        """How much going from ``d_lo`` to ``d_hi`` tokens lowers the loss (any size)."""
+        return self.B / d_lo**self.beta - self.B / d_hi**self.beta
 
     def optimal_params(self, flops: float) -> float:
         """The compute-optimal ``N`` for ``flops`` under ``C = 6 N D`` (Hoffmann et al.'s
@@ -96,7 +110,7 @@ class LossFit:
         return asdict(self)
 
 
-def _huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+def huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """Huber loss of ``r`` and its derivative."""
     small = np.abs(r) <= delta
     value = np.where(small, 0.5 * r**2, delta * (np.abs(r) - 0.5 * delta))
@@ -121,7 +135,7 @@ def _objective(
     top = np.maximum(np.maximum(t_n, t_d), e)
     w_n, w_d, w_e = np.exp(t_n - top), np.exp(t_d - top), np.exp(e - top)
     total = w_n + w_d + w_e
-    value, slope = _huber(top + np.log(total) - log_l, delta)
+    value, slope = huber(top + np.log(total) - log_l, delta)
     slope = slope / total  # times d pred / d term = softmax weight
     s_n, s_d = slope * w_n, slope * w_d
     grad = np.array(
@@ -144,12 +158,12 @@ def _grid_objective(
     t = _terms(theta, log_n, log_d)
     top = t.max(axis=-2)
     pred = top + np.log(np.exp(t - top[..., None, :]).sum(axis=-2))
-    value, _ = _huber(pred - log_l, delta)
+    value, _ = huber(pred - log_l, delta)
     return theta, value.sum(axis=-1)
 
 
 @contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
+def one_blas_thread() -> Iterator[None]:
     """OpenBLAS (scipy's, which L-BFGS-B calls) on one thread for the duration.
 
     L-BFGS-B works on 5-vectors here, where BLAS threads only wait for each other: on a
@@ -182,7 +196,7 @@ def _one_blas_thread() -> Iterator[None]:
             put(threads)
 
 
-def _check_points(n: Values, d: Values, loss: Values) -> None:
+def check_points(n: Values, d: Values, loss: Values) -> None:
     if not (len(n) == len(d) == len(loss)):
         raise ValueError(f"n, d and loss differ in length ({len(n)}, {len(d)}, {len(loss)})")
     bad = [
@@ -225,7 +239,7 @@ def fit_loss(
     """
     from scipy.optimize import minimize
 
-    _check_points(n, d, loss)
+    check_points(n, d, loss)
     if len(n) < 5:
         raise ValueError(f"{len(n)} points: the fit has 5 parameters and needs at least 5")
     log_n, log_d, log_l = (np.log(np.asarray(x, dtype=float)) for x in (n, d, loss))
@@ -238,7 +252,7 @@ def fit_loss(
     top = float(log_l.min())
     bounds = [(top - E_FLOOR, top), (None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS]
     best = None
-    with _one_blas_thread():
+    with one_blas_thread():
         for init in inits:
             result = minimize(
                 _objective,
@@ -264,7 +278,8 @@ def fit_loss(
     )
 
 
-def _theta(fit: LossFit) -> list[float]:
+def warm_start(fit: LossFit) -> list[float]:
+    """The fit as ``(e, a, b, alpha, beta)``: a warm start for a refit."""
     return [math.log(fit.E), math.log(fit.A), math.log(fit.B), fit.alpha, fit.beta]
 
 
@@ -298,24 +313,32 @@ class HeldOut:
         }
 
 
-def loo_fit(n: Values, d: Values, loss: Values, full: LossFit | None = None) -> HeldOut:
-    """Leave-one-out over the points: refit without each (from the grid's 4 best starts
-    and the full fit's optimum) and predict it. ``None`` where fewer than 5 points would
-    remain."""
+def loo_fit(
+    n: Values,
+    d: Values,
+    loss: Values,
+    full: Any = None,
+    *,
+    fit: Callable[..., Any] = fit_loss,
+    warm: Callable[[Any], list[float]] = warm_start,
+) -> HeldOut:
+    """Leave-one-out over the points: refit without each (``fit``: :func:`fit_loss` or
+    another form's fitter, from the grid's 4 best starts and ``warm(full)``, the full
+    fit's optimum) and predict it. ``None`` where fewer than 5 points would remain."""
     if len(n) <= 5:
         return HeldOut(tuple(None for _ in n))
-    warm = [_theta(full)] if full is not None else []
+    starts = [warm(full)] if full is not None else []
     errors: list[float | None] = []
     for i in range(len(n)):
         keep = [j for j in range(len(n)) if j != i]
-        fit = fit_loss(
+        refit = fit(
             [n[j] for j in keep],
             [d[j] for j in keep],
             [loss[j] for j in keep],
             starts=4,
-            extra_starts=warm,
+            extra_starts=starts,
         )
-        errors.append(float(fit.loss(n[i], d[i])) - loss[i])
+        errors.append(float(refit.loss(n[i], d[i])) - loss[i])
     return HeldOut(tuple(errors))
 
 
