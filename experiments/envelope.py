@@ -342,16 +342,21 @@ def tax_table(found: dict[str, dict[str, Any]]) -> list[str]:
             gap = f"{run['val_loss'] - fixed['val_loss']:+.4f}"
             lines.append(f"| start -> {end} | {at:.0%} | {run['val_loss']:.4f} | {gap} | "
                          f"{run['tokens'] / 1e6:.1f} | {run['train_s']:.0f} |")  # fmt: skip
-    for seed in (1,):  # the tax's other seeds: the plain tax run against its fixed size
-        fixed, run = (found.get(f"{kind}_{TAX_BUDGET}_s{seed}") for kind in
-                      ("fixed_half", "tax_half_0.25"))  # fmt: skip
-        if fixed is not None:
-            lines.append(f"| fixed half, seed {seed} | - | {fixed['val_loss']:.4f} | - | "
-                         f"{fixed['tokens'] / 1e6:.1f} | {fixed['train_s']:.0f} |")  # fmt: skip
-        if fixed is not None and run is not None:
-            gap = f"{run['val_loss'] - fixed['val_loss']:+.4f}"
-            lines.append(f"| start -> half, seed {seed} | 25% | {run['val_loss']:.4f} | {gap} | "
-                         f"{run['tokens'] / 1e6:.1f} | {run['train_s']:.0f} |")  # fmt: skip
+    for seed in (1,):  # the tax's other seeds: the tax runs against their own fixed size
+        fixed = found.get(f"fixed_half_{TAX_BUDGET}_s{seed}")
+        if fixed is None:
+            continue
+        lines.append(f"| fixed half, seed {seed} | - | {fixed['val_loss']:.4f} | - | "
+                     f"{fixed['tokens'] / 1e6:.1f} | {fixed['train_s']:.0f} |")  # fmt: skip
+        runs = [(f"start -> half, seed {seed}", at, tax_job(at, seed=seed)[0]) for at in TAX_AT]
+        runs.append((f"start -> half, seed {seed}, lever `{BEST_LEVERS}`", 0.1,
+                     lever_job(BEST_LEVERS, 0.1, seed=seed)[0]))  # fmt: skip
+        for label, at, path in runs:
+            run = found.get(path.name)
+            if run is not None:
+                gap = f"{run['val_loss'] - fixed['val_loss']:+.4f}"
+                lines.append(f"| {label} | {at:.0%} | {run['val_loss']:.4f} | {gap} | "
+                             f"{run['tokens'] / 1e6:.1f} | {run['train_s']:.0f} |")  # fmt: skip
     half = fixed_runs["half"]
     for lever, at in [*((lever, 0.25) for lever in LEVERS), (BEST_LEVERS, 0.1)]:
         run = found.get(lever_job(lever, at)[0].name)

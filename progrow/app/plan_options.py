@@ -11,7 +11,7 @@ from typing import Any
 
 #: The loss forms ``--form`` chooses from (:mod:`progrow.app.scaling_kaplan`,
 #: :mod:`progrow.app.scaling`).
-FORMS = ("kaplan", "chinchilla")
+FORMS = ("chinchilla", "kaplan")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class PlanOptions:
     out: Path | None
     conf_dir: Path | None
     force: bool
-    form: str = "kaplan"
+    form: str = "chinchilla"
     """The loss form the plan follows (:data:`FORMS`)."""
     overrides: tuple[str, ...] = field(default_factory=tuple)
     argv: tuple[str, ...] = field(default_factory=tuple)
