@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from progrow.config import GROWABLE_DIMS, TransformerConfig, check_positive_int
 from progrow.expand.step import GrowthStep
-from progrow.factor_placement import BY_KEY, PLACEMENT_KEYS, PLACEMENTS
+from progrow.factor_placement import BY_KEY, PLACEMENT_KEYS, PLACEMENTS, stage_changes
 from progrow.perturb import ShrinkPerturb
 
 #: Stage keys that change the grown model on purpose (:mod:`progrow.perturb`).
@@ -267,3 +267,37 @@ def _resolve_step(i: int, step: Any, max_steps: int | None) -> int:
     if step < 0:
         raise ValueError(f"growth stage {i}: step must be >= 0, got {step!r}")
     return int(step)
+
+
+def check_resumed_schedule(
+    saved: list[dict[str, Any]], now: list[dict[str, Any]], grown: set[int], allow: bool
+) -> None:
+    """Refuse a schedule ``now`` that differs from the checkpoint's ``saved`` one in a
+    stage already ``grown`` (unless ``allow``), warn about one that differs in a stage
+    still ahead, naming both schedules (:class:`~progrow.training.GrowthCallback` at
+    resume).
+
+    The model already grew per the saved stages that have events; a stage listed
+    differently at such an index would grow again with that stage's seed and label (two
+    events "stage i"), or the record would describe growth that never happened. Stages
+    ahead may change, but not silently.
+    """
+    import warnings
+
+    changes = stage_changes(saved, now)
+    both = f"the checkpoint's schedule: {saved}; this callback's: {now}"
+    conflicts = [text for i, text in changes.items() if i in grown]
+    if conflicts and not allow:
+        raise ValueError(
+            "GrowthCallback: the checkpoint's run already grew per another schedule ("
+            + "; ".join(conflicts)
+            + f"); {both}. Resume with the stages already grown as they were (later "
+            "ones may change), or pass resume_allow_changes=True"
+        )
+    for i, text in changes.items():
+        already = "already grown" if i in grown else "still ahead"
+        warnings.warn(
+            f"GrowthCallback: resuming a run whose schedule differs in a stage "
+            f"{already}: {text}; {both}",
+            stacklevel=2,
+        )

@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from progrow.app.config_values import CONF_DIR
 from progrow.app.job import Job, prepare
+from progrow.app.loggers import logger_entries, logger_extras
 from progrow.app.settings import RunSettings
 
 if TYPE_CHECKING:  # the app imports Lightning lazily, inside the functions
@@ -145,7 +146,7 @@ def _build_trainer(job: Job, preemption: PreemptionCallback) -> tuple[Any, list[
     # lost work (the preemption callback).
     callbacks = [instantiate(c) for c in settings.callbacks.values()]
     callbacks += [job.growth, preemption, RunIdentity(job.identity)]
-    loggers = [instantiate(c, **_logger_extras(c, settings)) for c in settings.loggers.values()]
+    loggers = [instantiate(c, **logger_extras(c, settings)) for c in settings.loggers.values()]
     wandb_extras.define_compute_axis(loggers)
     slurm = slurm_plugins(settings.trainer)
     plugins: dict[str, Any] = {"plugins": slurm} if slurm else {}
@@ -257,13 +258,9 @@ def _summary(
         output_dir=str(settings.output_dir),
         ckpt_dir=str(settings.ckpt_dir),
         last_ckpt=last_ckpt,
-        log_dirs=[str(d) for d in (_log_dir(lg) for lg in trainer.loggers) if d],
+        log_dirs=[entry["dir"] for entry in logger_entries(trainer.loggers)],
         # The same folders, each with the logger that writes there (the console's labels).
-        loggers=[
-            {"logger": _logger_name(lg), "dir": d, **_service_lost(lg)}
-            for lg in trainer.loggers
-            if (d := _log_dir(lg)) is not None
-        ],
+        loggers=logger_entries(trainer.loggers),
         resumed_from=job.resume,
         fingerprint=job.datamodule.fingerprint,
         report_dir=str(_sweep_dir() or settings.output_dir),
@@ -282,15 +279,6 @@ def _sweep_dir() -> Path | None:
         return None
     hydra_cfg = HydraConfig.get()
     return Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
-
-
-def _logger_extras(config: dict[str, Any], settings: RunSettings) -> dict[str, Any]:
-    """W&B: a run id stored in the run folder, so a resumed job continues the same run."""
-    if not str(config.get("_target_", "")).endswith("WandbLogger") or config.get("id"):
-        return {}
-    from progrow.app.wandb_extras import stable_run_id
-
-    return {"id": stable_run_id(settings.output_dir), "resume": "allow"}
 
 
 def _final_val_loss(trainer: Any, module: Any, datamodule: Any) -> float | None:
@@ -324,27 +312,6 @@ def _save_final_checkpoint(trainer: Any) -> str | None:
         trainer.save_checkpoint(last, weights_only=False)  # full state, as ModelCheckpoint's
         return last
     return checkpoint.last_model_path or None
-
-
-def _logger_name(logger: Any) -> str:
-    """``csv``, ``wandb``, ``tensorboard``, ... from Lightning's logger class name."""
-    return type(logger).__name__.removesuffix("Logger").lower() or type(logger).__name__
-
-
-def _service_lost(logger: Any) -> dict[str, Any]:
-    """``lost_at_step`` and ``error`` for a W&B logger whose service died mid-run."""
-    from progrow.app import wandb_extras
-
-    guard = wandb_extras.service_lost(logger)
-    return {} if guard is None else {"lost_at_step": guard.lost_at_step, "error": repr(guard.error)}
-
-
-def _log_dir(logger: Any) -> str | None:
-    for attr in ("log_dir", "save_dir"):
-        value = getattr(logger, attr, None)
-        if value:
-            return str(value)
-    return None
 
 
 #: Config errors of this process's jobs (a multirun goes on with its other jobs).

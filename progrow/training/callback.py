@@ -20,10 +20,9 @@ from torch.utils.hooks import RemovableHandle
 
 from progrow.events import GrowthEvent, events_from_dicts
 from progrow.expand.targets import grown_config
-from progrow.factor_placement import stage_changes
 from progrow.model import Transformer
 from progrow.optimizer_layout import GroupForNew, ParamOrder
-from progrow.schedule import GrowthSchedule, GrowthStage, stage_seed
+from progrow.schedule import GrowthSchedule, GrowthStage, check_resumed_schedule, stage_seed
 from progrow.surgery import (
     NewMoments,
     OptimizerState,
@@ -234,36 +233,10 @@ class GrowthCallback(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.events = events_from_dicts(state_dict["events"])
-        self._check_resumed_schedule(list(state_dict["schedule"]))
-
-    def _check_resumed_schedule(self, saved: list[dict[str, Any]]) -> None:
-        """Refuse a schedule that differs from the checkpoint's in a stage already grown,
-        warn about one that differs in a stage still ahead, naming both schedules.
-
-        The model already grew per the saved stages that have events; a stage listed
-        differently at such an index would grow again with that stage's seed and label
-        (two events "stage i"), or the record would describe growth that never happened.
-        Stages ahead may change, but not silently.
-        """
-        now = self.schedule.to_list()
         grown = {event.stage for event in self.events}
-        changes = stage_changes(saved, now)
-        both = f"the checkpoint's schedule: {saved}; this callback's: {now}"
-        conflicts = [text for i, text in changes.items() if i in grown]
-        if conflicts and not self.resume_allow_changes:
-            raise ValueError(
-                "GrowthCallback: the checkpoint's run already grew per another schedule ("
-                + "; ".join(conflicts)
-                + f"); {both}. Resume with the stages already grown as they were (later "
-                "ones may change), or pass resume_allow_changes=True"
-            )
-        for i, text in changes.items():
-            already = "already grown" if i in grown else "still ahead"
-            warnings.warn(
-                f"GrowthCallback: resuming a run whose schedule differs in a stage "
-                f"{already}: {text}; {both}",
-                stacklevel=2,
-            )
+        check_resumed_schedule(
+            list(state_dict["schedule"]), self.schedule.to_list(), grown, self.resume_allow_changes
+        )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._end_restore()
