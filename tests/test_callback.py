@@ -3,6 +3,7 @@ mixed precision, a user's own module."""
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,20 @@ def test_loss_continuity_logged_and_within_tolerance(cache: Path, tmp_path: Path
     rows = [dict(zip(header, line.split(","), strict=True)) for line in text.splitlines()[1:]]
     deltas = [float(r["growth/loss_delta"]) for r in rows if r["growth/loss_delta"]]
     assert len(deltas) == 2 and all(abs(d) <= 1e-5 for d in deltas)
+
+
+def test_growth_seconds_time_the_growth_not_the_probes(cache: Path) -> None:
+    """An event's ``seconds`` is the expansion, the surgery and the re-wrap: the two probe
+    forwards around it (here made 0.3 s each) are not in it."""
+
+    def slow_loss(pl_module: Any, batch: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.3)
+        return lm_loss(pl_module.model, batch)
+
+    callback = growth(loss_fn=slow_loss)
+    trainer(10, [callback]).fit(lm_module(10), datamodule=datamodule(cache))
+    assert len(callback.events) == 2
+    assert all(0 < event.seconds < 0.3 for event in callback.events), callback.events
 
 
 def test_loss_jump_raises_or_warns(cache: Path) -> None:
