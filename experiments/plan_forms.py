@@ -62,13 +62,15 @@ def _plan_points(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def _envelope_measured() -> dict[tuple[str, int], float]:
-    """Fixed runs of the envelope (seed 0, WSD): (planner label, target steps) -> loss."""
+    """Fixed runs of the envelope (seed 0, WSD) of the plan's sizes: (planner label, target
+    steps) -> loss (the envelope's other sizes were not in the plan's family)."""
     out: dict[tuple[str, int], float] = {}
     label = {v: k for k, v in NAMES.items()}
     for name, run in json.loads((RESULTS / "envelope_runs.json").read_text()).items():
         if name.startswith("fixed_") and name.endswith("_s0"):
             _, size, steps, _ = name.split("_")
-            out[(label[size], int(steps))] = run["val_loss"]
+            if size in label:
+                out[(label[size], int(steps))] = run["val_loss"]
     for budget, steps in (("short", 1000), ("long", 3000)):
         for row in json.loads((RESULTS / f"scale_{budget}.json").read_text())["tables"]["wsd"]:
             if 0 not in row["seeds"]:

@@ -13,8 +13,8 @@ tokens grow (at the 0.87M family of experiments/README.md the half-way size trai
 start size by 0.05 at 1000 target steps and leads it by 0.15 at 3000). In this form the
 parameters' term matters only once the data's term has fallen to its size, which is
 that pattern. Fitted to the pilots and the fixed runs of a third of that budget, it
-predicts the start and half-way sizes at 3000 steps within 0.015 (1.311 and 1.176
-against 1.313 and 1.161) and ranks the half-way size first by 0.135; the additive form,
+predicts the start and half-way sizes at 3000 steps within 0.03 (1.314 and 1.189
+against 1.313 and 1.161) and ranks the half-way size first by 0.120; the additive form,
 fitted to the same runs, is 0.11 off for the start size and ranks the two within 0.002
 of each other (``python experiments/plan_forms.py``). Fitted to short pilots alone
 (15-20% of the budget) neither form ranks the sizes as measured, and this one was the
