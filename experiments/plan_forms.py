@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from run import RESULTS, RUNS
 
 from progrow.app import scaling, scaling_kaplan
 
-FITTERS = {
+FITTERS: dict[str, tuple[Callable[..., Any], Callable[[Any], list[float]]]] = {
     "kaplan": (scaling_kaplan.fit_kaplan, scaling_kaplan.warm_start),
     "chinchilla": (scaling.fit_loss, scaling.warm_start),
 }

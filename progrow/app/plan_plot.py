@@ -11,11 +11,11 @@ import numpy as np
 
 from progrow.app.pilots import Result
 from progrow.app.planning import Curve
-from progrow.app.scaling import LossFit
+from progrow.app.scaling import LossForm
 
 
 def figure(
-    fit: LossFit,
+    fit: LossForm,
     curves: Sequence[Curve],
     results: Sequence[Result],
     envelope: Sequence[tuple[float, float, int]],
@@ -63,7 +63,7 @@ def figure(
 
 
 def _plot_size(
-    ax: Any, fit: LossFit, curve: Curve, results: Sequence[Result], xs: Any, color: str
+    ax: Any, fit: LossForm, curve: Curve, results: Sequence[Result], xs: Any, color: str
 ) -> None:
     """One size: its predicted curve, its pilots' validation curves and final losses."""
     predicted = [curve.loss(fit, f) for f in xs]

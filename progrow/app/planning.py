@@ -2,7 +2,7 @@
 
 A size's curve is the loss a fixed-size run of that size *ends* at after ``F`` training
 FLOPs (its whole LR schedule spent, decay included): ``L(N, F / flops_per_token)`` from
-:class:`progrow.app.scaling.LossFit`. The envelope is the lowest curve at each ``F``.
+:class:`progrow.app.scaling.LossForm`. The envelope is the lowest curve at each ``F``.
 
 A growth schedule is followed with one rule (the "effective compute" of a grown model):
 growing is function-preserving, so right after a growth at ``F`` the grown model has the
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from progrow.app.scaling import LossFit
+from progrow.app.scaling import LossForm
 
 #: A crossing earlier than this share of the budget is not a stage: the smaller size is
 #: then not worth starting with, and the schedule starts at the larger one.
@@ -38,16 +38,16 @@ class Curve:
     params: float
     flops_per_token: float
 
-    def loss(self, fit: LossFit, flops: float) -> float:
+    def loss(self, fit: LossForm, flops: float) -> float:
         """Predicted final loss of a fixed-size run of ``flops`` training FLOPs."""
         return float(fit.loss(self.params, flops / self.flops_per_token))
 
-    def flops_for(self, fit: LossFit, loss: float) -> float:
+    def flops_for(self, fit: LossForm, loss: float) -> float:
         """FLOPs after which a fixed-size run ends at ``loss`` (``inf``: never)."""
         return fit.tokens_for_loss(self.params, loss) * self.flops_per_token
 
 
-def crossing(fit: LossFit, small: Curve, big: Curve, lo: float, hi: float) -> float | None:
+def crossing(fit: LossForm, small: Curve, big: Curve, lo: float, hi: float) -> float | None:
     """The FLOPs in ``[lo, hi]`` from which ``big``'s curve is at or below ``small``'s:
     ``lo`` if it already is there, ``None`` if it never gets there by ``hi``."""
     from scipy.optimize import brentq
@@ -87,7 +87,7 @@ class Schedule:
 
 
 def follow(
-    fit: LossFit,
+    fit: LossForm,
     curves: Sequence[Curve],
     schedule: Schedule,
     budget: float,
@@ -120,7 +120,7 @@ def _late(schedule: Schedule, step_flops: Sequence[float], budget: float, latest
 
 
 def envelope_schedule(
-    fit: LossFit,
+    fit: LossForm,
     curves: Sequence[Curve],
     budget: float,
     step_flops: Sequence[float],
@@ -156,7 +156,7 @@ def envelope_schedule(
 
 
 def insist_schedule(
-    fit: LossFit,
+    fit: LossForm,
     curves: Sequence[Curve],
     budget: float,
     step_flops: Sequence[float],
@@ -191,7 +191,7 @@ def insist_schedule(
 
 
 def envelope(
-    fit: LossFit, curves: Sequence[Curve], flops: Sequence[float]
+    fit: LossForm, curves: Sequence[Curve], flops: Sequence[float]
 ) -> list[tuple[float, float, int]]:
     """``(flops, lowest predicted loss, index of the size)`` at each of ``flops``."""
     out = []

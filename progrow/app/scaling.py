@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -49,6 +49,23 @@ GRID: dict[str, tuple[float, ...]] = {
 EXPONENT_BOUNDS = (0.0, 5.0)
 #: ``log E`` is kept within this much below the lowest measured log-loss (E >= 4.5e-5 x it).
 E_FLOOR = 10.0
+
+
+class LossForm(Protocol):
+    """What the planner asks of a fitted loss form (:class:`LossFit`, or
+    :class:`progrow.app.scaling_kaplan.KaplanFit`)."""
+
+    @property
+    def E(self) -> float: ...
+    @property
+    def form(self) -> str: ...
+    def loss(self, n: Any, d: Any) -> Any: ...
+    def tokens_for_loss(self, n: float, loss: float) -> float: ...
+    def optimal_params(self, flops: float) -> float: ...
+    def parameters_effect(self, n_lo: float, n_hi: float, d: float) -> float: ...
+    def tokens_effect(self, d_lo: float, d_hi: float, n: float) -> float: ...
+    def formula(self) -> str: ...
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
