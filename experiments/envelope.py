@@ -73,15 +73,17 @@ def fixed_job(size: str, steps: int, seed: int = 0) -> tuple[Path, list[str]]:
     return ROOT / f"fixed_{size}_{steps}_s{seed}", overrides
 
 
-def tax_job(at: float, end: str = "half", seed: int = 0) -> tuple[Path, list[str]]:
+def tax_job(
+    at: float, end: str = "half", seed: int = 0, budget: int = TAX_BUDGET
+) -> tuple[Path, list[str]]:
     stage = _sizes(end)[1:-1]
     overrides = [
         "model=scale_start",
         "growth.name=tax",
         f"growth.stages=[{{step: {at}, {stage}}}]",
-        *_common(seed, TAX_BUDGET),
+        *_common(seed, budget),
     ]
-    return ROOT / f"tax_{end}_{at}_{TAX_BUDGET}_s{seed}", overrides
+    return ROOT / f"tax_{end}_{at}_{budget}_s{seed}", overrides
 
 
 def jobs() -> dict[Path, list[str]]:
@@ -174,7 +176,9 @@ def all_jobs() -> dict[Path, list[str]]:
     depth = dict(depth_job(at) for at in (0.6, 0.75))
     # the smaller family (target: the half-way size): its middle size, and two stages
     half_family = dict([fixed_job("inter", b) for b in (3000, 1000)] + [half_family_job()])
-    return {**jobs(), **target_tax_jobs(), **depth, **levers, **seed1, **half_family}
+    # where the target overtakes the half-way size: growing into it early, one stage
+    long = dict([tax_job(0.1, end="target", budget=9000)])
+    return {**jobs(), **target_tax_jobs(), **depth, **levers, **seed1, **half_family, **long}
 
 
 def target_tax_jobs() -> dict[Path, list[str]]:
@@ -257,7 +261,7 @@ def _least(ratios: list[str]) -> str:
 
 def _growth_label(name: str) -> str:
     """A row label for one of this script's growing runs, from its folder name."""
-    stem = name.removesuffix(f"_{TAX_BUDGET}_s0")
+    stem = name.removesuffix("_s0").rsplit("_", 1)[0]  # without the budget and seed
     if stem.startswith("lever_"):
         lever, _, rest = stem.removeprefix("lever_").partition("_tax_")
         end, at = rest.split("_")
@@ -280,7 +284,8 @@ def envelope_table(found: dict[str, dict[str, Any]]) -> list[str]:
     _, grown = _scale_rows()
     for name, run in found.items():  # this script's growing runs, all on the long budget
         if not name.startswith("fixed_") and name.endswith("_s0"):
-            grown[(_growth_label(name), TAX_BUDGET)] = {
+            budget = int(name.removesuffix("_s0").rsplit("_", 1)[1])
+            grown[(_growth_label(name), budget)] = {
                 "loss": run["val_loss"],
                 "flops": run["flops"],
             }
