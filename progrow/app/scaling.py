@@ -214,6 +214,7 @@ def one_blas_thread() -> Iterator[None]:
 
 
 def check_points(n: Values, d: Values, loss: Values) -> None:
+    """Refuse points a 5-parameter form cannot be fitted to (``ValueError``)."""
     if not (len(n) == len(d) == len(loss)):
         raise ValueError(f"n, d and loss differ in length ({len(n)}, {len(d)}, {len(loss)})")
     bad = [
@@ -223,6 +224,53 @@ def check_points(n: Values, d: Values, loss: Values) -> None:
     ]
     if bad:
         raise ValueError(f"points {bad}: parameters, tokens and losses must be positive")
+    if len(n) < 5:
+        raise ValueError(f"{len(n)} points: the fit has 5 parameters and needs at least 5")
+
+
+def best_of_starts(
+    objective: Callable[..., tuple[float, np.ndarray]],
+    theta: np.ndarray,
+    values: np.ndarray,
+    *,
+    starts: int,
+    extra_starts: Sequence[Sequence[float]],
+    args: tuple[Any, ...],
+    log_l: np.ndarray,
+    exponent_bounds: tuple[float, float],
+) -> Any:
+    """L-BFGS-B (analytic gradient) from the ``starts`` grid points ``theta`` of lowest
+    objective ``values`` and from ``extra_starts``; the lowest optimum (scipy's result).
+
+    The parameters are ``(log E, free, free, exponent, exponent)``. ``log E`` lies below
+    every measured log-loss (the other terms are positive) and, in log, not unboundedly
+    below it (:data:`E_FLOOR`): data that cannot place E would otherwise send L-BFGS
+    after E -> 0 for thousands of steps.
+    """
+    from scipy.optimize import minimize
+
+    order = np.argsort(values, kind="stable")[:starts]
+    inits = [theta[i] for i in order] + [np.asarray(x, dtype=float) for x in extra_starts]
+    top = float(log_l.min())
+    bounds = [(top - E_FLOOR, top), (None, None), (None, None), exponent_bounds, exponent_bounds]
+    low = [-np.inf if b[0] is None else b[0] for b in bounds]
+    high = [np.inf if b[1] is None else b[1] for b in bounds]
+    best = None
+    with one_blas_thread():
+        for init in inits:
+            result = minimize(
+                objective,
+                np.clip(init, low, high),
+                args=args,
+                jac=True,
+                method="L-BFGS-B",
+                bounds=bounds,
+                options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12},
+            )
+            if best is None or result.fun < best.fun:
+                best = result
+    assert best is not None
+    return best
 
 
 def fit_loss(
@@ -254,35 +302,19 @@ def fit_loss(
         >>> round(fit.E, 3), round(fit.alpha, 3), round(fit.beta, 3)
         (1.0, 0.4, 0.3)
     """
-    from scipy.optimize import minimize
-
     check_points(n, d, loss)
-    if len(n) < 5:
-        raise ValueError(f"{len(n)} points: the fit has 5 parameters and needs at least 5")
     log_n, log_d, log_l = (np.log(np.asarray(x, dtype=float)) for x in (n, d, loss))
     theta, values = _grid_objective(log_n, log_d, log_l, delta)
-    order = np.argsort(values, kind="stable")[:starts]
-    inits = [theta[i] for i in order] + [np.asarray(s, dtype=float) for s in extra_starts]
-    # E lies below every measured loss (the other terms are positive) and, in log, not
-    # unboundedly below it: data that cannot place E would otherwise send L-BFGS after
-    # E -> 0 for thousands of steps.
-    top = float(log_l.min())
-    bounds = [(top - E_FLOOR, top), (None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS]
-    best = None
-    with one_blas_thread():
-        for init in inits:
-            result = minimize(
-                _objective,
-                init,
-                args=(log_n, log_d, log_l, delta),
-                jac=True,
-                method="L-BFGS-B",
-                bounds=bounds,
-                options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12},
-            )
-            if best is None or result.fun < best.fun:
-                best = result
-    assert best is not None
+    best = best_of_starts(
+        _objective,
+        theta,
+        values,
+        starts=starts,
+        extra_starts=extra_starts,
+        args=(log_n, log_d, log_l, delta),
+        log_l=log_l,
+        exponent_bounds=EXPONENT_BOUNDS,
+    )
     e, a, b, alpha, beta = (float(v) for v in best.x)
     return LossFit(
         E=math.exp(e),

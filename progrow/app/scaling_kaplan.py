@@ -37,14 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from progrow.app.scaling import (
-    E_FLOOR,
-    HUBER_DELTA,
-    Values,
-    check_points,
-    huber,
-    one_blas_thread,
-)
+from progrow.app.scaling import HUBER_DELTA, Values, best_of_starts, check_points, huber
 
 #: Initialisations of ``(e, n_c, d_c, alpha_N, alpha_D)`` (1024 points).
 GRID: dict[str, tuple[float, ...]] = {
@@ -177,37 +170,22 @@ def fit_kaplan(
         >>> round(fit.E, 3), round(fit.alpha_n, 3), round(fit.alpha_d, 3)
         (1.0, 0.5, 0.3)
     """
-    from scipy.optimize import minimize
-
     check_points(n, d, loss)
-    if len(n) < 5:
-        raise ValueError(f"{len(n)} points: the fit has 5 parameters and needs at least 5")
     # in a canonical order: the optimum must not depend on how the runs were listed
     points = sorted(zip(*(np.asarray(x, dtype=float).tolist() for x in (n, d, loss)), strict=True))
     log_n, log_d, log_l = (np.log(np.array(x)) for x in zip(*points, strict=True))
     theta = np.array(list(itertools.product(*GRID.values())), dtype=float)
     values = huber(_log_pred(theta, log_n, log_d) - log_l, delta)[0].sum(axis=-1)
-    order = np.argsort(values, kind="stable")[:starts]
-    inits = [theta[i] for i in order] + [np.asarray(s, dtype=float) for s in extra_starts]
-    top = float(log_l.min())
-    bounds = [(top - E_FLOOR, top), (None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS]
-    best = None
-    with one_blas_thread():
-        for init in inits:
-            init = np.clip(init, [b[0] if b[0] is not None else -np.inf for b in bounds],
-                           [b[1] if b[1] is not None else np.inf for b in bounds])  # fmt: skip
-            result = minimize(
-                _objective,
-                init,
-                args=(log_n, log_d, log_l, delta),
-                jac=True,
-                method="L-BFGS-B",
-                bounds=bounds,
-                options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12},
-            )
-            if best is None or result.fun < best.fun:
-                best = result
-    assert best is not None
+    best = best_of_starts(
+        _objective,
+        theta,
+        values,
+        starts=starts,
+        extra_starts=extra_starts,
+        args=(log_n, log_d, log_l, delta),
+        log_l=log_l,
+        exponent_bounds=EXPONENT_BOUNDS,
+    )
     e, n_c, d_c, a_n, a_d = (float(v) for v in best.x)
     return KaplanFit(
         E=math.exp(e),
