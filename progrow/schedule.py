@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -282,8 +283,6 @@ def check_resumed_schedule(
     events "stage i"), or the record would describe growth that never happened. Stages
     ahead may change, but not silently.
     """
-    import warnings
-
     changes = stage_changes(saved, now)
     both = f"the checkpoint's schedule: {saved}; this callback's: {now}"
     conflicts = [text for i, text in changes.items() if i in grown]

@@ -201,13 +201,12 @@ def test_the_plan_follows_the_interaction_form_and_warns_when_the_forms_disagree
     ]  # fmt: skip
     held = HeldOut((0.01,) * len(results))
     models = {"fit": KAPLAN, "other": PLAN_FIT, "loo": held, "curves_loo": held}
-    choice = plan_make._model_choice(models, CURVES, budget, results)
+    choice = plan_make._model_choice(models, CURVES, budget, results, theirs="s2")
     assert choice["used"] == "kaplan"
     assert "the kaplan form picks s1 at the budget, the chinchilla form s2" in choice["warning"]
-    models = {**models, "other": KAPLAN}
-    assert "form picks" not in (
-        plan_make._model_choice(models, CURVES, budget, results)["warning"] or ""
-    )
+    assert plan_make._best(PLAN_FIT, CURVES, budget) == "s2"  # what the plan passes as theirs
+    agreed = plan_make._model_choice(models, CURVES, budget, results, theirs="s1")["warning"]
+    assert "form picks" not in (agreed or "")
 
 
 def test_step_fractions_spend_the_budget_as_the_app_sizes_it() -> None:

@@ -135,6 +135,7 @@ def _inputs(
     """The plan's data: recipe, family, pilots (or runs) and the models."""
     tps = recipe.tokens_per_step
     fit, other = models["fit"], models["other"]
+    theirs = _best(other, curves, budget)
     spent = sum(r.flops for r in results)
     return {
         "recipe": {"tokens_per_step": tps, "seq_len": recipe.seq_len,
@@ -151,11 +152,10 @@ def _inputs(
                 "data": "final validation loss of each run (N: its parameters, D: its tokens)",
                 "loo": models["loo"].to_dict()},
         "other_form": {**other.to_dict(), "formula": other.formula(),
-                       "loo": models["other_loo"].to_dict(),
-                       "best_at_budget": _best(other, curves, budget)},
+                       "loo": models["other_loo"].to_dict(), "best_at_budget": theirs},
         "curves_loo": {**models["curves_loo"].to_dict(), "per_size": {
             k: v.to_dict() for k, v in models["curves_loo_per_size"].items()}},
-        "model": _model_choice(models, curves, budget, results),
+        "model": _model_choice(models, curves, budget, results, theirs),
     }  # fmt: skip
 
 
@@ -165,9 +165,14 @@ def _best(fit: Any, curves: Sequence[Any], budget: float) -> str:
 
 
 def _model_choice(
-    models: dict[str, Any], curves: Sequence[Any], budget: float, results: Sequence[Any]
+    models: dict[str, Any],
+    curves: Sequence[Any],
+    budget: float,
+    results: Sequence[Any],
+    theirs: str,
 ) -> dict[str, Any]:
-    """Which model the plan uses and why, with warnings where the data undermine it."""
+    """Which model the plan uses and why, with warnings where the data undermine it
+    (``theirs``: the size the other form ranks first at the budget)."""
     loo, cl, fit, other = models["loo"], models["curves_loo"], models["fit"], models["other"]
     largest = max(r.flops for r in results)
     why = (
@@ -204,7 +209,7 @@ def _model_choice(
                 f"the pilots never showed more {what} paying off, so the fit cannot tell which "
                 "size the budget supports; longer pilots or --runs of longer runs"
             )
-    mine, theirs = _best(fit, curves, budget), _best(other, curves, budget)
+    mine = _best(fit, curves, budget)
     if mine != theirs:
         warnings.append(
             f"the {fit.form} form picks {mine} at the budget, the {other.form} form {theirs}: "

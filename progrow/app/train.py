@@ -237,6 +237,7 @@ def _summary(
     from progrow.app.run_summary import RunRecord
 
     settings, module = job.settings, job.module
+    loggers = logger_entries(trainer.loggers)
     return RunRecord(
         growth=settings.growth.name,
         seed=settings.seed,
@@ -258,9 +259,9 @@ def _summary(
         output_dir=str(settings.output_dir),
         ckpt_dir=str(settings.ckpt_dir),
         last_ckpt=last_ckpt,
-        log_dirs=[entry["dir"] for entry in logger_entries(trainer.loggers)],
+        log_dirs=[entry["dir"] for entry in loggers],
         # The same folders, each with the logger that writes there (the console's labels).
-        loggers=logger_entries(trainer.loggers),
+        loggers=loggers,
         resumed_from=job.resume,
         fingerprint=job.datamodule.fingerprint,
         report_dir=str(_sweep_dir() or settings.output_dir),
