@@ -6,7 +6,7 @@ experiments/README.md, section "The envelope and the growth tax".
 
 **Envelope.** Fixed-size models of four sizes of the family of experiments/scale.py
 (start 0.12M, the two-stage schedule's half-way size 0.37M, a size between it and the
-target 0.62M, the target 0.87M), each trained on several budgets: a budget is the
+target 0.68M, the target 0.87M), each trained on several budgets: a budget is the
 training FLOPs of N steps of the *target* (batch 16 x 128 tokens), so a smaller model
 takes more steps. The envelope at a budget is the lowest final validation loss any fixed
 size reaches there.
