@@ -252,6 +252,7 @@ def _argv(
     return [
         "--sizes", START, TARGET, "--intermediates", "1", *budget,
         "--pilot-fraction", "0.15", "--pilot-ratio", "2", "--min-pilot-steps", "4",
+        "--pilot-budgets", "3", "--scouts", "0", "--pilot-tokens-per-param", "0,inf",
         "--in-process", "--insist-target", "--name", "tiny_plan",
         "--cache", str(root / "pilots"), "--out", str(root / "out"),
         "--conf-dir", str(root / "conf"), *extra, *_overrides(root / "data"),
@@ -372,7 +373,9 @@ def test_a_subprocess_pilot_equals_the_in_process_one(
     root = planned["root"]
     rec = recipe(_overrides(root / "data"), None)
     family = build_family([START, TARGET], None, 1, rec)
-    ladder = pilots.LadderSettings(fraction=0.15, ratio=2, min_steps=4)
+    ladder = pilots.LadderSettings(
+        fraction=0.15, budgets=3, ratio=2, min_steps=4, tokens_per_param=(0, math.inf)
+    )
     budget = planned["first_plan"]["budget"]["flops"]
     jobs = pilots.plan_pilots(family, budget, rec, root / "pilots", ladder)
     job = next(j for j in jobs if j.size.label == "size2")  # the target's shortest pilot
@@ -462,3 +465,108 @@ def test_per_size_error_with_two_pilots_per_size_says_why_there_is_none() -> Non
     assert _curves_error(none).startswith("not computable (a size needs 3 pilots")
     some = {"rmse": 0.01, "max_abs": 0.02, "predicted": 6}
     assert _curves_error(some) == "rmse 0.0100 (max 0.0200, 6 runs)"
+
+
+# -- the ladder: an iso-FLOP slice per rung, in a window of tokens per parameter ----------
+
+
+def _ladder_case() -> tuple[list[float], list[float], int, float]:
+    """Sizes of 1k to 16k parameters (doubling), 100 tokens per step, 6 FLOPs per
+    parameter and token; a budget of 3000 steps of the largest."""
+    params = [1e3 * 2**i for i in range(5)]
+    tokens_per_step = 100
+    step = [6 * p * tokens_per_step for p in params]
+    return params, step, tokens_per_step, 3000 * step[-1]
+
+
+def test_the_ladder_keeps_each_pilot_in_the_window_and_spends_the_share() -> None:
+    params, step, tps, budget = _ladder_case()
+    ladder = pilots.LadderSettings(fraction=0.15, budgets=4, ratio=3, min_steps=20)
+    rungs = pilots.ladder_rungs(step, params, tps, budget, ladder)
+    assert len(rungs) == 4
+    assert [b.flops / a.flops for a, b in itertools.pairwise(rungs)] == pytest.approx([3] * 3)
+    seen = set()
+    for rung in rungs:
+        for i in rung.sizes:
+            steps = round(rung.flops / step[i])
+            assert steps >= 20 and 3 <= steps * tps / params[i] <= 100, (rung, i)
+            seen.add((rung.flops, i))
+    # the window bites: the largest size is not at the lowest rung, the smallest not at the top
+    assert 4 not in rungs[0].sizes and 0 not in rungs[-1].sizes
+    # and every size inside it at a rung runs there
+    for rung in rungs:
+        inside = {i for i in range(5) if 3 <= rung.flops / step[i] * tps / params[i] <= 100}
+        assert set(rung.sizes) == {i for i in inside if round(rung.flops / step[i]) >= 20}
+    # within the share, and the highest such ladder: 1% higher rungs would spend more
+    # (a size enters the window there), so it spends what it can, not always all of it
+    cost = sum(r.flops * len(r.sizes) for r in rungs)
+    assert 0.5 * 0.15 * budget < cost <= 0.15 * budget * (1 + 1e-9)
+    higher = pilots._rungs(rungs[0].flops * 1.01, step, params, tps, ladder)
+    assert sum(r.flops * len(r.sizes) for r in higher) > 0.15 * budget
+    # no window, 10x the budget (the largest size's lowest rung then has 20 steps or
+    # more): every size at every rung, spending exactly the share
+    everyone = dataclasses.replace(ladder, tokens_per_param=(0, math.inf))
+    rungs = pilots.ladder_rungs(step, params, tps, 10 * budget, everyone)
+    assert all(r.sizes == (0, 1, 2, 3, 4) for r in rungs)
+    assert sum(r.flops * 5 for r in rungs) == pytest.approx(1.5 * budget, rel=1e-6)
+
+
+def test_a_ladder_without_five_pilots_in_the_window_is_refused_naming_the_budget() -> None:
+    params, step, tps, _ = _ladder_case()
+    ladder = pilots.LadderSettings(fraction=0.1, budgets=4, min_steps=20)
+    with pytest.raises(pilots.PlanError) as err:
+        pilots.ladder_rungs(step, params, tps, 20 * step[-1], ladder, "--budget-steps=20")
+    text = str(err.value)
+    assert text.startswith("--budget-steps=20: too small for the pilots within")
+    assert "between 3 and 100 tokens per parameter (--pilot-tokens-per-param)" in text
+
+
+def test_scouts_halve_the_parameters_below_the_start_and_grow_into_it(tmp_path: Path) -> None:
+    from progrow.app import family as fam
+
+    rec = fam.recipe(_overrides(tmp_path / "data"), None)
+    start = fam.build_family([START, TARGET], None, 0, rec)[0]
+    scouts = fam.scouts(start, 3, rec)
+    assert [s.label for s in scouts] == ["scout1", "scout2", "scout3"]
+    chain = [*reversed(scouts), start]
+    fam._check_growable(chain)  # each grows into the next, the last into the start
+    for small, big in itertools.pairwise(chain):
+        assert 0.3 < small.params / big.params < 0.8, (small.dims, big.dims)
+        assert small.dims["n_heads"] == big.dims["n_heads"]
+        assert small.dims["n_layers"] == big.dims["n_layers"]
+    assert scouts[0].dims["d_model"] == round(8 / math.sqrt(2))
+    # nothing left to shrink: no scout
+    floor = fam.build_family(
+        ["{d_model: 2, d_mlp: 2, n_heads: 1, d_qk: 2, d_v: 2, n_layers: 1}", TARGET], None, 0, rec
+    )[0]
+    assert fam.scouts(floor, 2, rec) == []
+
+
+def test_the_default_ladder_runs_scouts_in_the_window_and_recommends_a_family_size(
+    tmp_path: Path,
+) -> None:
+    """The command with no ladder flag at all: scouts below the start run as pilots
+    (fit data, never recommended), every pilot inside the default window of 3 to 100
+    tokens per parameter, 10% of the budget."""
+    data = [o for o in _overrides(tmp_path / "data") if not o.startswith("data.batch_size")]
+    argv = [
+        "--sizes", START, TARGET, "--budget-steps", "1000", "--in-process",
+        "--cache", str(tmp_path / "pilots"), "--out", str(tmp_path / "out"),
+        "--conf-dir", str(tmp_path / "conf"), *data, "data.batch_size=32",
+    ]  # fmt: skip
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(argv) == 0, buffer.getvalue()
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    runs = plan["pilots"]["runs"]
+    family = {f["label"] for f in plan["family"]}
+    scouts = [r for r in runs if r["label"].startswith("scout")]
+    assert {r["label"] for r in scouts} == {"scout1", "scout2", "scout3"}
+    assert not any(r["in_family"] for r in scouts)
+    assert all(r["in_family"] for r in runs if r not in scouts)
+    assert {r["label"] for r in runs} - {r["label"] for r in scouts} <= family
+    assert all(3 <= r["tokens"] / r["params"] <= 100 for r in runs), runs
+    assert plan["pilots"]["fraction"] == pytest.approx(0.1, rel=0.05)
+    assert plan["compute_optimal"]["label"] in family
+    assert plan["recommendation"]["kind"] in {"grow", "fixed"}
+    assert "scout" in buffer.getvalue().split("\n")[0]  # the family line names them

@@ -273,6 +273,30 @@ def interpolate(start: Size, target: Size, count: int, recipe: Recipe) -> list[S
     return out
 
 
+#: The widths a scout shrinks (heads and layers stay the start's).
+SCOUT_WIDTHS = ("d_model", "d_mlp", "d_qk", "d_v")
+
+
+def scouts(start: Size, count: int, recipe: Recipe) -> list[Size]:
+    """``count`` sizes below ``start``, largest first: each the one above with its widths
+    (:data:`SCOUT_WIDTHS`) times ``1/sqrt(2)``, rounded (at least 2; ``d_qk`` even under
+    RoPE), so about half its parameters. They are pilots only: at a pilot's small
+    compute the compute-optimal size lies below the family (measured: at 1-3% of the
+    budget, 0.04-0.08M where the budget's is 0.24-0.68M), and an iso-FLOP slice shows
+    where parameters start to pay only if it reaches below its optimum."""
+    out: list[Size] = []
+    config = start.config
+    for i in range(1, count + 1):
+        dims = {d: max(2, round(config.sizes()[d] / math.sqrt(2))) for d in SCOUT_WIDTHS}
+        if start.config.positions == "rope" and dims["d_qk"] % 2:
+            dims["d_qk"] += 1
+        if all(dims[d] == config.sizes()[d] for d in dims):
+            break  # nothing left to shrink
+        config = config.replace(**dims)
+        out.append(_size(f"scout{i}", config, recipe, f"scout {i} (pilots only)", None))
+    return out
+
+
 def _from_schedule(name: str, start: Size, recipe: Recipe) -> list[Size]:
     """The sizes after each stage of ``conf/growth/<name>.yaml``, grown from ``start``."""
     from progrow.expand.targets import grown_config

@@ -8,9 +8,17 @@ again, and a folder left by a failed job is moved aside, never deleted. The fold
 carries the sizes, the steps and a hash of every override, so a changed recipe (another
 learning rate, other data) never reuses a pilot of another.
 
-The ladder: every size at ``budgets`` FLOPs budgets in geometric progression (ratio
-``ratio``), the same FLOPs for every size at each rung, sized so that all pilots together
-spend ``fraction`` of the plan's budget.
+The ladder: ``budgets`` FLOPs budgets (rungs) in geometric progression (ratio ``ratio``),
+the same FLOPs for every size at a rung (an iso-FLOP slice), sized so that all pilots
+together spend ``fraction`` of the plan's budget. At each rung only the sizes whose
+pilot sees between ``tokens_per_param[0]`` and ``tokens_per_param[1]`` tokens per
+parameter run, and only with ``min_steps`` steps or more. A size far above the rung's
+compute-optimal size takes so few optimizer steps that its loss measures the step count,
+not the size (at 0.87M parameters and 2k tokens per step, pilots of under 3 tokens per
+parameter were 0.3-0.9 nats above what the same size reaches; experiments/README.md
+section 7); a size far below it has saturated its parameters. Both say little about the
+budget, and scouts (sizes below the start, :func:`progrow.app.family.scouts`) fill the
+low rungs instead.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from progrow.app.family import EXPERIMENT, PlanError, Recipe, Size
 
 SUMMARY = "summary.json"
@@ -40,12 +50,14 @@ class LadderSettings:
 
     fraction: float = 0.1
     """Share of the budget all pilots together spend (``--pilot-fraction``)."""
-    budgets: int = 3
-    """Budgets per size (``--pilot-budgets``)."""
+    budgets: int = 4
+    """Rungs: pilot budgets (``--pilot-budgets``)."""
     ratio: float = 3.0
     """Each budget this many times the previous (``--pilot-ratio``)."""
     min_steps: int = 20
-    """Steps the shortest pilot of the largest size takes at least (``--min-pilot-steps``)."""
+    """Steps a pilot takes at least; shorter ones are left out (``--min-pilot-steps``)."""
+    tokens_per_param: tuple[float, float] = (3.0, 100.0)
+    """The window of tokens per parameter a pilot runs in (``--pilot-tokens-per-param``)."""
     warmup_share: float = 0.1
     """A pilot warms up over at most this share of its steps (``optim.warmup_steps``
     otherwise): a fixed warmup would take most of a short pilot."""
@@ -86,34 +98,78 @@ class Result:
         return asdict(self)
 
 
-def ladder_flops(
-    n_sizes: int,
+@dataclass(frozen=True)
+class Rung:
+    """One rung of the ladder: its FLOPs and the sizes (indices) that run at it."""
+
+    flops: float
+    sizes: tuple[int, ...]
+
+
+def _rungs(
+    smallest: float, step_flops: Sequence[float], params: Sequence[float], tokens_per_step: int,
+    ladder: LadderSettings,
+) -> list[Rung]:  # fmt: skip
+    lo, hi = ladder.tokens_per_param
+    out = []
+    for k in range(ladder.budgets):
+        flops = smallest * ladder.ratio**k
+        steps = [round(flops / f) for f in step_flops]
+        inside = tuple(
+            i
+            for i, (n, p) in enumerate(zip(steps, params, strict=True))
+            if n >= ladder.min_steps and lo <= n * tokens_per_step / p <= hi
+        )
+        out.append(Rung(flops, inside))
+    return out
+
+
+def ladder_rungs(
+    step_flops: Sequence[float],
+    params: Sequence[float],
+    tokens_per_step: int,
     budget: float,
-    largest_step_flops: float,
     ladder: LadderSettings,
     flag: str = "--budget",
-) -> list[float]:
-    """The pilots' FLOPs budgets, smallest first; :class:`PlanError` naming the budget
-    (``flag``: how the command line gave it) when the budget cannot hold them: the
-    shortest pilot of the largest size would take fewer than ``min_steps`` steps.
+) -> list[Rung]:
+    """The ladder for sizes of ``step_flops`` FLOPs per step and ``params`` parameters:
+    the highest rungs whose pilots (each size at each rung inside the window of tokens
+    per parameter, with ``min_steps`` steps or more) spend at most ``fraction`` of the
+    budget. :class:`PlanError` naming the budget (``flag``) when no ladder gives the fit
+    its 5 pilots.
 
-    Example:
-        >>> [round(f) for f in ladder_flops(2, 2600.0, 1.0, LadderSettings(min_steps=1))]
+    Example (no window: every size at every rung):
+        >>> ladder = LadderSettings(min_steps=1, tokens_per_param=(0, math.inf))
+        >>> [round(r.flops) for r in ladder_rungs([1.0, 0.5], [1, 1], 1, 2600.0, ladder)]
         [10, 30, 90]
     """
-    units = n_sizes * sum(ladder.ratio**i for i in range(ladder.budgets))
-    smallest = ladder.fraction * budget / units
-    needed = ladder.min_steps * largest_step_flops
-    if smallest < needed:
-        share = needed * units / budget
+    allowed = ladder.fraction * budget
+    units = sum(ladder.ratio**k for k in range(ladder.budgets))
+    best: list[Rung] | None = None
+    # the largest smallest rung whose pilots fit: the cost is not monotone in it (sizes
+    # enter and leave the window), so every candidate on a fine log grid is tried
+    for smallest in reversed(np.geomspace(allowed / units / len(step_flops) / 1e4,
+                                          allowed / units, 2000)):  # fmt: skip
+        rungs = _rungs(float(smallest), step_flops, params, tokens_per_step, ladder)
+        cost = sum(r.flops * len(r.sizes) for r in rungs)
+        count = sum(len(r.sizes) for r in rungs)
+        if cost <= allowed * (1 + 1e-9) and count >= 5:
+            # these sizes per rung, spending exactly the share if they stay the same
+            exact = allowed / sum(ladder.ratio**k * len(r.sizes) for k, r in enumerate(rungs))
+            again = _rungs(exact, step_flops, params, tokens_per_step, ladder)
+            same = [r.sizes for r in again] == [r.sizes for r in rungs]
+            best = again if same else rungs
+            break
+    if best is None:
+        lo, hi = ladder.tokens_per_param
         raise PlanError(
-            f"{flag}: too small for the pilots within --pilot-fraction="
-            f"{ladder.fraction:g} of it: {n_sizes} sizes x {ladder.budgets} budgets with the "
-            f"shortest pilot of the largest size at --min-pilot-steps={ladder.min_steps} "
-            f"need {needed * units:.3g} FLOPs ({100 * share:.0f}% of the budget); raise the "
-            "budget, or use fewer sizes or budgets, or lower --min-pilot-steps"
+            f"{flag}: too small for the pilots within --pilot-fraction={ladder.fraction:g} "
+            f"of it: no ladder of {ladder.budgets} budgets (ratio {ladder.ratio:g}) gives 5 "
+            f"pilots of --min-pilot-steps={ladder.min_steps} or more steps between {lo:g} and "
+            f"{hi:g} tokens per parameter (--pilot-tokens-per-param); raise the budget or "
+            "--pilot-fraction, add --scouts, or widen the window"
         )
-    return [smallest * ladder.ratio**i for i in range(ladder.budgets)]
+    return best
 
 
 def _hash(items: Sequence[str]) -> str:
@@ -145,13 +201,17 @@ def plan_pilots(
     ladder: LadderSettings,
     flag: str = "--budget",
 ) -> list[Pilot]:
-    """Every size at every rung of the ladder, as jobs with their folders."""
-    step = [s.step_flops(recipe.tokens_per_step) for s in family]
-    rungs = ladder_flops(len(family), budget, max(step), ladder, flag)
+    """The ladder's pilots (:func:`ladder_rungs`), as jobs with their folders, the sizes
+    in ``family``'s order."""
+    tps = recipe.tokens_per_step
+    step = [s.step_flops(tps) for s in family]
+    rungs = ladder_rungs(step, [s.params for s in family], tps, budget, ladder, flag)
     pilots = []
-    for size, per_step in zip(family, step, strict=True):
-        for flops in rungs:
-            steps = max(1, round(flops / per_step))
+    for i, (size, per_step) in enumerate(zip(family, step, strict=True)):
+        for rung in rungs:
+            if i not in rung.sizes:
+                continue
+            steps = max(1, round(rung.flops / per_step))
             warmup = min(recipe.warmup_steps, math.ceil(ladder.warmup_share * steps))
             pilots.append(fixed_job(size, steps, recipe, cache, warmup))
     return pilots

@@ -135,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
         help="share of the budget all pilots spend (default 0.1)",
     )
     pilots.add_argument(
-        "--pilot-budgets", default="3", metavar="K", help="budgets per size (default 3)"
+        "--pilot-budgets", default="4", metavar="K", help="pilot budgets (default 4)"
     )
     pilots.add_argument(
         "--pilot-ratio",
@@ -147,7 +147,21 @@ def parser() -> argparse.ArgumentParser:
         "--min-pilot-steps",
         default="20",
         metavar="S",
-        help="steps of the shortest pilot of the largest size (default 20)",
+        help="a pilot takes at least S steps; shorter ones are left out (default 20)",
+    )
+    pilots.add_argument(
+        "--pilot-tokens-per-param",
+        default="3,100",
+        metavar="LO,HI",
+        help="a size runs at a pilot budget only if it sees LO to HI tokens per parameter "
+        "there (default 3,100; 0,inf: every size at every budget)",
+    )
+    pilots.add_argument(
+        "--scouts",
+        default="3",
+        metavar="K",
+        help="sizes below the start, each about half the parameters of the one above, "
+        "run as pilots only (default 3)",
     )
     p.add_argument_group("fit").add_argument(
         "--form",
@@ -211,6 +225,19 @@ def _number(
     return value
 
 
+def _window(text: str) -> tuple[float, float]:
+    """``--pilot-tokens-per-param LO,HI``, checked: ``0 <= LO < HI``."""
+    flag = "--pilot-tokens-per-param"
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise PlanError(f"{flag}={text}: give two numbers LO,HI (e.g. 3,100)")
+    lo = _number(flag, parts[0], float, 0)
+    hi = float(parts[1]) if parts[1].strip() == "inf" else _number(flag, parts[1], float, 0)
+    if not lo < hi:
+        raise PlanError(f"{flag}={text}: LO must be below HI")
+    return lo, hi
+
+
 def _looks_like_override(text: str) -> bool:
     """``key=value`` (a Hydra override), not a folder or an inline ``{...}`` size."""
     return bool(re.match(r"^[+~]{0,2}[A-Za-z_][\w.]*=", text)) and not Path(text).exists()
@@ -242,11 +269,13 @@ def options(argv: Sequence[str] | None = None) -> PlanOptions:
         budgets=_number("--pilot-budgets", args.pilot_budgets, int, 1),
         ratio=_number("--pilot-ratio", args.pilot_ratio, float, 1, open_low=True),
         min_steps=_number("--min-pilot-steps", args.min_pilot_steps, int, 1),
+        tokens_per_param=_window(args.pilot_tokens_per_param),
     )
     return PlanOptions(
         sizes=tuple(args.sizes),
         growth=args.growth,
         intermediates=_number("--intermediates", args.intermediates, int, 0),
+        scouts=_number("--scouts", args.scouts, int, 0),
         budget=_number("--budget", args.budget, float, 0, open_low=True),
         budget_steps=_number("--budget-steps", args.budget_steps, int, 1),
         runs=tuple(args.runs or ()),

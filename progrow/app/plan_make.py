@@ -30,11 +30,13 @@ def make_plan(opts: PlanOptions, progress: Callable[[str], None] = print) -> dic
     target_step = family[-1].step_flops(tps)
     budget = opts.budget if opts.budget is not None else (opts.budget_steps or 0) * target_step
     name = opts.name or default_name(opts, family[-1].label)
+    scouts = [] if opts.runs else fam.scouts(family[0], opts.scouts, recipe)
+    below = f"; scouts (pilots only): {', '.join(map(fam.describe, scouts))}" if scouts else ""
     progress(
-        f"family: {', '.join(fam.describe(s) for s in family)}; budget {budget:.3g} FLOPs = "
-        f"{budget / target_step:.0f} steps of {family[-1].label} at {tps} tokens/step"
+        f"family: {', '.join(fam.describe(s) for s in family)}{below}; budget {budget:.3g} "
+        f"FLOPs = {budget / target_step:.0f} steps of {family[-1].label} at {tps} tokens/step"
     )
-    results, notes = _results(opts, family, budget, recipe, progress)
+    results, notes = _results(opts, family, scouts, budget, recipe, progress)
     models = _fit(results, opts.form)
     curves = [planning.Curve(s.label, s.params, s.flops_per_token) for s in family]
     plan = {
@@ -42,6 +44,7 @@ def make_plan(opts: PlanOptions, progress: Callable[[str], None] = print) -> dic
         "argv": list(opts.argv),
         "budget": {"flops": budget, "target_steps": budget / target_step,
                    "flag": budget_flag(opts)},
+        "scouts": [{"label": s.label, "dims": s.dims, "params": s.params} for s in scouts],
         **_inputs(recipe, family, results, notes, models, curves, budget, opts),
     }  # fmt: skip
     schedules = _predictions(plan, models["fit"], curves, family, budget, tps, opts)
@@ -54,11 +57,13 @@ def make_plan(opts: PlanOptions, progress: Callable[[str], None] = print) -> dic
 def _results(
     opts: PlanOptions,
     family: Sequence[Any],
+    scouts: Sequence[Any],
     budget: float,
     recipe: Any,
     progress: Callable[[str], None],
 ) -> tuple[list[Any], list[str]]:
-    """The fit's data: the pilots (run or cached), or the runs given with ``--runs``."""
+    """The fit's data: the pilots (run or cached; ``scouts`` among them, not in the
+    family), or the runs given with ``--runs``."""
     from progrow.app import pilots as pl
     from progrow.app.family import by_dims
 
@@ -76,13 +81,18 @@ def _results(
             )
         return results, notes
     jobs = pl.plan_pilots(
-        family, budget, recipe, opts.cache, opts.ladder, budget_text(opts, budget)
-    )
+        [*reversed(scouts), *family], budget, recipe, opts.cache, opts.ladder,
+        budget_text(opts, budget),
+    )  # fmt: skip
     todo = sum(pl.read_run(j.folder) is None for j in jobs)
     progress(
         f"pilots: {len(jobs)} runs under {opts.cache} ({len(jobs) - todo} cached, {todo} to run)"
     )
-    return pl.run_pilots(jobs, pl.LAUNCHERS[opts.launcher], opts.jobs, progress), notes
+    results = pl.run_pilots(jobs, pl.LAUNCHERS[opts.launcher], opts.jobs, progress)
+    labels = {s.label for s in family}
+    for r in results:
+        r.in_family = r.label in labels
+    return results, notes
 
 
 def _fit(results: Sequence[Any], form: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ class PlanOptions:
     sizes: tuple[str, ...]
     growth: str | None
     intermediates: int | None
+    scouts: int
     budget: float | None
     budget_steps: int | None
     runs: tuple[str, ...]
