@@ -178,6 +178,8 @@ def all_jobs() -> dict[Path, list[str]]:
     half_family = dict([fixed_job("inter", b) for b in (3000, 1000)] + [half_family_job()])
     # where the target overtakes the half-way size: growing into it early, one stage
     long = dict([tax_job(0.1, end="target", budget=9000)])
+    # the envelope's smaller sizes at 9000, to score the planner's choice there
+    long.update([fixed_job("inter", 9000)])
     return {**jobs(), **target_tax_jobs(), **depth, **levers, **seed1, **half_family, **long}
 
 

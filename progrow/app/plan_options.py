@@ -35,7 +35,7 @@ class PlanOptions:
     out: Path | None
     conf_dir: Path | None
     force: bool
-    form: str = "chinchilla"
+    form: str = "kaplan"
     """The loss form the plan follows (:data:`FORMS`)."""
     overrides: tuple[str, ...] = field(default_factory=tuple)
     argv: tuple[str, ...] = field(default_factory=tuple)
