@@ -40,9 +40,11 @@ SIZES = ["tiny", "small"]
 PLAN = [
     "--sizes", *SIZES, "--intermediates", "1", "--budget-steps", "4000",
     "--pilot-fraction", "0.15", "--pilot-ratio", "2", "--name", "plan_check",
-    # the ladder this check was run with: every size at 3 budgets (before scouts and the
-    # window of tokens per parameter became the default)
+    # the ladder and form this check was run with: every size at 3 budgets, the additive
+    # form (before scouts, the window of tokens per parameter and the interaction form
+    # became the defaults)
     "--pilot-budgets", "3", "--scouts", "0", "--pilot-tokens-per-param", "0,inf",
+    "--form", "chinchilla",
     "--cache", str(ROOT / "pilots"), "--out", str(ROOT / "plan"),
     "--conf-dir", str(ROOT / "conf"), *OVERRIDES,
 ]  # fmt: skip
