@@ -210,6 +210,29 @@ def test_the_plan_follows_the_interaction_form_and_warns_when_the_forms_disagree
     assert "form picks" not in (agreed or "")
 
 
+def test_the_plan_warns_when_the_smallest_size_wins_the_largest_pilot_budget() -> None:
+    """Every recorded plan that picked too small a size had its largest iso-FLOP slice of
+    pilots won by the smallest size in it; the plan says so, naming the size."""
+    budget = 3000 * TARGET_STEP
+    held = HeldOut((0.01,) * 6)
+    models = {"fit": KAPLAN, "other": PLAN_FIT, "loo": held, "curves_loo": held}
+
+    def runs(losses: dict[str, float]) -> list[pilots.Result]:
+        return [
+            pilots.Result(c.label, {}, int(c.params), f, f / c.flops_per_token,
+                          losses[c.label] + (0.5 if f < budget / 50 else 0.0), "x")
+            for c in CURVES for f in (budget / 100, budget / 30)
+        ]  # fmt: skip
+
+    small_wins = runs({"s0": 2.0, "s1": 2.1, "s2": 2.2})
+    warning = plan_make._model_choice(models, CURVES, budget, small_wins, "s1")["warning"]
+    assert f"at the largest pilot budget ({budget / 30:.3g} FLOPs)" in warning
+    assert "the smallest size run there (s0) ended lowest" in warning
+    larger_wins = runs({"s0": 2.1, "s1": 2.0, "s2": 2.2})
+    warning = plan_make._model_choice(models, CURVES, budget, larger_wins, "s1")["warning"]
+    assert "ended lowest" not in (warning or "")
+
+
 def test_step_fractions_spend_the_budget_as_the_app_sizes_it() -> None:
     """The growth config's fractions, run with budget.steps of the end size, give the app
     (progrow.flops.steps_for_budget) the planned number of steps: the planned FLOPs."""

@@ -219,6 +219,15 @@ def _model_choice(
                 f"the pilots never showed more {what} paying off, so the fit cannot tell which "
                 "size the budget supports; longer pilots or --runs of longer runs"
             )
+    edge = smallest_wins(results)
+    if edge is not None:
+        warnings.append(
+            f"at the largest pilot budget ({edge['flops']:.3g} FLOPs) the smallest size run "
+            f"there ({edge['label']}) ended lowest: the pilots never reach the compute where "
+            "a larger size pays and extrapolates where it will (in this project's checks "
+            "against whole runs the choice was then too small); longer pilots or --runs of "
+            "longer runs"
+        )
     mine = _best(fit, curves, budget)
     if mine != theirs:
         warnings.append(
@@ -227,6 +236,32 @@ def _model_choice(
         )
     warning = "; ".join(warnings) or None
     return {"used": fit.form, "why": why, "warning": warning}
+
+
+def smallest_wins(results: Sequence[Any], tolerance: float = 0.1) -> dict[str, Any] | None:
+    """The largest budget at which two or more runs spent the same FLOPs (within
+    ``tolerance``: an iso-FLOP slice of the pilot ladder), if the one of fewest parameters
+    ended lowest there: ``{"flops", "label"}``; else ``None``.
+
+    Example:
+        >>> from types import SimpleNamespace as R
+        >>> runs = [R(flops=1e9, params=p, val_loss=v, label=f"s{p}")
+        ...         for p, v in ((1, 2.0), (2, 2.1))]
+        >>> smallest_wins(runs)["label"]
+        's1'
+        >>> smallest_wins([*runs, R(flops=3e9, params=1, val_loss=1.9, label="s1"),
+        ...                R(flops=3.1e9, params=2, val_loss=1.8, label="s2")]) is None
+        True
+    """
+    ordered = sorted(results, key=lambda r: r.flops, reverse=True)
+    for r in ordered:
+        same = [o for o in ordered if abs(math.log(o.flops / r.flops)) <= math.log1p(tolerance)]
+        if len({o.params for o in same}) >= 2:
+            lowest = min(same, key=lambda o: o.val_loss)
+            if lowest.params == min(o.params for o in same):
+                return {"flops": r.flops, "label": lowest.label}
+            return None
+    return None
 
 
 def _predictions(
