@@ -26,8 +26,9 @@ def figure(
 ) -> Any:
     """Per size (one colour each): the predicted curve of its final loss (dashed), its
     pilots' final losses (dots) and validation curves (thin; mid-run, so above the final
-    losses of longer runs); other runs in grey; the envelope (black); the plan's predicted
-    path (red, its growths marked); the budget (vertical). Returns the figure."""
+    losses of longer runs); scouts and other runs in grey; the envelope (black); the
+    plan's predicted path (red, its growths marked); the budget (vertical). Returns the
+    figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,7 +93,7 @@ def _plot_others(ax: Any, others: Sequence[Result]) -> None:
             [r.val_loss for r in others],
             "o",
             color="grey",
-            label="other runs (fit only)",
+            label="scouts and other runs (fit only)",
         )
 
 
