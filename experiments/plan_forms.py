@@ -62,26 +62,47 @@ def _plan_points(plan: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _envelope_measured() -> dict[tuple[str, int], float]:
-    """Fixed runs of the envelope (seed 0, WSD) of the plan's sizes: (planner label, target
-    steps) -> loss (the envelope's other sizes were not in the plan's family)."""
+def envelope_losses() -> dict[tuple[str, int], float]:
+    """The envelope's fixed runs (seed 0, WSD): (its size name, target steps) -> final
+    loss, from results/envelope_runs.json and, for the start and target at 1000 and 3000
+    steps, the scale tables."""
     out: dict[tuple[str, int], float] = {}
-    label = {v: k for k, v in NAMES.items()}
     for name, run in json.loads((RESULTS / "envelope_runs.json").read_text()).items():
         if name.startswith("fixed_") and name.endswith("_s0"):
             _, size, steps, _ = name.split("_")
-            if size in label:
-                out[(label[size], int(steps))] = run["val_loss"]
+            out[(size, int(steps))] = run["val_loss"]
     for budget, steps in (("short", 1000), ("long", 3000)):
+        names = {"fixed start size (reference)": "start", f"fixed target, {steps} steps": "target"}
         for row in json.loads((RESULTS / f"scale_{budget}.json").read_text())["tables"]["wsd"]:
-            if 0 not in row["seeds"]:
-                continue
-            loss = row["final_val_loss"][row["seeds"].index(0)]
-            if row["run"] == "fixed start size (reference)":
-                out[("scale_start", steps)] = loss
-            elif row["run"] == f"fixed target, {steps} steps":
-                out[("scale_target", steps)] = loss
+            if row["run"] in names and 0 in row["seeds"]:
+                out[(names[row["run"]], steps)] = row["final_val_loss"][row["seeds"].index(0)]
     return out
+
+
+def score(
+    fit: Any, family: dict[str, dict[str, float]], flops: float, measured: dict[str, float]
+) -> dict[str, Any]:
+    """``fit``'s predicted final loss of each size of ``family`` (``params``,
+    ``flops_per_token``) after ``flops``, the size it ranks first, the measured best of
+    ``measured``, and the largest error over the measured sizes."""
+    predicted = {
+        label: float(fit.loss(size["params"], flops / size["flops_per_token"]))
+        for label, size in family.items()
+    }
+    picked = min(predicted, key=lambda k: predicted[k])
+    best = min(measured, key=lambda k: measured[k])
+    return {
+        "predicted": predicted, "measured": measured, "picked": picked, "best_measured": best,
+        "right": picked == best,
+        "max_abs_error": max(abs(predicted[k] - measured[k]) for k in measured),
+    }  # fmt: skip
+
+
+def _envelope_measured() -> dict[tuple[str, int], float]:
+    """Fixed runs of the envelope of the plan's sizes: (planner label, target steps) ->
+    loss (the envelope's other sizes were not in the plan's family)."""
+    label = {v: k for k, v in NAMES.items()}
+    return {(label[s], st): v for (s, st), v in envelope_losses().items() if s in label}
 
 
 def _cases(kept: dict[str, Any]) -> list[dict[str, Any]]:
@@ -125,20 +146,10 @@ def _evaluate(case: dict[str, Any]) -> list[dict[str, Any]]:
         fit = fitter(n, d, loss)
         held = scaling.loo_fit(n, d, loss, fit, fit=fitter, warm=warm)
         for steps, measured in case["measured"].items():
-            flops = steps * case["unit"]
-            predicted = {
-                label: float(fit.loss(size["params"], flops / size["flops_per_token"]))
-                for label, size in case["family"].items()
-            }
-            best_pred = min(predicted, key=lambda k: predicted[k])
-            best_meas = min(measured, key=lambda k: measured[k])
-            errors = [predicted[k] - measured[k] for k in measured]
             rows.append({
                 "case": case["case"], "data": case["data"], "data_share": spent, "form": form,
                 "formula": fit.formula(), "loo_rmse": held.rmse, "budget_steps": steps,
-                "predicted": predicted, "measured": measured, "picked": best_pred,
-                "best_measured": best_meas, "right": best_pred == best_meas,
-                "max_abs_error": max(abs(e) for e in errors),
+                **score(fit, case["family"], steps * case["unit"], measured),
             })  # fmt: skip
     return rows
 

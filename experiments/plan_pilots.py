@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plan_forms import FITTERS, envelope_losses, score
 from run import RESULTS, RUNS
 
 CACHE = RUNS / "plan_scouts" / "pilots"
@@ -61,6 +62,8 @@ VALIDATE = [
 LABELS = {"scale_start": "start", "size2": "inter", "size3": "half", "size4": "mid",
           "scale_target": "target"}  # fmt: skip
 BUDGETS = (1000, 3000, 9000)
+#: The loss forms, in the tables' order.
+FORMS = ("chinchilla", "kaplan")
 MIN_STEPS = 20
 
 
@@ -101,29 +104,17 @@ def _points(run: bool, parallel: int) -> list[dict[str, Any]]:
 
 
 def _whole(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The envelope's whole fixed runs (seed 0): results/envelope_runs.json, and the start
-    and target of the scale tables, with their tokens from the grid's FLOPs per token."""
+    """The envelope's whole fixed runs (seed 0, :func:`plan_forms.envelope_losses`), with
+    their tokens from the grid's FLOPs per token."""
     per_token = {p["size"]: p["flops"] / p["tokens"] for p in grid}
     params = {p["size"]: p["params"] for p in grid}
     target = next(p for p in grid if p["size"] == "target")
     target_step = target["flops"] / target["steps"]
-    losses: dict[tuple[str, int], float] = {}
-    for name, run in json.loads((RESULTS / "envelope_runs.json").read_text()).items():
-        if name.startswith("fixed_") and name.endswith("_s0"):
-            _, size, steps, _ = name.split("_")
-            losses[(size, int(steps))] = run["val_loss"]
-    names = {"fixed start size (reference)": "start"}
-    for budget, steps in (("short", 1000), ("long", 3000)):
-        names[f"fixed target, {steps} steps"] = "target"
-        for row in json.loads((RESULTS / f"scale_{budget}.json").read_text())["tables"]["wsd"]:
-            if row["run"] in names and 0 in row["seeds"]:
-                loss = row["final_val_loss"][row["seeds"].index(0)]
-                losses[(names[row["run"]], steps)] = loss
     return [
         {"size": size, "rung": steps, "steps": None, "params": params[size],
          "flops": steps * target_step, "tokens": steps * target_step / per_token[size],
          "loss": loss}
-        for (size, steps), loss in sorted(losses.items(), key=lambda kv: kv[0][1])
+        for (size, steps), loss in sorted(envelope_losses().items(), key=lambda kv: kv[0][1])
     ]  # fmt: skip
 
 
@@ -144,11 +135,11 @@ DESIGNS = [
 def _replay(grid: list[dict[str, Any]], whole: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each design's pilots of the grid refitted with both forms: which size each ranks
     first at each whole-run budget, against the measured best. No training."""
-    from progrow.app import scaling, scaling_kaplan
-
-    family = ("start", "inter", "half", "mid", "target")
-    per_token = {p["size"]: p["flops"] / p["tokens"] for p in grid}
-    params = {p["size"]: p["params"] for p in grid}
+    family_names = ("start", "inter", "half", "mid", "target")
+    family = {
+        p["size"]: {"params": p["params"], "flops_per_token": p["flops"] / p["tokens"]}
+        for p in grid if p["size"] in family_names
+    }  # fmt: skip
     target = next(p for p in grid if p["size"] == "target")
     unit = target["flops"] / target["steps"]
     rows = []
@@ -160,21 +151,19 @@ def _replay(grid: list[dict[str, Any]], whole: list[dict[str, Any]]) -> list[dic
         ]  # fmt: skip
         cost = sum(p["flops"] for p in pts) / unit
         n, d, loss = ([p[k] for p in pts] for k in ("params", "tokens", "loss"))
-        for form, fitter in (("chinchilla", scaling.fit_loss),
-                             ("kaplan", scaling_kaplan.fit_kaplan)):  # fmt: skip
-            fit = fitter(n, d, loss)
-            cells = []
-            for steps in BUDGETS:
-                measured = {w["size"]: w["loss"] for w in whole if w["rung"] == steps}
-                pred = {k: float(fit.loss(params[k], steps * unit / per_token[k])) for k in family}
-                picked = min(pred, key=lambda k: pred[k])
-                best = min(measured, key=lambda k: measured[k])
-                error = max(abs(pred[k] - measured[k]) for k in measured)
-                cells.append({"steps": steps, "share": cost / steps, "picked": picked,
-                              "best": best, "right": picked == best,
-                              "max_abs_error": error})  # fmt: skip
+        for form in FORMS:
+            fit = FITTERS[form][0](n, d, loss)
+            cells = [
+                {"steps": steps, "share": cost / steps,
+                 **score(fit, family, steps * unit, _measured(whole, steps))}
+                for steps in BUDGETS
+            ]  # fmt: skip
             rows.append({"design": name, "pilots": len(pts), "form": form, "budgets": cells})
     return rows
+
+
+def _measured(whole: list[dict[str, Any]], steps: int) -> dict[str, float]:
+    return {w["size"]: w["loss"] for w in whole if w["rung"] == steps}
 
 
 def _replay_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -213,28 +202,19 @@ def _plan(steps: int, run: bool) -> dict[str, Any] | None:
 
 def _validate(plans: dict[str, Any], whole: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Both forms refitted to each plan's pilots, against the measured whole runs."""
-    from progrow.app import scaling, scaling_kaplan
-
     rows = []
     for steps, plan in sorted(plans.items(), key=lambda kv: int(kv[0])):
         pts = plan["pilots"]
         n, d, loss = ([p[k] for p in pts] for k in ("params", "tokens", "loss"))
-        measured = {w["size"]: w["loss"] for w in whole if w["rung"] == int(steps)}
-        for form, fitter in (("chinchilla", scaling.fit_loss),
-                             ("kaplan", scaling_kaplan.fit_kaplan)):  # fmt: skip
-            fit = fitter(n, d, loss)
-            predicted = {
-                k: float(fit.loss(f["params"], plan["budget_flops"] / f["flops_per_token"]))
-                for k, f in plan["family"].items()
-            }
-            picked = min(predicted, key=lambda k: predicted[k])  # the plan's choice
-            best = min(measured, key=lambda k: measured[k])
+        measured = _measured(whole, int(steps))
+        for form in FORMS:
+            fit = FITTERS[form][0](n, d, loss)
+            scored = score(fit, plan["family"], plan["budget_flops"], measured)
+            picked, best = scored["picked"], scored["best_measured"]  # picked: the plan's choice
             rows.append({
                 "steps": int(steps), "share": plan["share"], "pilots": len(pts), "form": form,
-                "formula": fit.formula(), "predicted": predicted, "measured": measured,
-                "picked": picked, "best": best, "right": picked == best,
+                "formula": fit.formula(), **scored,
                 "regret": measured[picked] - measured[best] if picked in measured else None,
-                "max_abs_error": max(abs(predicted[k] - measured[k]) for k in measured),
             })  # fmt: skip
     return rows
 
@@ -254,7 +234,7 @@ def _validation_table(rows: list[dict[str, Any]]) -> list[str]:
         regret = "not run" if r["regret"] is None else f"{r['regret']:+.3f}"
         lines.append(
             f"| {r['steps']} | {r['pilots']} ({100 * r['share']:.0f}%) | {r['form']} | {sizes} "
-            f"| {r['picked']} ({ok}) | {r['best']} | {regret} | {r['max_abs_error']:.3f} |"
+            f"| {r['picked']} ({ok}) | {r['best_measured']} | {regret} | {r['max_abs_error']:.3f} |"
         )
     return lines
 

@@ -232,15 +232,17 @@ def best_of_starts(
     objective: Callable[..., tuple[float, np.ndarray]],
     theta: np.ndarray,
     values: np.ndarray,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+    delta: float,
     *,
     starts: int,
     extra_starts: Sequence[Sequence[float]],
-    args: tuple[Any, ...],
-    log_l: np.ndarray,
     exponent_bounds: tuple[float, float],
 ) -> Any:
-    """L-BFGS-B (analytic gradient) from the ``starts`` grid points ``theta`` of lowest
-    objective ``values`` and from ``extra_starts``; the lowest optimum (scipy's result).
+    """L-BFGS-B (analytic gradient) of ``objective(params, log_n, log_d, log_l, delta)``
+    on ``data = (log_n, log_d, log_l)``, from the ``starts`` grid points ``theta`` of
+    lowest objective ``values`` and from ``extra_starts``; the lowest optimum (scipy's
+    result).
 
     The parameters are ``(log E, free, free, exponent, exponent)``. ``log E`` lies below
     every measured log-loss (the other terms are positive) and, in log, not unboundedly
@@ -251,7 +253,7 @@ def best_of_starts(
 
     order = np.argsort(values, kind="stable")[:starts]
     inits = [theta[i] for i in order] + [np.asarray(x, dtype=float) for x in extra_starts]
-    top = float(log_l.min())
+    top = float(data[2].min())
     bounds = [(top - E_FLOOR, top), (None, None), (None, None), exponent_bounds, exponent_bounds]
     low = [-np.inf if b[0] is None else b[0] for b in bounds]
     high = [np.inf if b[1] is None else b[1] for b in bounds]
@@ -261,7 +263,7 @@ def best_of_starts(
             result = minimize(
                 objective,
                 np.clip(init, low, high),
-                args=args,
+                args=(*data, delta),
                 jac=True,
                 method="L-BFGS-B",
                 bounds=bounds,
@@ -309,10 +311,10 @@ def fit_loss(
         _objective,
         theta,
         values,
+        (log_n, log_d, log_l),
+        delta,
         starts=starts,
         extra_starts=extra_starts,
-        args=(log_n, log_d, log_l, delta),
-        log_l=log_l,
         exponent_bounds=EXPONENT_BOUNDS,
     )
     e, a, b, alpha, beta = (float(v) for v in best.x)

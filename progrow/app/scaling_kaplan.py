@@ -180,10 +180,10 @@ def fit_kaplan(
         _objective,
         theta,
         values,
+        (log_n, log_d, log_l),
+        delta,
         starts=starts,
         extra_starts=extra_starts,
-        args=(log_n, log_d, log_l, delta),
-        log_l=log_l,
         exponent_bounds=EXPONENT_BOUNDS,
     )
     e, n_c, d_c, a_n, a_d = (float(v) for v in best.x)
